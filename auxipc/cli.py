@@ -1,0 +1,187 @@
+"""The ``auxipc`` command line. Commands parse, call the library, print.
+
+Exit codes: 0 success; 1 the operation or event failed (the errno is printed);
+2 usage error. Long-running commands print one line containing ``ready`` once
+they serve, and stop cleanly on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+
+import click
+
+from proto.errno import AuxError, Errno, errno_name
+from proto.events import CATALOG
+
+RUNTIME_DIR = click.option("--runtime-dir", envvar="AUXIPC_RUNTIME_DIR", type=click.Path(file_okay=False),
+                           help="Bus runtime dir (default: $AUXIPC_RUNTIME_DIR, $XDG_RUNTIME_DIR/auxipc, "
+                                "/tmp/auxipc-$UID).")
+
+
+def fail(exc: AuxError, code: int = 1):
+    click.echo(f"auxipc: {exc}", err=True)
+    sys.exit(code)
+
+
+class Group(click.Group):
+    """Turns every AuxError escaping a command into one line and exit 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except AuxError as exc:
+            fail(exc, 2 if exc.errno == Errno.EINVAL and "usage" in exc.message else 1)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@click.version_option(package_name="auxipc")
+def main(verbose):
+    """auxipc: a multi-process emulator of the Linux auxiliary bus with
+    bidirectional event handlers.
+
+    \b
+    Quick start:
+      auxipc demo                       # everything below, in one go
+      auxipc broker &                   # the bus
+      auxipc parent --model ixd &       # a PCI owner adding ixd.eth.0
+      auxipc child --driver idpf_eth &  # an aux driver binding it
+      auxipc ls
+      auxipc send ixd.eth.0 FW_EVENT --from parent --payload '{"kind": "HEALTH"}'
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+
+
+def _serve_until_signal(rt, ready_line: str) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: rt.stop())
+    try:
+        rt.open()
+        click.echo(ready_line(rt), nl=True)
+        sys.stdout.flush()
+        rt.run()
+    finally:
+        rt.close()
+
+
+@main.command()
+@RUNTIME_DIR
+@click.option("--hb-ivl", default=0.25, show_default=True, type=click.FloatRange(0.01, 60),
+              help="Heartbeat interval (seconds) every peer is told to use.")
+@click.option("--hb-liveness", default=3, show_default=True, type=click.IntRange(2, 100),
+              help="Missed heartbeats before a peer is declared dead.")
+def broker(runtime_dir, hb_ivl, hb_liveness):
+    """Run the bus broker (one per runtime dir)."""
+    from .broker import serve
+    serve(runtime_dir, hb_ivl, hb_liveness, ready=lambda line: (click.echo(line), sys.stdout.flush()))
+
+
+@main.command()
+@RUNTIME_DIR
+@click.option("--model", required=True, help="Parent model: ixd, or module:Class.")
+@click.option("--devices", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="How many auxiliary devices the model adds (ids 0..N-1).")
+def parent(runtime_dir, model, devices):
+    """Run a PCI-owner emulator process that adds auxiliary devices."""
+    from .registry import MODELS, load
+    from parent.runtime import ParentRuntime
+    cls = load(model, MODELS, "parent model")
+    try:
+        instance = cls(devices=devices)
+    except TypeError:
+        instance = cls()
+    rt = ParentRuntime(instance, runtime_dir=runtime_dir)
+    _serve_until_signal(rt, lambda rt: f"auxipc parent {rt.name} ready: "
+                        + (", ".join(d.name for d in rt.devices.values()) or "no devices"))
+
+
+@main.command()
+@RUNTIME_DIR
+@click.option("--driver", "drivers", multiple=True, required=True,
+              help="Auxiliary driver: idpf_eth, or module:Class. Repeatable.")
+def child(runtime_dir, drivers):
+    """Run an auxiliary-driver process."""
+    from .registry import DRIVERS, load
+    from child.runtime import ChildRuntime
+    rt = ChildRuntime([load(d, DRIVERS, "driver")() for d in drivers], runtime_dir=runtime_dir)
+    _serve_until_signal(rt, lambda rt: f"auxipc child {rt.name} ready: bound "
+                        + (", ".join(d.name for d in rt.devices.values()) or "nothing yet"))
+
+
+@main.command()
+@RUNTIME_DIR
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def ls(runtime_dir, as_json):
+    """Show devices, drivers and peers on the bus."""
+    from .client import Client
+    from .render import render_ls
+    with Client(runtime_dir) as c:
+        snap = c.query("ls")
+    click.echo(json.dumps(snap, indent=2) if as_json else render_ls(snap))
+
+
+@main.command()
+@RUNTIME_DIR
+@click.argument("device")
+@click.argument("event")
+@click.option("--from", "side", required=True, type=click.Choice(["parent", "child"]),
+              help="Which side's runtime sends the event.")
+@click.option("--payload", default="{}", help="The payload as a JSON object.")
+@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.001, 3600),
+              help="Deadline in seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print {errno, error, reply} as JSON.")
+def send(runtime_dir, device, event, side, payload, timeout, as_json):
+    """Send EVENT on DEVICE through the parent's or the child's runtime.
+
+    \b
+    Examples:
+      auxipc send ixd.eth.0 FW_EVENT --from parent --payload '{"kind": "HEALTH", "state": 2}'
+      auxipc send ixd.eth.0 SET_MAC --from child --payload '{"addr": "02:00:00:00:00:01"}' --json
+    """
+    from .client import Client
+    try:
+        obj = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    if not isinstance(obj, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--payload")
+    try:
+        spec = CATALOG.lookup(event)
+    except AuxError as exc:
+        raise click.BadParameter(str(exc), param_hint="EVENT") from None
+    with Client(runtime_dir) as c:
+        out = c.send_event(device, spec.name, side, obj, timeout)
+    if out["reply"] is not None and spec.sync:
+        try:
+            out["reply"] = spec.reply.from_wire(out["reply"], "$.reply").to_json()
+        except AuxError:
+            pass
+    if as_json:
+        click.echo(json.dumps({k: out[k] for k in ("errno", "error", "message", "reply")}))
+    elif out["errno"]:
+        click.echo(f"{spec.name} on {device}: {out['error']} ({out['errno']}): {out['message']}", err=True)
+    else:
+        reply = f" reply {json.dumps(out['reply'])}" if out["reply"] else ""
+        note = f" ({out['message']})" if out["message"] else ""
+        click.echo(f"{spec.name} on {device}: ok{reply}{note}")
+    sys.exit(1 if out["errno"] else 0)
+
+
+@main.command()
+@click.option("--runtime-dir", type=click.Path(file_okay=False),
+              help="Run in this (empty or new) dir instead of a fresh temporary one.")
+def demo(runtime_dir):
+    """Start a broker, the ixd parent and the idpf_eth child, play events both ways, stop."""
+    from .demo import run_demo
+    sys.exit(run_demo(runtime_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Control queries (``CTL`` messages) from the CLI and tests; no registration needed.
+
+Each op takes ``args`` (a map) and answers one RESULT whose ``d`` holds the data.
+- ``ping``: ``{epoch, pid}``
+- ``ls``: the bus snapshot (see ``Bus.snapshot``)
+- ``uevents``: ``{events: [...]}``, the notifications with ``seq > since``
+- ``send``: ``{device, event, from, timeout_ms}`` + payload frame: the named side's
+  runtime sends the event as its code would; the answer is that call's result.
+"""
+
+from __future__ import annotations
+
+from proto import envelope as E
+from proto.errno import AuxError, Errno
+from .lifecycle import BindState
+
+
+class Control:
+    def __init__(self, broker):
+        self.broker = broker
+        self.bus = broker.bus
+
+    def handle(self, ident: bytes, msg: E.Ctl, payload: bytes | None) -> None:
+        op = getattr(self, "op_" + msg.op.replace("-", "_"), None)
+        if op is None:
+            ops = ", ".join(sorted(n[3:] for n in dir(self) if n.startswith("op_")))
+            raise AuxError(Errno.EOPNOTSUPP, f"$.header.op: unknown control op {msg.op!r} (ops: {ops})")
+        op(ident, msg, payload)
+
+    def op_ping(self, ident, msg, payload):
+        import os
+        self.bus.reply(ident, msg.r, data={"epoch": self.bus.epoch, "pid": os.getpid()})
+
+    def op_ls(self, ident, msg, payload):
+        self.bus.reply(ident, msg.r, data=self.bus.snapshot())
+
+    def op_uevents(self, ident, msg, payload):
+        since = msg.args.get("since", 0)
+        if type(since) is not int:
+            raise AuxError(Errno.EINVAL, "$.header.args.since: expected int")
+        events = [e for e in self.bus.uevents if e["seq"] > since]
+        self.bus.reply(ident, msg.r, data={"events": events, "last": self.bus.uevents[-1]["seq"]
+                                           if self.bus.uevents else 0})
+
+    def op_send(self, ident, msg, payload):
+        args = msg.args
+        name, side = args.get("device"), args.get("from")
+        if side not in ("parent", "child"):
+            raise AuxError(Errno.EINVAL, f"$.args.from: {side!r} is not 'parent' or 'child'")
+        if not isinstance(name, str):
+            raise AuxError(Errno.EINVAL, "$.args.device: expected a device name")
+        spec = self.bus.catalog.lookup(args.get("event", ""))
+        timeout_ms = args.get("timeout_ms", 5000)
+        if type(timeout_ms) is not int or not 1 <= timeout_ms <= 3_600_000:
+            raise AuxError(Errno.EINVAL, "$.args.timeout_ms: int 1..3600000 expected")
+        dev = self.bus.by_name.get(name)
+        if dev is None:
+            known = ", ".join(sorted(self.bus.by_name)) or "none"
+            raise AuxError(Errno.ENODEV, f"no device {name!r} on the bus (devices: {known})")
+        if side == "parent":
+            peer = dev.parent
+        else:
+            if dev.driver is None or dev.bind.state is not BindState.BOUND:
+                raise AuxError(Errno.ENODEV, f"{name} has no bound driver to send from")
+            peer = dev.driver.peer
+
+        def answered(e, m, reply_payload, d):
+            self.bus.reply(ident, msg.r, e, m, data=d, payload=reply_payload)
+        self.bus.request(peer, lambda rid: E.Inject(r=rid, dev=dev.dev_id, ev=spec.code, timeout_ms=timeout_ms),
+                         payload, timeout_ms / 1000 + 1.0, f"send {spec.name} from {peer.label}", answered)

@@ -1,0 +1,390 @@
+"""The runtime shared by parent and child processes: register, pump, call, publish.
+
+One thread runs everything the user writes (probe, remove, handlers, model
+code), like a kernel driver's process context: ``pump()`` receives and
+dispatches, and a sync ``call()`` pumps while it waits, so a handler can call
+the other side and still serve requests for *other* devices meanwhile. Requests
+and async events for a device whose handler is on the stack are deferred until
+it returns: that is ``device_lock`` on the child side. Heartbeats come from
+their own thread (``transport.Heartbeat``), so a slow handler is never taken for
+a dead process.
+
+Threads other than the runtime's submit work with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import time
+import traceback
+from collections import Counter, deque
+from typing import Callable
+
+import zmq
+
+from proto import envelope as E
+from proto.errno import AuxError, Errno, ProtocolError, errno_name
+from proto.events import CATALOG, Catalog, EventSpec, encode_payload
+from .runtime_dir import endpoints, process_start_time
+from .transport import Heartbeat, Sockets, peer_ident
+
+log = logging.getLogger("auxipc.peer")
+
+GRACE = 1.0          # seconds a caller waits past its deadline for the broker's answer
+ATOMIC_BUDGET = 0.005  # an atomic-context handler running longer than this is reported
+
+
+class BrokerLost(AuxError):
+    def __init__(self, why: str):
+        super().__init__(Errno.ESHUTDOWN, f"lost the broker: {why}")
+
+
+class Runtime:
+    role = "?"
+    locks_devices = False   # the child side takes device_lock around deliveries
+
+    def __init__(self, name: str, runtime_dir=None, catalog: Catalog = CATALOG,
+                 connect_timeout: float = 10.0):
+        self.name = name
+        self.catalog = catalog
+        self.ep = endpoints(runtime_dir)
+        self.connect_timeout = connect_timeout
+        self.ctx: zmq.Context | None = None
+        self.sk: Sockets | None = None
+        self.hb: Heartbeat | None = None
+        self.inc = 0
+        self.epoch = 0
+        self.welcome: dict = {}
+        self.stats: Counter = Counter()
+        self._r = itertools.count(1)
+        self._results: dict[int, tuple] = {}
+        self._timers: list = []
+        self._tseq = itertools.count()
+        self._soon: deque = deque()
+        self._locked: Counter = Counter()
+        self._deferred: deque = deque()
+        self._depth = 0
+        self._stopping = False
+        self._hello = False
+        self._seq_out: dict = {}
+        self._seq_in: dict = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._poller: zmq.Poller | None = None
+
+    # ---- subclass hooks -------------------------------------------------------------
+
+    def handles(self) -> set[int]:
+        return set()
+
+    def subscriptions(self) -> list[bytes]:
+        return []
+
+    def serve(self, msg: E.Header, payload: bytes | None) -> tuple[int, str, dict | None]:
+        raise AuxError(Errno.EOPNOTSUPP, f"{msg.TYPE.name} is not served by a {self.role}")
+
+    def on_notice(self, msg: E.Header) -> None:
+        log.info("ignored %s", msg)
+
+    def on_async(self, topic: bytes, msg: E.AsyncEvent, payload: bytes | None) -> None:
+        pass
+
+    def on_registered(self) -> None:
+        """Runs after each registration (drivers are declared, devices created here)."""
+
+    def on_close(self) -> None:
+        """Runs before unregistering on a clean stop (remove devices, unregister drivers)."""
+
+    # ---- connection -------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.ctx = zmq.Context()
+        self.sk = Sockets(self.ctx, self.ep, peer_ident(self.role, self.name))
+        self._poller = zmq.Poller()
+        self._poller.register(self.sk.dealer, zmq.POLLIN)
+        self._poller.register(self.sk.sub, zmq.POLLIN)
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        start = process_start_time(os.getpid()) or 0
+        try:
+            result, _ = self.request(lambda r: E.Register(
+                r=r, role=self.role, name=self.name, pid=os.getpid(), start_time=start,
+                schema=self.catalog.version, handles=sorted(self.handles())),
+                timeout=self.connect_timeout, what="register")
+        except AuxError as exc:
+            if exc.errno == Errno.ETIMEDOUT:
+                raise AuxError(Errno.ENOTCONN, f"no broker answered in {self.ep.root} within "
+                               f"{self.connect_timeout:.0f} s; start one with 'auxipc broker'") from None
+            raise
+        self.check(result, "register")
+        w = self.welcome = result.d
+        self.inc, self.epoch = w["inc"], w["epoch"]
+        for topic in [b"hello:" + self.sk.ident, *self.subscriptions()]:
+            self.sk.sub.setsockopt(zmq.SUBSCRIBE, topic)
+        self._await_hello()
+        self.hb = Heartbeat(self.ctx, self.ep, self.sk.ident, w["hb_ivl_ms"] / 1000, w["hb_liveness"],
+                            self.epoch, self.wake)
+        self.hb.start()
+        log.info("registered as %s", w["peer"])
+        self.on_registered()
+
+    def _await_hello(self) -> None:
+        """Publish to ourselves through the broker until it arrives: the pub/sub path,
+        and every subscription made before it, are then in place (no slow joiner)."""
+        deadline = time.monotonic() + self.connect_timeout
+        topic = b"hello:" + self.sk.ident
+        while not self._hello:
+            if time.monotonic() > deadline:
+                raise AuxError(Errno.ENOTCONN, f"the broker's pub/sub sockets in {self.ep.root} do not answer")
+            self.sk.pub.send_multipart([topic, E.MAGIC])
+            self.pump(0.02)
+
+    def close(self) -> None:
+        if self.sk is not None:
+            try:
+                if self.hb is not None and self.hb.lost is None:
+                    self.on_close()
+                    self.request(lambda r: E.Unregister(r=r), timeout=1.0, what="unregister")
+            except AuxError as exc:
+                log.warning("while closing: %s", exc)
+            if self.hb is not None:
+                self.hb.stop()
+            self.sk.close()
+            self.sk = None
+        if self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    # ---- loop ---------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake()
+
+    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
+        self._soon.append(fn)
+        self.wake()
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._tseq), fn))
+
+    def run(self) -> None:
+        """Serve until ``stop()`` (SIGTERM/SIGINT) or the broker is lost."""
+        while not self._stopping:
+            timeout = 1.0
+            if self._timers:
+                timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
+            self.pump(timeout)
+
+    def pump(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for messages and dispatch what arrived."""
+        if self.hb is not None and self.hb.lost:
+            raise BrokerLost(self.hb.lost)
+        events = dict(self._poller.poll(timeout * 1000)) if timeout > 0 or not self._soon else {}
+        if self.sk.dealer in events:
+            for _ in range(1000):
+                try:
+                    frames = self.sk.dealer.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._on_dealer(frames)
+        if self.sk.sub in events:
+            for _ in range(1000):
+                try:
+                    frames = self.sk.sub.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._on_sub(frames)
+        if self._wake_r in events:
+            os.read(self._wake_r, 4096)
+        if self._depth == 0:
+            self._run_timers()
+
+    def _run_timers(self) -> None:
+        while self._soon:
+            self._guard(self._soon.popleft())
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self._timers)
+            self._guard(fn)
+
+    def _guard(self, fn) -> None:
+        try:
+            fn()
+        except AuxError as exc:
+            log.warning("%s", exc)
+        except Exception:
+            log.error("callback failed:\n%s", traceback.format_exc())
+
+    # ---- requests to the broker -----------------------------------------------------------
+
+    def request(self, make: Callable[[int], E.Header], payload=None, timeout: float = 5.0,
+                what: str = "request") -> tuple[E.Result, bytes | None]:
+        r = next(self._r)
+        self.sk.dealer.send_multipart(E.encode(make(r), payload), copy=False)
+        deadline = time.monotonic() + timeout + GRACE
+        while r not in self._results:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AuxError(Errno.ETIMEDOUT, f"{what}: no answer from the broker within {timeout + GRACE:.1f} s")
+            self.pump(remaining)
+        return self._results.pop(r)
+
+    @staticmethod
+    def check(result: E.Result, what: str) -> E.Result:
+        if result.e:
+            raise AuxError(result.e, result.m or what)
+        return result
+
+    # ---- events ----------------------------------------------------------------------------
+
+    def spec_to_send(self, event) -> EventSpec:
+        spec = event if isinstance(event, EventSpec) else self.catalog.lookup(event)
+        if not spec.direction.allows(self.role):
+            raise AuxError(Errno.EINVAL, f"{spec.name} goes {spec.direction.value}; a {self.role} cannot send it")
+        return spec
+
+    def call_event(self, dev_id: int, spec: EventSpec, payload, timeout: float):
+        """Send a sync event and return its reply payload (or None); raises AuxError."""
+        if not spec.sync:
+            raise AuxError(Errno.EINVAL, f"{spec.name} is async: use notify()")
+        wire = payload if isinstance(payload, bytes) else E.packb(encode_payload(spec, payload))
+        if len(wire) > E.MAX_FRAME:
+            raise AuxError(Errno.EMSGSIZE, f"$.payload: {len(wire)} bytes exceed the bus maximum {E.MAX_FRAME}")
+        ms = max(1, int(timeout * 1000))
+        result, reply = self.request(lambda r: E.Call(r=r, dev=dev_id, ev=spec.code, timeout_ms=ms),
+                                     wire, timeout, f"{spec.name}")
+        self.check(result, spec.name)
+        if reply is None:
+            return None
+        return spec.reply.from_wire(E.decode_payload_frame(reply, "$.reply"), "$.reply")
+
+    def publish_event(self, dev_id: int, topic: bytes, spec: EventSpec, payload, timeout: float = 1.0) -> int:
+        """Publish an async event; returns its sequence number. Back-pressure blocks up to
+        ``timeout`` (the PUB never drops silently), then -EAGAIN and the drop is counted."""
+        if spec.sync:
+            raise AuxError(Errno.EINVAL, f"{spec.name} is sync: use call()")
+        wire = payload if isinstance(payload, bytes) else E.packb(encode_payload(spec, payload))
+        if len(wire) > E.MAX_FRAME:
+            raise AuxError(Errno.EMSGSIZE, f"$.payload: {len(wire)} bytes exceed the bus maximum {E.MAX_FRAME}")
+        key = (dev_id, topic[:1])
+        seq = self._seq_out[key] = self._seq_out.get(key, 0) + 1
+        head = E.packb({"t": E.Msg.EVENT, "dev": dev_id, "ev": spec.code, "seq": seq, "inc": self.inc})
+        frames = [topic, E.MAGIC, head, wire]
+        try:
+            self.sk.pub.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            if not self.sk.pub.poll(timeout * 1000, zmq.POLLOUT):
+                self.stats["async_dropped_hwm"] += 1
+                raise AuxError(Errno.EAGAIN, f"{spec.name}: publish queue full for {timeout:.1f} s "
+                               "(subscribers are not keeping up); event dropped and counted") from None
+            self.sk.pub.send_multipart(frames, zmq.NOBLOCK)
+        self.stats["async_sent"] += 1
+        return seq
+
+    # ---- dispatch -------------------------------------------------------------------------
+
+    def _on_dealer(self, frames: list) -> None:
+        try:
+            msg, payload = E.decode(frames)
+        except AuxError as exc:
+            self.stats["malformed"] += 1
+            log.warning("dropped a malformed message from the broker: %s", exc)
+            return
+        if isinstance(msg, E.Result):
+            self._results[msg.r] = (msg, payload)
+        elif isinstance(msg, (E.Request, E.Probe, E.Remove, E.Shutdown, E.Inject)):
+            self._deliver(("req", msg, payload))
+        elif isinstance(msg, E.Reregister):
+            if self.hb is not None:
+                self.hb._lose(f"broker asks to re-register: {msg.reason}")
+            raise BrokerLost(msg.reason)
+        else:
+            self._guard(lambda: self.on_notice(msg))
+
+    def _on_sub(self, frames: list) -> None:
+        topic = frames[0]
+        if topic.startswith(b"hello:"):
+            self._hello = True
+            return
+        try:
+            msg, payload = E.decode(frames[1:])
+        except AuxError as exc:
+            self.stats["async_malformed"] += 1
+            log.warning("dropped a malformed async message on %r: %s", topic, exc)
+            return
+        if not isinstance(msg, E.AsyncEvent):
+            return
+        key = (topic, msg.inc)
+        last = self._seq_in.get(key, 0)
+        if msg.seq <= last:
+            self.stats["async_duplicate"] += 1
+            return
+        if last and msg.seq > last + 1:
+            self.stats["async_lost"] += msg.seq - last - 1
+            log.warning("lost %d async events on %r (seq %d -> %d)", msg.seq - last - 1, topic, last, msg.seq)
+        self._seq_in[key] = msg.seq
+        self._deliver(("ev", msg, payload, topic))
+
+    def _deliver(self, item: tuple) -> None:
+        dev = getattr(item[1], "dev", None) if self.locks_devices and not isinstance(item[1], E.Inject) else None
+        if dev is not None and self._locked[dev]:
+            self._deferred.append(item)
+            return
+        if dev is not None:
+            self._locked[dev] += 1
+        self._depth += 1
+        try:
+            if item[0] == "req":
+                self._serve(item[1], item[2])
+            else:
+                self._guard(lambda: self.on_async(item[3], item[1], item[2]))
+        finally:
+            self._depth -= 1
+            if dev is not None:
+                self._locked[dev] -= 1
+                if not self._locked[dev]:
+                    del self._locked[dev]
+        self._drain_deferred()
+
+    def _drain_deferred(self) -> None:
+        for _ in range(len(self._deferred)):
+            item = self._deferred.popleft()
+            if self._locked[item[1].dev]:
+                self._deferred.append(item)
+            else:
+                self._deliver(item)
+
+    def _serve(self, msg, payload) -> None:
+        reply = None
+        try:
+            e, m, reply = self.serve(msg, payload)
+        except AuxError as exc:
+            e, m = exc.code, exc.message
+        except Exception as exc:
+            log.error("handler for %s raised:\n%s", msg.TYPE.name, traceback.format_exc())
+            e, m = -Errno.EIO, f"handler raised {type(exc).__name__}: {exc}"
+        if self.sk is None:
+            return
+        frames = E.encode(E.Result(r=msg.r, e=max(e, -4095), m=m[:4000]), reply)
+        self.sk.dealer.send_multipart(frames)
+
+    def stats_summary(self) -> dict:
+        return dict(self.stats)
+
+
+def err_text(exc: AuxError) -> str:
+    return f"{errno_name(exc.errno)}: {exc.message}"

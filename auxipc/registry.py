@@ -1,0 +1,25 @@
+"""Names for the parent models and child drivers the CLI can start.
+
+Built-ins are listed here; a user's own is given as ``package.module:Class``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from proto.errno import AuxError, Errno
+
+MODELS = {"ixd": "parent.ixd:Ixd"}
+DRIVERS = {"idpf_eth": "child.idpf_eth:IdpfEth"}
+
+
+def load(spec: str, table: dict, what: str):
+    target = table.get(spec, spec)
+    if ":" not in target:
+        raise AuxError(Errno.ENOENT, f"unknown {what} {spec!r} (built-in: {', '.join(sorted(table))}; "
+                       "or give module:Class)")
+    module, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise AuxError(Errno.ENOENT, f"cannot load {what} {target!r}: {exc}") from None

@@ -1,0 +1,111 @@
+"""Peer-side sockets: one DEALER for requests/replies, one PUB and one SUB for
+async events, and a heartbeat thread with a DEALER of its own.
+
+Socket options here answer the measured facts in shared/reference/zeromq.md:
+explicit linger, bounded queues, no fork with live sockets, heartbeats from a
+thread that a slow handler cannot starve (so a slow handler is never taken for
+a dead process, while a SIGSTOPped process still goes silent).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import zmq
+
+from proto import envelope as E
+from .runtime_dir import Endpoints
+
+HWM = 100_000
+
+
+def peer_ident(role: str, name: str) -> bytes:
+    return f"{role[0]}:{name}:{os.getpid()}:{os.urandom(3).hex()}".encode()
+
+
+class Sockets:
+    """The sockets of one peer incarnation. Closed and recreated after broker loss,
+    so queued requests are never replayed to a new broker."""
+
+    def __init__(self, ctx: zmq.Context, ep: Endpoints, ident: bytes):
+        self.ident = ident
+        d = self.dealer = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.IDENTITY, ident)
+        d.setsockopt(zmq.LINGER, 200)
+        d.setsockopt(zmq.SNDHWM, HWM)
+        d.setsockopt(zmq.RCVHWM, HWM)
+        d.setsockopt(zmq.RECONNECT_IVL, 50)
+        d.connect(ep.bus)
+        p = self.pub = ctx.socket(zmq.PUB)
+        p.setsockopt(zmq.LINGER, 200)
+        p.setsockopt(zmq.SNDHWM, HWM)
+        p.setsockopt(zmq.XPUB_NODROP, 1)
+        p.setsockopt(zmq.RECONNECT_IVL, 50)
+        p.connect(ep.pub)
+        s = self.sub = ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RCVHWM, HWM)
+        s.setsockopt(zmq.RECONNECT_IVL, 50)
+        s.connect(ep.sub)
+
+    def close(self, linger_ms: int = 200) -> None:
+        self.dealer.close(linger=linger_ms)
+        self.pub.close(linger=linger_ms)
+        self.sub.close(linger=0)
+
+
+class Heartbeat(threading.Thread):
+    """Beats every ``ivl`` seconds on its own DEALER (``<ident>#hb``) and watches
+    the broker's answers. ``lost`` is set (and ``wake`` called) when the broker
+    is silent for ``liveness`` intervals or answers from another epoch."""
+
+    def __init__(self, ctx: zmq.Context, ep: Endpoints, ident: bytes, ivl: float, liveness: int,
+                 epoch: int, wake):
+        super().__init__(name="auxipc-heartbeat", daemon=True)
+        self.ctx, self.ep, self.hb_ident = ctx, ep, ident + b"#hb"
+        self.ivl, self.liveness, self.epoch, self.wake = ivl, liveness, epoch, wake
+        self.lost: str | None = None
+        self._halt = threading.Event()
+        self.last_answer = time.monotonic()
+
+    def run(self) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.hb_ident)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 10)
+        sock.connect(self.ep.bus)
+        beat = E.encode(E.Heartbeat(epoch=self.epoch))
+        try:
+            next_beat = 0.0
+            while not self._halt.is_set():
+                now = time.monotonic()
+                if now >= next_beat:
+                    try:
+                        sock.send_multipart(beat, zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass
+                    next_beat = now + self.ivl
+                if sock.poll(max(0.0, next_beat - now) * 1000):
+                    msg, _ = E.decode(sock.recv_multipart())
+                    self.last_answer = time.monotonic()
+                    if isinstance(msg, E.Heartbeat) and msg.epoch != self.epoch:
+                        self._lose(f"broker epoch changed ({self.epoch} -> {msg.epoch})")
+                    elif isinstance(msg, E.Reregister):
+                        self._lose(f"broker asks to re-register: {msg.reason}")
+                elif time.monotonic() - self.last_answer > self.ivl * self.liveness and self.lost is None:
+                    self._lose(f"broker silent for {time.monotonic() - self.last_answer:.2f} s")
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            sock.close(linger=0)
+
+    def _lose(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = why
+            self.wake()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(2)

@@ -1,0 +1,236 @@
+"""The auxiliary-driver process: drivers, their bound devices, and event delivery.
+
+A driver is a class::
+
+    class IdpfEth(AuxDriver):
+        name = "idpf_eth"
+        id_table = ["ixd.eth"]
+        def probe(self, adev): ...            # 0/None binds, -ENODEV/-ENXIO reject, -EPROBE_DEFER
+        def remove(self, adev): ...           # optional; the device is unbound when it returns
+        @handler(Event.RESET_WARN)
+        def reset_warn(self, adev, warn): ... # quiesce, then return
+
+and ``ChildRuntime([IdpfEth()]).open()`` registers it. Every delivery to a device
+(probe, remove, shutdown, sync and async events) runs under that device's lock:
+never concurrently with another, and never after remove() returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from proto import envelope as E
+from proto.errno import AuxError, Errno
+from proto.events import Context, EventSpec, decode_payload
+from auxipc.handlers import collect_handlers, normalize_result
+from auxipc.peer import ATOMIC_BUDGET, Runtime
+
+log = logging.getLogger("auxipc.child")
+
+
+class AuxDriver:
+    name: str = ""
+    id_table: list[str] = []
+
+    def probe(self, adev: "ChildDevice"):
+        return 0
+
+    remove = None      # optional: def remove(self, adev)
+    shutdown = None    # optional: def shutdown(self, adev)
+
+
+class ChildDevice:
+    """The auxiliary device as its driver sees it, from probe until remove returns."""
+
+    def __init__(self, rt: "ChildRuntime", dev_id: int, name: str, driver: AuxDriver,
+                 parent_handles, parent_schema):
+        self.rt, self.dev_id, self.name, self.driver = rt, dev_id, name, driver
+        self.match = name.rsplit(".", 1)[0]
+        self.parent_handles = frozenset(parent_handles)
+        self.parent_schema = tuple(parent_schema)
+        self.bound = True
+        self.data: dict = {}     # the driver's private state (dev_set_drvdata)
+        self.refs = 0
+
+    def supports(self, event) -> bool:
+        """Whether the parent handles ``event`` (discovery, learnt at probe)."""
+        return self.rt.catalog.lookup(event).code in self.parent_handles
+
+    def call(self, event, payload=None, timeout: float = 5.0):
+        """Sync child->parent event; returns the reply payload (or None), raises AuxError."""
+        spec = self.rt.spec_to_send(event)
+        return self.rt.call_event(self.dev_id, spec, payload, timeout)
+
+    def notify(self, event, payload=None) -> int:
+        """Async child->parent event; -ENODEV when unbound, -EOPNOTSUPP when the parent
+        does not handle it. Returns the sequence number."""
+        spec = self.rt.spec_to_send(event)
+        if not self.bound:
+            raise AuxError(Errno.ENODEV, f"{self.name} is not bound")
+        if spec.code not in self.parent_handles:
+            raise AuxError(Errno.EOPNOTSUPP, f"parent does not handle {spec.name}")
+        return self.rt.publish_event(self.dev_id, b"P:" + self.name.encode(), spec, payload)
+
+    def get(self) -> int:
+        result, _ = self.rt.request(lambda r: E.DevGet(r=r, dev=self.dev_id), what="get_device")
+        self.rt.check(result, "get_device")
+        self.refs += 1
+        return result.d["refcount"]
+
+    def put(self) -> int:
+        result, _ = self.rt.request(lambda r: E.DevPut(r=r, dev=self.dev_id), what="put_device")
+        self.rt.check(result, "put_device")
+        self.refs -= 1
+        return result.d["refcount"]
+
+    def __repr__(self):
+        return f"<ChildDevice {self.name} #{self.dev_id} {'bound' if self.bound else 'unbound'}>"
+
+
+class ChildRuntime(Runtime):
+    role = "child"
+    locks_devices = True
+
+    def __init__(self, drivers: list[AuxDriver], name: str | None = None, **kw):
+        super().__init__(name or "+".join(d.name for d in drivers) or "child", **kw)
+        self.drivers = {d.name: d for d in drivers}
+        self.handlers = {d.name: collect_handlers(d, self.catalog) for d in drivers}
+        self.devices: dict[int, ChildDevice] = {}
+        self.registered: list[str] = []
+
+    def handles(self) -> set[int]:
+        return {code for table in self.handlers.values() for code in table}
+
+    def subscriptions(self) -> list[bytes]:
+        return sorted({f"C:{m}.".encode() for d in self.drivers.values() for m in d.id_table})
+
+    def on_registered(self) -> None:
+        for drv in self.drivers.values():
+            self.driver_register(drv)
+
+    def driver_register(self, drv: AuxDriver) -> list[str]:
+        """auxiliary_driver_register: matching devices are probed before it returns."""
+        result, _ = self.request(lambda r: E.DrvRegister(
+            r=r, name=drv.name, id_table=tuple(drv.id_table), probe=callable(getattr(drv, "probe", None)),
+            remove=callable(drv.remove), shutdown=callable(drv.shutdown),
+            handles=sorted(self.handlers[drv.name])), timeout=60.0, what=f"register driver {drv.name}")
+        self.check(result, f"register driver {drv.name}")
+        self.registered.append(drv.name)
+        return result.d.get("probed", [])
+
+    def driver_unregister(self, drv: AuxDriver) -> None:
+        """auxiliary_driver_unregister: remove() runs for every bound device first."""
+        result, _ = self.request(lambda r: E.DrvUnregister(r=r, name=drv.name), timeout=60.0,
+                                 what=f"unregister driver {drv.name}")
+        self.check(result, f"unregister driver {drv.name}")
+        self.registered.remove(drv.name)
+
+    def on_close(self) -> None:
+        for name in list(self.registered):
+            self.driver_unregister(self.drivers[name])
+
+    # ---- deliveries (each under the device's lock) ---------------------------------------
+
+    def serve(self, msg, payload):
+        match msg:
+            case E.Probe():
+                return self._probe(msg)
+            case E.Remove():
+                return self._remove(msg)
+            case E.Shutdown():
+                adev = self._bound(msg.dev)
+                if callable(adev.driver.shutdown):
+                    adev.driver.shutdown(adev)
+                return 0, "", None
+            case E.Request():
+                adev = self._bound(msg.dev)
+                spec, fn = self._handler(adev, msg.ev)
+                value = decode_payload(spec, E.decode_payload_frame(payload))
+                e, reply = normalize_result(spec, fn(adev, value))
+                return e, "", reply
+            case E.Inject():
+                return self._inject(msg, payload)
+        return super().serve(msg, payload)
+
+    def _bound(self, dev_id: int) -> ChildDevice:
+        adev = self.devices.get(dev_id)
+        if adev is None:
+            raise AuxError(Errno.ENODEV, f"device #{dev_id} is not bound to {self.name}")
+        return adev
+
+    def _handler(self, adev: ChildDevice, code: int) -> tuple[EventSpec, object]:
+        spec = self.catalog.get(code)
+        if spec is None:
+            raise AuxError(Errno.EOPNOTSUPP, f"event {code} is not in schema {self.catalog.version_str}")
+        fn = self.handlers[adev.driver.name].get(code)
+        if fn is None:
+            raise AuxError(Errno.EOPNOTSUPP, f"driver {adev.driver.name} has no handler for {spec.name}")
+        return spec, fn
+
+    def _probe(self, msg: E.Probe):
+        drv = self.drivers.get(msg.driver)
+        if drv is None:
+            raise AuxError(Errno.ENODEV, f"no driver {msg.driver} in this process")
+        adev = ChildDevice(self, msg.dev, msg.name, drv, msg.parent_handles, msg.parent_schema)
+        self.devices[msg.dev] = adev     # probe may already call the parent
+        try:
+            rc = drv.probe(adev)
+            e, _ = normalize_result(None, rc)
+        except BaseException:
+            self.devices.pop(msg.dev, None)
+            raise
+        if e:
+            self.devices.pop(msg.dev, None)
+            adev.bound = False
+        else:
+            log.info("%s: probed %s", drv.name, msg.name)
+        return e, "", None
+
+    def _remove(self, msg: E.Remove):
+        adev = self.devices.get(msg.dev)
+        if adev is None:
+            return 0, "", None
+        try:
+            if callable(adev.driver.remove):
+                adev.driver.remove(adev)
+        finally:
+            adev.bound = False
+            self.devices.pop(msg.dev, None)
+            log.info("%s: removed %s (%s)", adev.driver.name, adev.name, msg.reason)
+        return 0, "", None
+
+    def _inject(self, msg: E.Inject, payload):
+        adev = self._bound(msg.dev)
+        spec = self.catalog.get(msg.ev)
+        obj = E.decode_payload_frame(payload)
+        if spec.sync:
+            reply = adev.call(spec, obj, timeout=msg.timeout_ms / 1000)
+            return 0, "", reply.to_wire() if reply is not None else None
+        seq = adev.notify(spec, obj)
+        return 0, f"published as seq {seq}", None
+
+    def on_async(self, topic, msg: E.AsyncEvent, payload):
+        adev = self.devices.get(msg.dev)
+        if adev is None or topic[2:] != adev.name.encode():
+            self.stats["async_unbound"] += 1    # skipped like the kernel skips an unbound device
+            return
+        spec = self.catalog.get(msg.ev)
+        fn = self.handlers[adev.driver.name].get(msg.ev) if spec else None
+        if fn is None:
+            self.stats["async_unhandled"] += 1
+            return
+        try:
+            value = decode_payload(spec, E.decode_payload_frame(payload))
+        except AuxError as exc:
+            self.stats["async_invalid"] += 1
+            log.warning("%s on %s: %s (event dropped)", spec.name, adev.name, exc)
+            return
+        t0 = time.monotonic()
+        fn(adev, value)
+        self.stats["async_delivered"] += 1
+        took = time.monotonic() - t0
+        if spec.context is Context.ATOMIC and took > ATOMIC_BUDGET:
+            self.stats["atomic_overrun"] += 1
+            log.warning("BUG: %s handler of %s ran %.1f ms in atomic context (budget %.1f ms)",
+                        spec.name, adev.driver.name, took * 1000, ATOMIC_BUDGET * 1000)

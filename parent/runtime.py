@@ -1,0 +1,244 @@
+"""The PCI-owner process: its auxiliary devices and its side of the events.
+
+A parent model is a class::
+
+    class Ixd(ParentModel):
+        modname = "ixd"
+        def probe(self):                       # the PCI probe: create aux devices
+            self.eth = self.device("eth", 0, release=self.eth_release)
+            self.eth.init(); self.eth.add()
+        @handler(Event.REQUEST_RESET)
+        def request_reset(self, adev, req): ...
+
+``ParentDevice`` mirrors the kernel's three-step creation and two-step removal:
+``init()`` (checks parent and name), ``add()`` (names the device
+``<modname>.<name>.<id>`` and binds a driver before it returns), ``delete()``
+(the child's remove() has completed when it returns), ``uninit()`` (drops the
+parent's reference; ``release`` runs at the last put, maybe much later).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from proto import envelope as E
+from proto.errno import AuxError, Errno
+from proto.events import decode_payload
+from auxipc.handlers import collect_handlers, normalize_result
+from auxipc.peer import Runtime
+
+log = logging.getLogger("auxipc.parent")
+
+
+class ParentDevice:
+    """An auxiliary_device owned by this parent."""
+
+    def __init__(self, rt: "ParentRuntime | None", name: str, id: int, release: Callable | None = None):
+        self.rt, self.short, self.id, self.release_cb = rt, name, id, release
+        self.dev_id = 0
+        self.name = ""            # full name, known after init
+        self.state = "new"
+        self.driver: str | None = None
+        self.child_handles: frozenset = frozenset()
+        self.child_inc = 0
+        self.child_schema = (0, 0)
+        self.data: dict = {}
+        self.early: list = []     # async events that beat the BIND notice here (other socket)
+
+    def _req(self, make, what: str, timeout: float = 30.0) -> dict:
+        result, _ = self.rt.request(make, timeout=timeout, what=what)
+        self.rt.check(result, what)
+        return result.d
+
+    def init(self) -> None:
+        """auxiliary_device_init: -EINVAL without a parent or a name."""
+        if self.rt is None:
+            raise AuxError(Errno.EINVAL, "auxiliary_device_init: no parent")
+        if not self.short:
+            raise AuxError(Errno.EINVAL, "auxiliary_device_init: name is empty")
+        d = self._req(lambda r: E.DevInit(r=r, name=self.short, id=self.id, release=self.release_cb is not None),
+                      "auxiliary_device_init")
+        self.dev_id, self.name, self.state = d["dev"], d["name"], "initialized"
+        self.rt.devices[self.dev_id] = self
+
+    def add(self) -> str | None:
+        """auxiliary_device_add: returns the bound driver's name (or None). On error
+        the caller still owns the device and must uninit() it."""
+        d = self._req(lambda r: E.DevAdd(r=r, dev=self.dev_id), f"auxiliary_device_add {self.name}")
+        self.state = "added"
+        return d.get("driver")
+
+    def delete(self) -> None:
+        """auxiliary_device_delete: unbinds synchronously."""
+        self._req(lambda r: E.DevDelete(r=r, dev=self.dev_id), f"auxiliary_device_delete {self.name}")
+        self.state = "deleted"
+        self.driver = None
+
+    def uninit(self) -> None:
+        """auxiliary_device_uninit: put the parent's reference."""
+        self._req(lambda r: E.DevUninit(r=r, dev=self.dev_id), f"auxiliary_device_uninit {self.name}")
+        if self.state != "released":
+            self.state = "uninitialized"
+
+    def get(self) -> int:
+        return self._req(lambda r: E.DevGet(r=r, dev=self.dev_id), "get_device")["refcount"]
+
+    def put(self) -> int:
+        return self._req(lambda r: E.DevPut(r=r, dev=self.dev_id), "put_device")["refcount"]
+
+    @property
+    def bound(self) -> bool:
+        return self.driver is not None
+
+    def supports(self, event) -> bool:
+        return self.rt.catalog.lookup(event).code in self.child_handles
+
+    def call(self, event, payload=None, timeout: float = 5.0):
+        """Sync parent->child event, delivered under the child's device_lock."""
+        spec = self.rt.spec_to_send(event)
+        return self.rt.call_event(self.dev_id, spec, payload, timeout)
+
+    def notify(self, event, payload=None) -> int:
+        """Async parent->child event. Skipped with -ENODEV when no driver is bound and
+        -EOPNOTSUPP when the driver has no handler (the kernel's NULL checks)."""
+        spec = self.rt.spec_to_send(event)
+        if self.driver is None:
+            raise AuxError(Errno.ENODEV, f"{self.name or self.short} has no bound driver")
+        if spec.code not in self.child_handles:
+            raise AuxError(Errno.EOPNOTSUPP, f"driver {self.driver} has no handler for {spec.name}")
+        return self.rt.publish_event(self.dev_id, b"C:" + self.name.encode(), spec, payload)
+
+    def __repr__(self):
+        return f"<ParentDevice {self.name or self.short} #{self.dev_id} {self.state} driver={self.driver}>"
+
+
+class ParentModel:
+    """A PCI driver that owns auxiliary devices. Subclasses set ``modname``."""
+
+    modname: str = ""
+
+    def __init__(self):
+        self.rt: ParentRuntime | None = None
+
+    def device(self, name: str, id: int = 0, release: Callable | None = None) -> ParentDevice:
+        return ParentDevice(self.rt, name, id, release)
+
+    def probe(self) -> None:
+        """PCI probe: create, init and add the auxiliary devices."""
+
+    def remove(self) -> None:
+        """PCI remove: delete and uninit every device still added (the default does that)."""
+        for adev in list(self.rt.devices.values()):
+            if adev.state == "added":
+                adev.delete()
+            if adev.state in ("initialized", "deleted"):
+                adev.uninit()
+
+    def on_bind(self, adev: ParentDevice) -> None:
+        """A driver bound ``adev``."""
+
+    def on_unbind(self, adev: ParentDevice, reason: str) -> None:
+        """``adev`` lost its driver (remove, driver exit or crash)."""
+
+
+class ParentRuntime(Runtime):
+    role = "parent"
+
+    def __init__(self, model: ParentModel, **kw):
+        if not model.modname:
+            raise AuxError(Errno.EINVAL, f"{type(model).__name__}: modname is empty")
+        super().__init__(model.modname, **kw)
+        self.model = model
+        model.rt = self
+        self.handlers = collect_handlers(model, self.catalog)
+        self.devices: dict[int, ParentDevice] = {}
+
+    def handles(self) -> set[int]:
+        return set(self.handlers)
+
+    def subscriptions(self) -> list[bytes]:
+        return [f"P:{self.model.modname}.".encode()]
+
+    def on_registered(self) -> None:
+        self.model.probe()
+
+    def on_close(self) -> None:
+        self.model.remove()
+
+    def on_notice(self, msg) -> None:
+        adev = self.devices.get(getattr(msg, "dev", -1))
+        if adev is None:
+            log.info("notice for an unknown device: %s", msg)
+            return
+        match msg:
+            case E.Bind():
+                adev.driver, adev.child_inc = msg.driver, msg.inc
+                adev.child_handles, adev.child_schema = frozenset(msg.handles), tuple(msg.schema)
+                early, adev.early = adev.early, []
+                self.model.on_bind(adev)
+                for topic, ev, payload in early:
+                    self.on_async(topic, ev, payload)
+            case E.Unbind():
+                adev.driver, adev.child_handles = None, frozenset()
+                self.stats["async_unbound"] += len(adev.early)
+                adev.early = []
+                self.model.on_unbind(adev, msg.reason)
+            case E.Release():
+                adev.state = "released"
+                self.devices.pop(adev.dev_id, None)
+                if adev.release_cb is not None:
+                    adev.release_cb(adev)
+
+    def serve(self, msg, payload):
+        match msg:
+            case E.Request():
+                adev = self.devices.get(msg.dev)
+                if adev is None:
+                    raise AuxError(Errno.ENODEV, f"device #{msg.dev} is not owned by {self.name}")
+                spec = self.catalog.get(msg.ev)
+                fn = self.handlers.get(msg.ev)
+                if spec is None or fn is None:
+                    raise AuxError(Errno.EOPNOTSUPP, f"parent {self.name} has no handler for event {msg.ev}")
+                value = decode_payload(spec, E.decode_payload_frame(payload))
+                e, reply = normalize_result(spec, fn(adev, value))
+                return e, "", reply
+            case E.Inject():
+                adev = self.devices.get(msg.dev)
+                if adev is None:
+                    raise AuxError(Errno.ENODEV, f"device #{msg.dev} is not owned by {self.name}")
+                spec = self.catalog.get(msg.ev)
+                obj = E.decode_payload_frame(payload)
+                if spec.sync:
+                    reply = adev.call(spec, obj, timeout=msg.timeout_ms / 1000)
+                    return 0, "", reply.to_wire() if reply is not None else None
+                return 0, f"published as seq {adev.notify(spec, obj)}", None
+        return super().serve(msg, payload)
+
+    def on_async(self, topic, msg: E.AsyncEvent, payload):
+        adev = self.devices.get(msg.dev)
+        if adev is None or topic[2:] != adev.name.encode():
+            self.stats["async_unbound"] += 1
+            return
+        if adev.driver is None:
+            if adev.state == "added" and len(adev.early) < 1024:
+                adev.early.append((topic, msg, payload))   # replayed when BIND arrives
+            else:
+                self.stats["async_unbound"] += 1
+            return
+        if msg.inc != adev.child_inc:
+            self.stats["async_stale"] += 1     # from an earlier incarnation of the child
+            return
+        spec = self.catalog.get(msg.ev)
+        fn = self.handlers.get(msg.ev) if spec else None
+        if fn is None:
+            self.stats["async_unhandled"] += 1
+            return
+        try:
+            value = decode_payload(spec, E.decode_payload_frame(payload))
+        except AuxError as exc:
+            self.stats["async_invalid"] += 1
+            log.warning("%s from %s: %s (event dropped)", spec.name, adev.name, exc)
+            return
+        fn(adev, value)
+        self.stats["async_delivered"] += 1

@@ -1,0 +1,14 @@
+"""auxipc's protocol: the event schema, the envelope and the errno table.
+
+Sans-I/O: this package imports no zmq, os, time or logging. Typed messages go
+in, bytes come out, and back.
+"""
+
+from .errno import AuxError, Errno, ProtocolError, errno_name, strerror
+from .events import (CATALOG, SCHEMA_VERSION, Catalog, Context, Delivery, Direction, Event,
+                     EventSpec, decode_payload, encode_payload)
+from .schema import Payload
+
+__all__ = ["AuxError", "Errno", "ProtocolError", "errno_name", "strerror", "CATALOG",
+           "SCHEMA_VERSION", "Catalog", "Context", "Delivery", "Direction", "Event",
+           "EventSpec", "Payload", "decode_payload", "encode_payload"]

@@ -1,0 +1,344 @@
+"""The message envelope: message types, their headers, and frames <-> typed messages.
+
+A message is a list of ZeroMQ frames (the ROUTER's routing-id frame, added and
+removed by ZeroMQ, is not part of it)::
+
+    [MAGIC] [header] [payload]?          request/reply channel (DEALER <-> ROUTER)
+    [topic] [MAGIC] [header] [payload]?  pub/sub channel
+
+``MAGIC`` is ``b"AUX1"``: protocol tag and major version. ``header`` is a msgpack
+map whose key ``t`` is the message type (``Msg``) and whose other keys are that
+type's declared fields. ``payload``, present on event-carrying messages, is the
+msgpack map of the event's payload (or reply) type, kept as a separate frame so
+the broker can forward it untouched. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import msgpack
+
+from .errno import ProtocolError, Errno
+from .schema import Array, Bool, Int, Map, Payload, Str
+
+MAGIC = b"AUX1"
+PROTOCOL_VERSION = 1
+MAX_FRAME = 1 << 20  # bytes; the broker's MAXMSGSIZE is a little above this
+
+U32 = dict(min=0, max=2**32 - 1)
+REQ_ID = Int(0, 2**53)
+
+
+class Msg(IntEnum):
+    REGISTER = 1
+    UNREGISTER = 2
+    HEARTBEAT = 3
+    REREGISTER = 4
+    DRV_REGISTER = 10
+    DRV_UNREGISTER = 11
+    DEV_INIT = 20
+    DEV_ADD = 21
+    DEV_DELETE = 22
+    DEV_UNINIT = 23
+    DEV_GET = 24
+    DEV_PUT = 25
+    CALL = 30
+    REQUEST = 31
+    RESULT = 32
+    PROBE = 40
+    REMOVE = 41
+    SHUTDOWN = 42
+    BIND = 43
+    UNBIND = 44
+    RELEASE = 45
+    CTL = 50
+    INJECT = 51
+    EVENT = 60
+    UEVENT = 61
+
+
+class Header(Payload):
+    """Base of message headers; ``TYPE`` is the message type it declares."""
+
+    TYPE: Msg
+
+
+_HEADERS: dict[int, type[Header]] = {}
+
+
+def header(msg: Msg):
+    def register(cls: type[Header]) -> type[Header]:
+        cls.TYPE = msg
+        _HEADERS[msg] = cls
+        return cls
+    return register
+
+
+def strs(**kw):
+    return Array(Str(max_len=255), max_len=1024, **kw)
+
+
+def codes(**kw):
+    return Array(Int(0, 2**31 - 1), max_len=4096, **kw)
+
+
+# ---- peer -> broker ----------------------------------------------------------
+
+@header(Msg.REGISTER)
+class Register(Header):
+    """First message of a peer; answered by RESULT with {peer, incarnation, epoch, hb_ivl_ms, hb_liveness}."""
+    r = REQ_ID
+    role = Str(max_len=16, doc="'parent' or 'child'")
+    name = Str(max_len=64, doc="the model (parent) or the process's name (child)")
+    pid = Int(0, 2**31 - 1)
+    start_time = Int(0, 2**63 - 1, doc="/proc/<pid>/stat starttime, tells pid reuse apart")
+    proto = Int(1, 255, default=PROTOCOL_VERSION)
+    schema = Array(Int(0, 65535), length=2)
+    handles = codes(default=(), doc="event codes this peer handles")
+
+
+@header(Msg.UNREGISTER)
+class Unregister(Header):
+    r = REQ_ID
+
+
+@header(Msg.HEARTBEAT)
+class Heartbeat(Header):
+    epoch = Int(0, 2**63 - 1, default=0)
+
+
+@header(Msg.REREGISTER)
+class Reregister(Header):
+    reason = Str(default="")
+
+
+@header(Msg.DRV_REGISTER)
+class DrvRegister(Header):
+    r = REQ_ID
+    name = Str(max_len=128, default="")
+    id_table = strs(default=())
+    probe = Bool(default=False)
+    remove = Bool(default=False)
+    shutdown = Bool(default=False)
+    handles = codes(default=())
+
+
+@header(Msg.DRV_UNREGISTER)
+class DrvUnregister(Header):
+    r = REQ_ID
+    name = Str(max_len=128)
+
+
+@header(Msg.DEV_INIT)
+class DevInit(Header):
+    r = REQ_ID
+    name = Str(max_len=128, default="")
+    id = Int(0, 2**32 - 1, default=0)
+    release = Bool(default=False, doc="the parent supplied a release callback")
+
+
+@header(Msg.DEV_ADD)
+class DevAdd(Header):
+    r = REQ_ID
+    dev = Int(0, 2**53)
+
+
+@header(Msg.DEV_DELETE)
+class DevDelete(Header):
+    r = REQ_ID
+    dev = Int(0, 2**53)
+
+
+@header(Msg.DEV_UNINIT)
+class DevUninit(Header):
+    r = REQ_ID
+    dev = Int(0, 2**53)
+
+
+@header(Msg.DEV_GET)
+class DevGet(Header):
+    r = REQ_ID
+    dev = Int(0, 2**53)
+
+
+@header(Msg.DEV_PUT)
+class DevPut(Header):
+    r = REQ_ID
+    dev = Int(0, 2**53)
+
+
+@header(Msg.CALL)
+class Call(Header):
+    """A sync event from parent or child; the payload frame follows."""
+    r = REQ_ID
+    dev = Int(0, 2**53)
+    ev = Int(0, 2**31 - 1)
+    timeout_ms = Int(1, 3_600_000)
+
+
+@header(Msg.CTL)
+class Ctl(Header):
+    """A control query (CLI). Allowed without registering."""
+    r = REQ_ID
+    op = Str(max_len=32)
+    args = Map(default={})
+
+
+# ---- broker -> peer ------------------------------------------------------------
+
+@header(Msg.REQUEST)
+class Request(Header):
+    """A sync event delivered to its handler side; the payload frame follows."""
+    r = REQ_ID
+    dev = Int(0, 2**53)
+    ev = Int(0, 2**31 - 1)
+    timeout_ms = Int(0, 3_600_000)
+    inc = Int(0, 2**53, default=0, doc="caller's incarnation")
+
+
+@header(Msg.RESULT)
+class Result(Header):
+    """The answer to any request, both ways. ``e`` is 0 or a negative errno;
+    a sync event's reply payload, if any, follows as a frame."""
+    r = REQ_ID
+    e = Int(-4095, 0, default=0)
+    m = Str(max_len=4096, default="")
+    d = Map(default={})
+
+
+@header(Msg.PROBE)
+class Probe(Header):
+    r = REQ_ID
+    dev = Int(0, 2**53)
+    name = Str(max_len=160)
+    driver = Str(max_len=128)
+    parent_handles = codes(default=())
+    parent_schema = Array(Int(0, 65535), length=2, default=(1, 0))
+
+
+@header(Msg.REMOVE)
+class Remove(Header):
+    r = REQ_ID
+    dev = Int(0, 2**53)
+    reason = Str(default="")
+
+
+@header(Msg.SHUTDOWN)
+class Shutdown(Header):
+    r = REQ_ID
+    dev = Int(0, 2**53)
+
+
+@header(Msg.BIND)
+class Bind(Header):
+    """To the parent: its device is bound; what the child handles."""
+    dev = Int(0, 2**53)
+    driver = Str(max_len=128)
+    inc = Int(0, 2**53)
+    handles = codes(default=())
+    schema = Array(Int(0, 65535), length=2, default=(1, 0))
+
+
+@header(Msg.UNBIND)
+class Unbind(Header):
+    dev = Int(0, 2**53)
+    reason = Str(default="")
+
+
+@header(Msg.RELEASE)
+class Release(Header):
+    """To the parent: the last reference was put; run the release callback."""
+    dev = Int(0, 2**53)
+    name = Str(max_len=160, default="")
+
+
+@header(Msg.INJECT)
+class Inject(Header):
+    """Ask a peer to send an event through its own runtime (``auxipc send``)."""
+    r = REQ_ID
+    dev = Int(0, 2**53)
+    ev = Int(0, 2**31 - 1)
+    timeout_ms = Int(1, 3_600_000)
+
+
+# ---- pub/sub -------------------------------------------------------------------
+
+@header(Msg.EVENT)
+class AsyncEvent(Header):
+    """An async event; topic ``C:<device>`` (to the child) or ``P:<device>``."""
+    dev = Int(0, 2**53)
+    ev = Int(0, 2**31 - 1)
+    seq = Int(0, 2**63 - 1, doc="per (device, direction, sender incarnation), from 1")
+    inc = Int(0, 2**53, doc="sender's incarnation")
+
+
+@header(Msg.UEVENT)
+class Uevent(Header):
+    """A bus notification (topic ``bus``), like a udev uevent."""
+    seq = Int(0, 2**63 - 1)
+    action = Str(max_len=32)
+    dev = Str(max_len=160, default="")
+    driver = Str(max_len=128, default="")
+    detail = Map(default={})
+
+
+# ---- codec -----------------------------------------------------------------------
+
+_packer_default = None
+
+
+def packb(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpackb(data: bytes, what: str):
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"{what}: undecodable msgpack ({type(exc).__name__})") from None
+
+
+def encode(msg: Header, payload: dict | bytes | None = None, topic: bytes | None = None) -> list[bytes]:
+    """Frames for a message; ``payload`` is a wire map or already-packed bytes."""
+    head = msg.to_wire()
+    head["t"] = int(msg.TYPE)
+    frames = [MAGIC, packb(head)]
+    if payload is not None:
+        frames.append(payload if isinstance(payload, bytes) else packb(payload))
+    if topic is not None:
+        frames.insert(0, topic)
+    return frames
+
+
+def decode(frames: list[bytes]) -> tuple[Header, bytes | None]:
+    """Typed header and raw payload frame from ``[MAGIC, header, payload?]``.
+
+    Raises ProtocolError (EPROTO) for framing faults and AuxError(EINVAL) naming
+    the header field for a bad field."""
+    if not frames or frames[0] != MAGIC:
+        got = frames[0][:8] if frames else b""
+        raise ProtocolError(f"$.magic: expected {MAGIC!r}, got {bytes(got)!r}")
+    if len(frames) not in (2, 3):
+        raise ProtocolError(f"$: expected 2 or 3 frames after the routing id, got {len(frames)}")
+    if any(len(f) > MAX_FRAME for f in frames):
+        raise ProtocolError(f"$: frame over {MAX_FRAME} bytes", Errno.EMSGSIZE)
+    head = unpackb(frames[1], "$.header")
+    if not isinstance(head, dict):
+        raise ProtocolError("$.header: expected map")
+    t = head.pop("t", None)
+    cls = _HEADERS.get(t) if type(t) is int else None
+    if cls is None:
+        raise ProtocolError(f"$.header.t: unknown message type {t!r}")
+    return cls.from_wire(head, "$.header"), (frames[2] if len(frames) == 3 else None)
+
+
+def decode_payload_frame(data: bytes | None, what: str = "$.payload"):
+    """The msgpack object in a payload frame ({} when absent)."""
+    if data is None:
+        return {}
+    return unpackb(data, what)
+
+
+def header_types() -> dict[int, type[Header]]:
+    return dict(_HEADERS)
