@@ -158,11 +158,6 @@ def send(runtime_dir, device, event, side, payload, timeout, as_json):
         raise click.BadParameter(str(exc), param_hint="EVENT") from None
     with Client(runtime_dir) as c:
         out = c.send_event(device, spec.name, side, obj, timeout)
-    if out["reply"] is not None and spec.sync:
-        try:
-            out["reply"] = spec.reply.from_wire(out["reply"], "$.reply").to_json()
-        except AuxError:
-            pass
     if as_json:
         click.echo(json.dumps({k: out[k] for k in ("errno", "error", "message", "reply")}))
     elif out["errno"]:

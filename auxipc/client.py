@@ -9,7 +9,8 @@ import time
 import zmq
 
 from proto import envelope as E
-from proto.errno import AuxError, Errno
+from proto.errno import AuxError, Errno, errno_name
+from proto.events import CATALOG
 from .runtime_dir import endpoints
 
 
@@ -65,7 +66,12 @@ class Client:
         reply = None
         if frame is not None:
             reply = E.decode_payload_frame(frame, "$.reply")
-        from proto.errno import errno_name
+            spec = CATALOG.lookup(event)
+            if spec.sync:
+                try:
+                    reply = spec.reply.from_wire(reply, "$.reply").to_json()
+                except AuxError:
+                    pass
         return {"errno": result.e, "error": errno_name(result.e) if result.e else None,
                 "message": result.m, "reply": reply}
 
