@@ -1,0 +1,194 @@
+"""proto/: schema validation, envelope codec, errno table, catalog."""
+
+import pytest
+
+from proto import envelope as E
+from proto.errno import ERRNO_TABLE, AuxError, Errno, errno_name, strerror
+from proto.events import (CATALOG, Catalog, Direction, Duplex, Event, EventSpec, FwEvent, LinkChange,
+                          ResetType, SetMac, SetMacReply, decode_payload, encode_payload)
+
+
+def rejects(fn, message):
+    with pytest.raises(AuxError) as info:
+        fn()
+    assert str(info.value) == message
+    return info.value
+
+
+# ---- schema -------------------------------------------------------------------
+
+def test_payload_defaults_and_wire_form():
+    p = LinkChange(up=True)
+    assert p.to_wire() == {"up": True, "speed_mbps": -1, "duplex": 0, "autoneg": False}
+    assert LinkChange.from_wire(p.to_wire()) == p
+    assert p.duplex is Duplex.UNKNOWN
+
+
+def test_field_named_in_type_error():
+    rejects(lambda: LinkChange.from_wire({"up": True, "speed_mbps": "x"}),
+            "EINVAL: $.payload.speed_mbps: expected int, got str")
+
+
+def test_bool_is_not_an_int():
+    rejects(lambda: LinkChange(up=True, speed_mbps=True), "EINVAL: $.payload.speed_mbps: expected int, got bool")
+
+
+def test_range_rule():
+    rejects(lambda: LinkChange(up=True, speed_mbps=-2), "EINVAL: $.payload.speed_mbps: -2 out of range -1..2147483647")
+
+
+def test_required_field():
+    rejects(lambda: LinkChange.from_wire({}), "EINVAL: $.payload.up: required field missing")
+
+
+def test_enum_by_name_and_value():
+    assert LinkChange(up=True, duplex="full").duplex is Duplex.FULL
+    assert LinkChange(up=True, duplex=2).duplex is Duplex.FULL
+    rejects(lambda: LinkChange(up=True, duplex=7),
+            "EINVAL: $.payload.duplex: 7 is not a valid Duplex (UNKNOWN=0, HALF=1, FULL=2)")
+    rejects(lambda: LinkChange(up=True, duplex="fast"),
+            "EINVAL: $.payload.duplex: 'fast' is not one of UNKNOWN, HALF, FULL")
+
+
+def test_mac_bytes():
+    assert SetMac(addr="02:00:00:00:00:01").addr == b"\x02\0\0\0\0\x01"
+    assert SetMac(addr=[2, 0, 0, 0, 0, 1]).addr == b"\x02\0\0\0\0\x01"
+    rejects(lambda: SetMac(addr=b"\x01\x02"), "EINVAL: $.payload.addr: expected 6 bytes, got 2")
+    rejects(lambda: SetMac(addr="zz"), "EINVAL: $.payload.addr: 'zz' is not a MAC address (aa:bb:cc:dd:ee:ff)")
+
+
+def test_unknown_field_strict_on_send_lenient_on_receive():
+    rejects(lambda: LinkChange(up=True, sped=1),
+            "EINVAL: $.payload.sped: unknown field (fields: up, speed_mbps, duplex, autoneg)")
+    # A newer peer's appended field is ignored by an older receiver.
+    assert LinkChange.from_wire({"up": False, "added_in_1_1": 3}) == LinkChange(up=False)
+
+
+def test_payload_not_a_map():
+    rejects(lambda: LinkChange.from_wire([1, 2]), "EINVAL: $.payload: expected map, got array")
+
+
+def test_immutable():
+    p = LinkChange(up=True)
+    with pytest.raises(AttributeError):
+        p.up = False
+
+
+def test_json_form():
+    assert SetMacReply(addr=b"\x02\0\0\0\0\x01", filter_id=3).to_json() == {"addr": "02:00:00:00:00:01",
+                                                                           "filter_id": 3}
+    assert FwEvent(kind="HEALTH").to_json() == {"kind": "HEALTH", "state": 0, "data": []}
+
+
+# ---- catalog -------------------------------------------------------------------
+
+def test_catalog_lookup():
+    assert CATALOG.lookup("link_change").code == Event.LINK_CHANGE
+    assert CATALOG.lookup(Event.SET_MAC).reply is SetMacReply
+    assert CATALOG.lookup("76").name == "SET_MAC"
+    rejects(lambda: CATALOG.lookup("NOPE"), "EOPNOTSUPP: event 'NOPE' is not in schema 1.0")
+
+
+def test_catalog_required_events():
+    spec = {s.name: s for s in CATALOG}
+    assert spec["LINK_CHANGE"].direction is Direction.TO_CHILD and not spec["LINK_CHANGE"].sync
+    assert spec["FW_EVENT"].direction is Direction.TO_CHILD and not spec["FW_EVENT"].sync
+    assert spec["RESET_WARN"].sync and spec["PREPARE_DETACH"].sync
+    assert spec["REQUEST_RESET"].direction is Direction.TO_PARENT and spec["REQUEST_RESET"].sync
+    assert spec["SET_MAC"].sync and spec["SET_MAC"].reply is SetMacReply
+    assert spec["POST_CONFIG"].direction is Direction.TO_PARENT and not spec["POST_CONFIG"].sync
+
+
+def test_catalog_duplicate_declaration():
+    cat = Catalog()
+    rejects(lambda: cat.add(EventSpec(Event.LINK_CHANGE, "LINK_CHANGE", Direction.TO_CHILD,
+                                      CATALOG.lookup("LINK_CHANGE").delivery, LinkChange)),
+            "EEXIST: event LINK_CHANGE (1) declared twice")
+
+
+def test_direction_allows():
+    assert Direction.TO_CHILD.allows("parent") and not Direction.TO_CHILD.allows("child")
+    assert Direction.TO_PARENT.allows("child") and not Direction.TO_PARENT.allows("parent")
+    assert Direction.BOTH.allows("child") and Direction.BOTH.allows("parent")
+
+
+def test_encode_payload_checks_type():
+    spec = CATALOG.lookup("RESET_WARN")
+    assert encode_payload(spec, {"reset_type": "FLR"}) == {"reset_type": ResetType.FLR}
+    rejects(lambda: encode_payload(spec, LinkChange(up=True)),
+            "EINVAL: $.payload: RESET_WARN takes ResetWarn, got LinkChange")
+    assert decode_payload(spec, {"reset_type": 4}).reset_type is ResetType.FLR
+
+
+# ---- envelope ------------------------------------------------------------------------
+
+def test_envelope_round_trip():
+    frames = E.encode(E.Call(r=7, dev=3, ev=76, timeout_ms=100), {"addr": b"\x02" * 6})
+    msg, payload = E.decode(frames)
+    assert isinstance(msg, E.Call) and (msg.r, msg.dev, msg.ev, msg.timeout_ms) == (7, 3, 76, 100)
+    assert E.decode_payload_frame(payload) == {"addr": b"\x02" * 6}
+
+
+def test_envelope_with_topic():
+    frames = E.encode(E.Uevent(seq=1, action="ADD", dev="ixd.eth.0"), topic=b"bus")
+    assert frames[0] == b"bus"
+    msg, _ = E.decode(frames[1:])
+    assert msg.action == "ADD"
+
+
+@pytest.mark.parametrize("frames, message", [
+    ([], "EPROTO: $.magic: expected b'AUX1', got b''"),
+    ([b"XXXX", b"\x80"], "EPROTO: $.magic: expected b'AUX1', got b'XXXX'"),
+    ([E.MAGIC], "EPROTO: $: expected 2 or 3 frames after the routing id, got 1"),
+    ([E.MAGIC, b"\xc1"], "EPROTO: $.header: undecodable msgpack (FormatError)"),
+    ([E.MAGIC, E.packb([1, 2])], "EPROTO: $.header: expected map"),
+    ([E.MAGIC, E.packb({"t": 999})], "EPROTO: $.header.t: unknown message type 999"),
+    ([E.MAGIC, E.packb({"t": 30, "r": 1, "dev": "a", "ev": 1, "timeout_ms": 5})],
+     "EINVAL: $.header.dev: expected int, got str"),
+    ([E.MAGIC, E.packb({"t": 30, "r": 1, "dev": 1, "ev": 1, "timeout_ms": 0})],
+     "EINVAL: $.header.timeout_ms: 0 out of range 1..3600000"),
+])
+def test_envelope_rejections(frames, message):
+    rejects(lambda: E.decode(frames), message)
+
+
+def test_envelope_oversize():
+    err = rejects(lambda: E.decode([E.MAGIC, b"\x80", b"x" * (E.MAX_FRAME + 1)]),
+                  f"EMSGSIZE: $: frame over {E.MAX_FRAME} bytes")
+    assert err.errno == Errno.EMSGSIZE
+
+
+def test_deep_nesting_is_a_protocol_error():
+    data = b"\x91" * 5000 + b"\x80"
+    rejects(lambda: E.decode([E.MAGIC, data]), "EPROTO: $.header: undecodable msgpack (StackError)")
+
+
+# ---- errno -----------------------------------------------------------------------------
+
+def test_errno_table_is_linux():
+    assert (Errno.ENODEV, Errno.EINVAL, Errno.EOPNOTSUPP, Errno.ETIMEDOUT, Errno.EPROBE_DEFER) == (19, 22, 95, 110, 517)
+    assert set(ERRNO_TABLE) == set(Errno)
+    assert errno_name(-19) == "ENODEV" and errno_name(4000) == "E4000"
+    assert strerror(-110) == "Connection timed out"
+
+
+def test_auxerror_code_and_str():
+    e = AuxError(-Errno.EBUSY, "reset in progress")
+    assert (e.errno, e.code, e.name, str(e)) == (16, -16, "EBUSY", "EBUSY: reset in progress")
+    assert AuxError(Errno.ENODEV).message == "No such device"
+
+
+def test_proto_is_sans_io():
+    import ast
+    import pathlib
+    banned = {"zmq", "os", "time", "logging", "socket", "threading", "subprocess"}
+    for path in pathlib.Path(__file__).parent.parent.joinpath("proto").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = {node.module.split(".")[0]}
+            else:
+                continue
+            assert not names & banned, f"{path.name} imports {names & banned}"
