@@ -100,21 +100,25 @@ class Register(Header):
 
 @header(Msg.UNREGISTER)
 class Unregister(Header):
+    """Clean exit: the broker answers, then forgets the peer (its drivers were unregistered first)."""
     r = REQ_ID
 
 
 @header(Msg.HEARTBEAT)
 class Heartbeat(Header):
+    """From a peer's heartbeat socket (`<id>#hb`) every interval; the broker echoes it with its epoch."""
     epoch = Int(0, 2**63 - 1, default=0)
 
 
 @header(Msg.REREGISTER)
 class Reregister(Header):
+    """To a sender the broker does not know (it restarted, or declared the peer dead): register again."""
     reason = Str(default="")
 
 
 @header(Msg.DRV_REGISTER)
 class DrvRegister(Header):
+    """auxiliary_driver_register; answered after every matching device was probed ({probed: [names]})."""
     r = REQ_ID
     name = Str(max_len=128, default="")
     id_table = strs(default=())
@@ -126,12 +130,14 @@ class DrvRegister(Header):
 
 @header(Msg.DRV_UNREGISTER)
 class DrvUnregister(Header):
+    """auxiliary_driver_unregister; answered after remove() ran for every bound device."""
     r = REQ_ID
     name = Str(max_len=128)
 
 
 @header(Msg.DEV_INIT)
 class DevInit(Header):
+    """auxiliary_device_init; answered {dev, name}: the bus-wide device id and the full name."""
     r = REQ_ID
     name = Str(max_len=128, default="")
     id = Int(0, 2**32 - 1, default=0)
@@ -140,30 +146,35 @@ class DevInit(Header):
 
 @header(Msg.DEV_ADD)
 class DevAdd(Header):
+    """auxiliary_device_add; answered {name, driver} after a matching driver probed (or none did)."""
     r = REQ_ID
     dev = Int(0, 2**53)
 
 
 @header(Msg.DEV_DELETE)
 class DevDelete(Header):
+    """auxiliary_device_delete; answered after the driver's remove() completed."""
     r = REQ_ID
     dev = Int(0, 2**53)
 
 
 @header(Msg.DEV_UNINIT)
 class DevUninit(Header):
+    """auxiliary_device_uninit: puts the parent's reference; release follows at the last put."""
     r = REQ_ID
     dev = Int(0, 2**53)
 
 
 @header(Msg.DEV_GET)
 class DevGet(Header):
+    """get_device from either side; answered {refcount}."""
     r = REQ_ID
     dev = Int(0, 2**53)
 
 
 @header(Msg.DEV_PUT)
 class DevPut(Header):
+    """put_device from either side; answered {refcount}; RELEASE goes to the parent at zero."""
     r = REQ_ID
     dev = Int(0, 2**53)
 
@@ -209,6 +220,7 @@ class Result(Header):
 
 @header(Msg.PROBE)
 class Probe(Header):
+    """To the child: probe this device with this driver (under device_lock). Answer 0 or an errno."""
     r = REQ_ID
     dev = Int(0, 2**53)
     name = Str(max_len=160)
@@ -219,6 +231,7 @@ class Probe(Header):
 
 @header(Msg.REMOVE)
 class Remove(Header):
+    """To the child: remove() (under device_lock). Always treated as done once answered."""
     r = REQ_ID
     dev = Int(0, 2**53)
     reason = Str(default="")
@@ -226,6 +239,7 @@ class Remove(Header):
 
 @header(Msg.SHUTDOWN)
 class Shutdown(Header):
+    """To the child: shutdown() at bus shutdown."""
     r = REQ_ID
     dev = Int(0, 2**53)
 

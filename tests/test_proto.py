@@ -192,3 +192,11 @@ def test_proto_is_sans_io():
             else:
                 continue
             assert not names & banned, f"{path.name} imports {names & banned}"
+
+
+def test_protocol_doc_is_current():
+    import pathlib
+    from proto.protodoc import render
+    doc = pathlib.Path(__file__).parent.parent / "docs" / "protocol.md"
+    text = doc.read_text()
+    assert render(text) == text, "docs/protocol.md is stale: run scripts/gen-docs"
