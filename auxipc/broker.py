@@ -117,30 +117,43 @@ class Broker:
     # ---- loop ---------------------------------------------------------------------
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(self.monitor, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
-        bus = self.bus
+        """Serve until stopped; then shut the bus down: every bound driver's shutdown()
+        runs (bounded by SHUTDOWN_TIMEOUT each) and leaked references are reported."""
+        self._poller = zmq.Poller()
+        self._poller.register(self.router, zmq.POLLIN)
+        self._poller.register(self.monitor, zmq.POLLIN)
+        self._poller.register(self._wake_r, zmq.POLLIN)
         while not self._stop:
-            nxt = bus.next_timer()
-            timeout = bus.hb_ivl if nxt is None else max(0.0, min(nxt - time.monotonic(), bus.hb_ivl))
-            events = dict(poller.poll(timeout * 1000))
-            if self.router in events:
-                for _ in range(256):
-                    try:
-                        frames = self.router.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self.on_frames(frames)
-            if self.monitor in events:
-                while self.monitor.poll(0):
-                    parse_monitor_message(self.monitor.recv_multipart())
-                self.check_processes()
-            if self._wake_r in events:
-                os.read(self._wake_r, 4096)
-            bus.tick()
-            self.flush()
+            self._step()
+        finished = []
+        self.bus.shutdown_all(lambda: finished.append(True))
+        deadline = time.monotonic() + 5.0
+        while not finished and time.monotonic() < deadline:
+            self._step()
+        for leak in self.bus.leaks():
+            log.warning("leak: %s was deleted but references are still held by %s", leak["dev"], leak["holders"])
+        self.flush()
+
+    def _step(self) -> None:
+        bus, poller = self.bus, self._poller
+        nxt = bus.next_timer()
+        timeout = bus.hb_ivl if nxt is None else max(0.0, min(nxt - time.monotonic(), bus.hb_ivl))
+        events = dict(poller.poll(timeout * 1000))
+        if self.router in events:
+            for _ in range(256):
+                try:
+                    frames = self.router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.on_frames(frames)
+        if self.monitor in events:
+            while self.monitor.poll(0):
+                parse_monitor_message(self.monitor.recv_multipart())
+            self.check_processes()
+        if self._wake_r in events:
+            os.read(self._wake_r, 4096)
+        bus.tick()
+        self.flush()
 
     def on_frames(self, frames: list[bytes]) -> None:
         ident, body = frames[0], frames[1:]

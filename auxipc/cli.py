@@ -118,13 +118,22 @@ def child(runtime_dir, drivers):
 @main.command()
 @RUNTIME_DIR
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def ls(runtime_dir, as_json):
-    """Show devices, drivers and peers on the bus."""
+@click.option("--tree/--table", "tree", default=True, show_default=True,
+              help="Parent -> device -> driver tree, or the flat tables.")
+def ls(runtime_dir, as_json, tree):
+    """Show devices, drivers and peers on the bus.
+
+    \b
+    Examples:
+      auxipc ls                        # parent process -> devices -> bound driver, refs, events
+      auxipc ls --table                # devices, drivers and peers as tables
+      auxipc ls --json | jq '.devices[] | {name, bind, driver}'
+    """
     from .client import Client
-    from .render import render_ls
+    from .render import render_ls, render_tree
     with Client(runtime_dir) as c:
         snap = c.query("ls")
-    click.echo(json.dumps(snap, indent=2) if as_json else render_ls(snap))
+    click.echo(json.dumps(snap, indent=2) if as_json else render_tree(snap) if tree else render_ls(snap))
 
 
 @main.command()
@@ -167,6 +176,33 @@ def send(runtime_dir, device, event, side, payload, timeout, as_json):
         note = f" ({out['message']})" if out["message"] else ""
         click.echo(f"{spec.name} on {device}: ok{reply}{note}")
     sys.exit(1 if out["errno"] else 0)
+
+
+@main.command()
+@RUNTIME_DIR
+@click.argument("device")
+@click.argument("driver")
+def bind(runtime_dir, device, driver):
+    """Bind DEVICE to DRIVER, like writing to /sys/bus/auxiliary/drivers/DRIVER/bind.
+
+    Errors as the driver core's: unknown or non-matching device ENODEV, already
+    bound EBUSY, deferred probe EAGAIN, or the probe's own error.
+    """
+    from .client import Client
+    with Client(runtime_dir, timeout=30.0) as c:
+        c.query("bind", device=device, driver=driver)
+    click.echo(f"{device}: bound to {driver}")
+
+
+@main.command()
+@RUNTIME_DIR
+@click.argument("device")
+def unbind(runtime_dir, device):
+    """Unbind DEVICE from its driver (its remove() runs), like sysfs unbind."""
+    from .client import Client
+    with Client(runtime_dir, timeout=30.0) as c:
+        c.query("unbind", device=device)
+    click.echo(f"{device}: unbound")
 
 
 @main.command()

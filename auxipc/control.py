@@ -6,6 +6,7 @@ Each op takes ``args`` (a map) and answers one RESULT whose ``d`` holds the data
 - ``uevents``: ``{events: [...]}``, the notifications with ``seq > since``
 - ``send``: ``{device, event, from, timeout_ms}`` + payload frame: the named side's
   runtime sends the event as its code would; the answer is that call's result.
+- ``bind``: ``{device, driver}``; ``unbind``: ``{device}`` — sysfs bind/unbind.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from .lifecycle import BindState
+from .snapshot import snapshot
 
 
 class Control:
@@ -32,7 +34,23 @@ class Control:
         self.bus.reply(ident, msg.r, data={"epoch": self.bus.epoch, "pid": os.getpid()})
 
     def op_ls(self, ident, msg, payload):
-        self.bus.reply(ident, msg.r, data=self.bus.snapshot())
+        self.bus.reply(ident, msg.r, data=snapshot(self.bus))
+
+    def op_bind(self, ident, msg, payload):
+        """sysfs bind: {device, driver}."""
+        self.bus.bind_device(self._str(msg, "device"), self._str(msg, "driver"),
+                             lambda e, m: self.bus.reply(ident, msg.r, e, m))
+
+    def op_unbind(self, ident, msg, payload):
+        """sysfs unbind: {device}."""
+        self.bus.unbind_device(self._str(msg, "device"), lambda e, m: self.bus.reply(ident, msg.r, e, m))
+
+    @staticmethod
+    def _str(msg, key: str) -> str:
+        value = msg.args.get(key)
+        if not isinstance(value, str) or not value:
+            raise AuxError(Errno.EINVAL, f"$.header.args.{key}: expected a non-empty string")
+        return value
 
     def op_uevents(self, ident, msg, payload):
         since = msg.args.get("since", 0)

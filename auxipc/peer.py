@@ -14,6 +14,7 @@ Threads other than the runtime's submit work with ``call_soon_threadsafe``.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -21,13 +22,13 @@ import os
 import time
 import traceback
 from collections import Counter, deque
-from typing import Callable
+from typing import Callable, Iterator
 
 import zmq
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno, ProtocolError, errno_name
-from proto.events import CATALOG, Catalog, EventSpec, encode_payload
+from proto.events import CATALOG, Catalog, Context, EventSpec, encode_payload
 from .runtime_dir import endpoints, process_start_time
 from .transport import Heartbeat, Sockets, peer_ident
 
@@ -71,6 +72,10 @@ class Runtime:
         self._hello = False
         self._seq_out: dict = {}
         self._seq_in: dict = {}
+        self._tasks: list[str] = []       # the task stack: top is what runs now
+        self._task_ids = itertools.count(1)
+        self._atomic: str | None = None   # the atomic-context handler running, if any
+        self.atomic_budget = ATOMIC_BUDGET
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._poller: zmq.Poller | None = None
@@ -215,10 +220,15 @@ class Runtime:
 
     def _run_timers(self) -> None:
         while self._soon:
-            self._guard(self._soon.popleft())
+            self._work(self._soon.popleft())
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, fn = heapq.heappop(self._timers)
+            self._work(fn)
+
+    def _work(self, fn) -> None:
+        """A timer or thread-submitted callback: a workqueue item, in a task of its own."""
+        with self.in_task(self.new_task()):
             self._guard(fn)
 
     def _guard(self, fn) -> None:
@@ -229,10 +239,102 @@ class Runtime:
         except Exception:
             log.error("callback failed:\n%s", traceback.format_exc())
 
+    # ---- tasks, locks, contexts ------------------------------------------------------------
+
+    @property
+    def task(self) -> str:
+        """The task running now: a handler runs in its caller's task (the chain crosses
+        processes, as a kernel call would); top-level code and each timer callback
+        (a workqueue item) have tasks of their own."""
+        return self._tasks[-1] if self._tasks else f"{self.name}#{self.inc}/main"
+
+    @contextlib.contextmanager
+    def in_task(self, task: str) -> Iterator[None]:
+        self._tasks.append(task)
+        try:
+            yield
+        finally:
+            self._tasks.pop()
+
+    def new_task(self, kind: str = "w") -> str:
+        return f"{self.name}#{self.inc}/{kind}{next(self._task_ids)}"
+
+    @contextlib.contextmanager
+    def lock(self, name: str, timeout: float = 5.0, ensure: bool = False) -> Iterator[None]:
+        """Hold a cross-process lock (``rtnl``, ``mutex:<name>``) for the current task.
+        -EDEADLK at once if waiting would deadlock (lockdep), -ETIMEDOUT at the deadline.
+        With ``ensure``, a lock the task already holds is fine (and stays held after)."""
+        task = self.task
+        ms = max(1, int(timeout * 1000))
+        result, _ = self.request(lambda r: E.LockReq(r=r, name=name, task=task, timeout_ms=ms, ensure=ensure),
+                                 timeout=timeout, what=f"lock {name}")
+        self.check(result, f"lock {name}")
+        already = result.d.get("held", False)
+        try:
+            yield
+        finally:
+            if not already and self.sk is not None:
+                result, _ = self.request(lambda r: E.UnlockReq(r=r, name=name, task=task), what=f"unlock {name}")
+                if result.e:
+                    log.warning("unlock %s: %s", name, result.m)
+
+    @contextlib.contextmanager
+    def atomic(self, what: str) -> Iterator[None]:
+        """Run ``what`` in atomic context: sleeping (a sync call, a lock) is a BUG."""
+        outer, self._atomic = self._atomic, what
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self._atomic = outer
+            took = time.monotonic() - t0
+            if took > self.atomic_budget:
+                self.stats["atomic_overrun"] += 1
+                log.warning("BUG: %s ran %.1f ms in atomic context (budget %.1f ms)", what, took * 1000,
+                            self.atomic_budget * 1000)
+                self.report("ATOMIC_OVERRUN", what=what, ms=round(took * 1000, 3),
+                            budget_ms=self.atomic_budget * 1000)
+
+    def might_sleep(self, what: str) -> None:
+        """The kernel's might_sleep(): refuse to block in atomic context."""
+        if self._atomic is not None:
+            self.stats["sleep_in_atomic"] += 1
+            msg = f"BUG: sleeping function called from invalid context: {what} in {self._atomic}"
+            log.error("%s", msg)
+            self.report("SLEEP_IN_ATOMIC", what=what, context=self._atomic)
+            raise AuxError(Errno.EAGAIN, msg)
+
+    def invoke(self, spec: EventSpec, fn, adev, value, who: str):
+        """Call an event handler in the context its event declares: atomic (no sleeping,
+        time budget) or may-sleep, and for events the kernel sends under rtnl, with rtnl
+        held by the task (taken here unless the caller's task holds it already)."""
+        if spec.rtnl and spec.sync:
+            with self.lock("rtnl", ensure=True):
+                return self._invoke(spec, fn, adev, value, who)
+        return self._invoke(spec, fn, adev, value, who)
+
+    def _invoke(self, spec, fn, adev, value, who):
+        if spec.context is Context.ATOMIC:
+            with self.atomic(f"{spec.name} handler of {who}"):
+                return fn(adev, value)
+        return fn(adev, value)
+
+    def report(self, action: str, **detail) -> None:
+        """Publish a trace record (topic ``trace``) about this process."""
+        if self.sk is None:
+            return
+        head = {"t": E.Msg.UEVENT, "seq": 0, "action": action, "dev": "", "driver": "",
+                "detail": {"peer": f"{self.role} {self.name}#{self.inc}", "task": self.task, **detail}}
+        try:
+            self.sk.pub.send_multipart([b"trace", E.MAGIC, E.packb(head)], zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats["trace_dropped"] += 1
+
     # ---- requests to the broker -----------------------------------------------------------
 
     def request(self, make: Callable[[int], E.Header], payload=None, timeout: float = 5.0,
                 what: str = "request") -> tuple[E.Result, bytes | None]:
+        self.might_sleep(what)
         r = next(self._r)
         self.sk.dealer.send_multipart(E.encode(make(r), payload), copy=False)
         deadline = time.monotonic() + timeout + GRACE
@@ -265,8 +367,9 @@ class Runtime:
         if len(wire) > E.MAX_FRAME:
             raise AuxError(Errno.EMSGSIZE, f"$.payload: {len(wire)} bytes exceed the bus maximum {E.MAX_FRAME}")
         ms = max(1, int(timeout * 1000))
-        result, reply = self.request(lambda r: E.Call(r=r, dev=dev_id, ev=spec.code, timeout_ms=ms),
-                                     wire, timeout, f"{spec.name}")
+        task = self.task
+        result, reply = self.request(lambda r: E.Call(r=r, dev=dev_id, ev=spec.code, timeout_ms=ms, task=task),
+                                     wire, timeout, f"{spec.name} call")
         self.check(result, spec.name)
         if reply is None:
             return None
@@ -306,7 +409,7 @@ class Runtime:
             return
         if isinstance(msg, E.Result):
             self._results[msg.r] = (msg, payload)
-        elif isinstance(msg, (E.Request, E.Probe, E.Remove, E.Shutdown, E.Inject)):
+        elif isinstance(msg, (E.Request, E.Probe, E.Remove, E.Shutdown, E.Pm, E.Inject)):
             self._deliver(("req", msg, payload))
         elif isinstance(msg, E.Reregister):
             if self.hb is not None:
@@ -370,8 +473,10 @@ class Runtime:
 
     def _serve(self, msg, payload) -> None:
         reply = None
+        task = getattr(msg, "task", "") or self.new_task("x")
         try:
-            e, m, reply = self.serve(msg, payload)
+            with self.in_task(task):
+                e, m, reply = self.serve(msg, payload)
         except AuxError as exc:
             e, m = exc.code, exc.message
         except Exception as exc:

@@ -18,13 +18,12 @@ never concurrently with another, and never after remove() returned.
 from __future__ import annotations
 
 import logging
-import time
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno
-from proto.events import Context, EventSpec, decode_payload
+from proto.events import EventSpec, decode_payload
 from auxipc.handlers import collect_handlers, normalize_result
-from auxipc.peer import ATOMIC_BUDGET, Runtime
+from auxipc.peer import Runtime
 
 log = logging.getLogger("auxipc.child")
 
@@ -37,7 +36,9 @@ class AuxDriver:
         return 0
 
     remove = None      # optional: def remove(self, adev)
-    shutdown = None    # optional: def shutdown(self, adev)
+    shutdown = None    # optional: def shutdown(self, adev)   (bus shutdown)
+    suspend = None     # optional: def suspend(self, adev)    (driven by the parent: mlx5's detach)
+    resume = None      # optional: def resume(self, adev)     (mlx5's attach)
 
 
 class ChildDevice:
@@ -111,8 +112,9 @@ class ChildRuntime(Runtime):
 
     def driver_register(self, drv: AuxDriver) -> list[str]:
         """auxiliary_driver_register: matching devices are probed before it returns."""
+        task = self.task
         result, _ = self.request(lambda r: E.DrvRegister(
-            r=r, name=drv.name, id_table=tuple(drv.id_table), probe=callable(getattr(drv, "probe", None)),
+            r=r, name=drv.name, task=task, id_table=tuple(drv.id_table), probe=callable(getattr(drv, "probe", None)),
             remove=callable(drv.remove), shutdown=callable(drv.shutdown),
             handles=sorted(self.handlers[drv.name])), timeout=60.0, what=f"register driver {drv.name}")
         self.check(result, f"register driver {drv.name}")
@@ -121,7 +123,8 @@ class ChildRuntime(Runtime):
 
     def driver_unregister(self, drv: AuxDriver) -> None:
         """auxiliary_driver_unregister: remove() runs for every bound device first."""
-        result, _ = self.request(lambda r: E.DrvUnregister(r=r, name=drv.name), timeout=60.0,
+        task = self.task
+        result, _ = self.request(lambda r: E.DrvUnregister(r=r, name=drv.name, task=task), timeout=60.0,
                                  what=f"unregister driver {drv.name}")
         self.check(result, f"unregister driver {drv.name}")
         self.registered.remove(drv.name)
@@ -147,8 +150,15 @@ class ChildRuntime(Runtime):
                 adev = self._bound(msg.dev)
                 spec, fn = self._handler(adev, msg.ev)
                 value = decode_payload(spec, E.decode_payload_frame(payload))
-                e, reply = normalize_result(spec, fn(adev, value))
+                e, reply = normalize_result(spec, self.invoke(spec, fn, adev, value, adev.driver.name))
                 return e, "", reply
+            case E.Pm():
+                adev = self._bound(msg.dev)
+                fn = getattr(adev.driver, msg.op, None)
+                if callable(fn):
+                    e, _ = normalize_result(None, fn(adev))
+                    return e, "", None
+                return 0, "", None
             case E.Inject():
                 return self._inject(msg, payload)
         return super().serve(msg, payload)
@@ -226,11 +236,5 @@ class ChildRuntime(Runtime):
             self.stats["async_invalid"] += 1
             log.warning("%s on %s: %s (event dropped)", spec.name, adev.name, exc)
             return
-        t0 = time.monotonic()
-        fn(adev, value)
+        self._invoke(spec, fn, adev, value, adev.driver.name)
         self.stats["async_delivered"] += 1
-        took = time.monotonic() - t0
-        if spec.context is Context.ATOMIC and took > ATOMIC_BUDGET:
-            self.stats["atomic_overrun"] += 1
-            log.warning("BUG: %s handler of %s ran %.1f ms in atomic context (budget %.1f ms)",
-                        spec.name, adev.driver.name, took * 1000, ATOMIC_BUDGET * 1000)

@@ -65,13 +65,15 @@ class ParentDevice:
     def add(self) -> str | None:
         """auxiliary_device_add: returns the bound driver's name (or None). On error
         the caller still owns the device and must uninit() it."""
-        d = self._req(lambda r: E.DevAdd(r=r, dev=self.dev_id), f"auxiliary_device_add {self.name}")
+        task = self.rt.task
+        d = self._req(lambda r: E.DevAdd(r=r, dev=self.dev_id, task=task), f"auxiliary_device_add {self.name}")
         self.state = "added"
         return d.get("driver")
 
     def delete(self) -> None:
         """auxiliary_device_delete: unbinds synchronously."""
-        self._req(lambda r: E.DevDelete(r=r, dev=self.dev_id), f"auxiliary_device_delete {self.name}")
+        task = self.rt.task
+        self._req(lambda r: E.DevDelete(r=r, dev=self.dev_id, task=task), f"auxiliary_device_delete {self.name}")
         self.state = "deleted"
         self.driver = None
 
@@ -80,6 +82,16 @@ class ParentDevice:
         self._req(lambda r: E.DevUninit(r=r, dev=self.dev_id), f"auxiliary_device_uninit {self.name}")
         if self.state != "released":
             self.state = "uninitialized"
+
+    def suspend(self) -> None:
+        """Call the driver's suspend() under device_lock (mlx5 uses it as detach)."""
+        task = self.rt.task
+        self._req(lambda r: E.DevPm(r=r, dev=self.dev_id, op="suspend", task=task), f"suspend {self.name}")
+
+    def resume(self) -> None:
+        """Call the driver's resume() under device_lock (mlx5's attach)."""
+        task = self.rt.task
+        self._req(lambda r: E.DevPm(r=r, dev=self.dev_id, op="resume", task=task), f"resume {self.name}")
 
     def get(self) -> int:
         return self._req(lambda r: E.DevGet(r=r, dev=self.dev_id), "get_device")["refcount"]
@@ -201,7 +213,7 @@ class ParentRuntime(Runtime):
                 if spec is None or fn is None:
                     raise AuxError(Errno.EOPNOTSUPP, f"parent {self.name} has no handler for event {msg.ev}")
                 value = decode_payload(spec, E.decode_payload_frame(payload))
-                e, reply = normalize_result(spec, fn(adev, value))
+                e, reply = normalize_result(spec, self.invoke(spec, fn, adev, value, self.name))
                 return e, "", reply
             case E.Inject():
                 adev = self.devices.get(msg.dev)
@@ -240,5 +252,5 @@ class ParentRuntime(Runtime):
             self.stats["async_invalid"] += 1
             log.warning("%s from %s: %s (event dropped)", spec.name, adev.name, exc)
             return
-        fn(adev, value)
+        self._invoke(spec, fn, adev, value, self.name)
         self.stats["async_delivered"] += 1

@@ -43,6 +43,9 @@ class Msg(IntEnum):
     DEV_UNINIT = 23
     DEV_GET = 24
     DEV_PUT = 25
+    DEV_PM = 26
+    LOCK = 27
+    UNLOCK = 28
     CALL = 30
     REQUEST = 31
     RESULT = 32
@@ -52,6 +55,7 @@ class Msg(IntEnum):
     BIND = 43
     UNBIND = 44
     RELEASE = 45
+    PM = 46
     CTL = 50
     INJECT = 51
     EVENT = 60
@@ -126,6 +130,7 @@ class DrvRegister(Header):
     remove = Bool(default=False)
     shutdown = Bool(default=False)
     handles = codes(default=())
+    task = Str(max_len=128, default="", doc="the task (call chain) this runs in; lockdep's unit")
 
 
 @header(Msg.DRV_UNREGISTER)
@@ -133,6 +138,7 @@ class DrvUnregister(Header):
     """auxiliary_driver_unregister; answered after remove() ran for every bound device."""
     r = REQ_ID
     name = Str(max_len=128)
+    task = Str(max_len=128, default="", doc="the task (call chain) this runs in; lockdep's unit")
 
 
 @header(Msg.DEV_INIT)
@@ -149,6 +155,7 @@ class DevAdd(Header):
     """auxiliary_device_add; answered {name, driver} after a matching driver probed (or none did)."""
     r = REQ_ID
     dev = Int(0, 2**53)
+    task = Str(max_len=128, default="", doc="the task (call chain) this runs in; lockdep's unit")
 
 
 @header(Msg.DEV_DELETE)
@@ -156,6 +163,7 @@ class DevDelete(Header):
     """auxiliary_device_delete; answered after the driver's remove() completed."""
     r = REQ_ID
     dev = Int(0, 2**53)
+    task = Str(max_len=128, default="", doc="the task (call chain) this runs in; lockdep's unit")
 
 
 @header(Msg.DEV_UNINIT)
@@ -179,6 +187,35 @@ class DevPut(Header):
     dev = Int(0, 2**53)
 
 
+@header(Msg.DEV_PM)
+class DevPm(Header):
+    """The parent suspends or resumes its device's driver (mlx5's detach/attach); answered
+    after the driver's suspend()/resume() ran under device_lock."""
+    r = REQ_ID
+    dev = Int(0, 2**53)
+    op = Str(max_len=16, doc="'suspend' or 'resume'")
+    task = Str(max_len=128, default="")
+
+
+@header(Msg.LOCK)
+class LockReq(Header):
+    """Take a cross-process lock (``rtnl``, ``mutex:<name>``) for a task. Answered when
+    granted, -EDEADLK at once if waiting would close a cycle, -ETIMEDOUT at the deadline.
+    With ``ensure``, a lock the task already holds is not an error (d.held = true)."""
+    r = REQ_ID
+    name = Str(max_len=128)
+    task = Str(max_len=128)
+    timeout_ms = Int(1, 3_600_000, default=5000)
+    ensure = Bool(default=False)
+
+
+@header(Msg.UNLOCK)
+class UnlockReq(Header):
+    r = REQ_ID
+    name = Str(max_len=128)
+    task = Str(max_len=128)
+
+
 @header(Msg.CALL)
 class Call(Header):
     """A sync event from parent or child; the payload frame follows."""
@@ -186,6 +223,7 @@ class Call(Header):
     dev = Int(0, 2**53)
     ev = Int(0, 2**31 - 1)
     timeout_ms = Int(1, 3_600_000)
+    task = Str(max_len=128, default="", doc="the task (call chain) this runs in; lockdep's unit")
 
 
 @header(Msg.CTL)
@@ -206,6 +244,7 @@ class Request(Header):
     ev = Int(0, 2**31 - 1)
     timeout_ms = Int(0, 3_600_000)
     inc = Int(0, 2**53, default=0, doc="caller's incarnation")
+    task = Str(max_len=128, default="", doc="the task (call chain) this runs in; lockdep's unit")
 
 
 @header(Msg.RESULT)
@@ -227,6 +266,7 @@ class Probe(Header):
     driver = Str(max_len=128)
     parent_handles = codes(default=())
     parent_schema = Array(Int(0, 65535), length=2, default=(1, 0))
+    task = Str(max_len=128, default="", doc="the task (call chain) this runs in; lockdep's unit")
 
 
 @header(Msg.REMOVE)
@@ -235,6 +275,7 @@ class Remove(Header):
     r = REQ_ID
     dev = Int(0, 2**53)
     reason = Str(default="")
+    task = Str(max_len=128, default="", doc="the task (call chain) this runs in; lockdep's unit")
 
 
 @header(Msg.SHUTDOWN)
@@ -242,6 +283,15 @@ class Shutdown(Header):
     """To the child: shutdown() at bus shutdown."""
     r = REQ_ID
     dev = Int(0, 2**53)
+
+
+@header(Msg.PM)
+class Pm(Header):
+    """To the child: suspend() or resume() (under device_lock)."""
+    r = REQ_ID
+    dev = Int(0, 2**53)
+    op = Str(max_len=16)
+    task = Str(max_len=128, default="")
 
 
 @header(Msg.BIND)
