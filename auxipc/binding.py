@@ -53,8 +53,10 @@ class Binding:
         todo = [d for d in self.devices.values()
                 if d.life.state is DeviceState.ADDED and d.bind.state in (BindState.UNBOUND, BindState.DEFERRED)
                 and match_name(d.name) in drv.id_table]
+        refused = {d.name: why for d in todo if (why := self._schema_clash(d, drv))}
         self._chain([lambda done, d=d: self._probe(d, [drv], done, task) for d in todo],
-                    lambda: self.reply(peer.ident, msg.r, data={"probed": [d.name for d in todo]}))
+                    lambda: self.reply(peer.ident, msg.r, data={
+                        "probed": [d.name for d in todo if d.name not in refused], "refused": refused}))
 
     def driver_unregister(self, peer: "Peer", msg: E.DrvUnregister) -> None:
         drv = self.drivers.get(msg.name)
@@ -118,6 +120,9 @@ class Binding:
         drv, rest = drivers[0], drivers[1:]
         if not drv.peer.alive or self.drivers.get(drv.name) is not drv:
             return self._probe(dev, rest, done, task)
+        if self._schema_clash(dev, drv):
+            self._bind_refused(dev, drv)
+            return self._probe(dev, rest, done, task)
 
         def start(op: LockedOp):
             if dev.life.state is not DeviceState.ADDED or dev.driver is not None or not drv.peer.alive:
@@ -125,8 +130,9 @@ class Binding:
                 return done()
             dev.bind.fire("probe")
             parent = dev.parent
+            adopt = drv.peer.adopt.get(dev.name, (None, 0))[0] == drv.name
             self.request(drv.peer, lambda rid: E.Probe(
-                r=rid, dev=dev.dev_id, name=dev.name, driver=drv.name, task=task,
+                r=rid, dev=dev.dev_id, name=dev.name, driver=drv.name, task=task, adopt=adopt,
                 parent_handles=sorted(parent.handles), parent_schema=parent.schema),
                 None, PROBE_TIMEOUT, f"probe of {dev.name} by {drv.name}",
                 lambda e, m, _p, _d: finished(op, e, m))
@@ -139,7 +145,12 @@ class Binding:
                 dev.driver = drv
                 dev.defer_delay = 0.0
                 dev.last_error = ""
-                self.uevent("BIND", dev.name, drv.name, modalias=f"auxiliary:{match_name(dev.name)}")
+                adopted = drv.peer.adopt.pop(dev.name, None)
+                if adopted is not None and adopted[1] > 0:
+                    dev.refs[drv.peer.label] += adopted[1]      # the references it held before
+                    drv.peer.holding[dev.dev_id] += adopted[1]
+                self.uevent("BIND", dev.name, drv.name, modalias=f"auxiliary:{match_name(dev.name)}",
+                            **({"adopted": True} if adopted else {}))
                 if dev.parent.alive:
                     self.send(dev.parent.ident, E.Bind(dev=dev.dev_id, driver=drv.name, inc=drv.peer.inc,
                                                        handles=sorted(drv.handles), schema=drv.peer.schema))
@@ -165,6 +176,28 @@ class Binding:
             return self._probe(dev, rest, done, task)
 
         dev.lock.run(LockedOp(f"probe {dev.name} by {drv.name}", start, lambda _r: done(), task))
+
+    @staticmethod
+    def _schema_clash(dev: "Device", drv: "Driver") -> str:
+        """Why ``drv`` may not bind ``dev`` ('' if it may): no contract across schema majors."""
+        p, c = dev.parent.schema, drv.peer.schema
+        if p[0] == c[0]:
+            return ""
+        return (f"bind refused: driver {drv.name} ({drv.peer.label}) speaks schema {c[0]}.{c[1]}, "
+                f"parent {dev.parent.name} of {dev.name} speaks {p[0]}.{p[1]}: major versions differ")
+
+    def _bind_refused(self, dev: "Device", drv: "Driver") -> None:
+        """Matching refuses to probe across majors: the device stays unbound, both sides
+        are told (an UNBIND notice for a device they never had bound) and ``ls`` shows it."""
+        reason = self._schema_clash(dev, drv)
+        dev.last_error = reason
+        log.warning("%s", reason)
+        self.uevent("BIND_REFUSED", dev.name, drv.name, reason=reason,
+                    parent_schema=".".join(map(str, dev.parent.schema)),
+                    driver_schema=".".join(map(str, drv.peer.schema)))
+        for peer in (dev.parent, drv.peer):
+            if peer.alive:
+                self.send(peer.ident, E.Unbind(dev=dev.dev_id, reason=reason))
 
     def _retry(self, dev: "Device") -> None:
         if dev.life.state is DeviceState.ADDED and dev.bind.state is BindState.DEFERRED:

@@ -24,6 +24,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno, ProtocolError
+from proto.events import CATALOG, Catalog
 from . import control
 from .bus import Bus
 from .runtime_dir import BrokerLock, endpoints, process_start_time
@@ -34,11 +35,11 @@ MAX_MSG = E.MAX_FRAME * 3 + 4096
 
 
 class Broker:
-    def __init__(self, runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3):
+    def __init__(self, runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, catalog: Catalog = CATALOG):
         self.ep = endpoints(runtime_dir)
         self.lock = BrokerLock(self.ep.root)
         self.epoch = time.time_ns() // 1_000_000
-        self.bus = Bus(time.monotonic, self.epoch, hb_ivl=hb_ivl, hb_liveness=hb_liveness)
+        self.bus = Bus(time.monotonic, self.epoch, catalog, hb_ivl=hb_ivl, hb_liveness=hb_liveness)
         self.ctl = control.Control(self)
         self._stop = False
         self._wake_r, self._wake_w = os.pipe()
@@ -217,8 +218,9 @@ class Broker:
                 self.bus.peer_died(peer, f"process {peer.pid} exited (socket disconnected)")
 
 
-def serve(runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, ready=print) -> None:
-    broker = Broker(runtime_dir, hb_ivl, hb_liveness)
+def serve(runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, ready=print,
+          catalog: Catalog = CATALOG) -> None:
+    broker = Broker(runtime_dir, hb_ivl, hb_liveness, catalog)
     broker.start()
     broker.install_signals()
     try:

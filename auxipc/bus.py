@@ -68,6 +68,7 @@ class Peer:
     devices: list = field(default_factory=list)
     holding: Counter = field(default_factory=Counter)
     slow_calls: int = 0
+    adopt: dict = field(default_factory=dict)     # device name -> (driver, refs) held before a broker restart
 
     @property
     def label(self) -> str:
@@ -282,16 +283,18 @@ class Bus(Binding, Calls):
             return self.reply(ident, msg.r, Errno.EINVAL, f"$.header.role: {msg.role!r} is not 'parent' or 'child'")
         if not msg.name:
             return self.reply(ident, msg.r, Errno.EINVAL, "$.header.name: empty")
-        if msg.schema[0] != self.catalog.version[0]:
-            return self.reply(ident, msg.r, Errno.EPROTO,
-                              f"schema {msg.schema[0]}.{msg.schema[1]} is incompatible with the bus's "
-                              f"{self.catalog.version_str} (major versions differ)")
+        # Any schema major registers (the envelope is the same); matching never binds
+        # a driver and a device whose peers' majors differ (Binding._bind_refused).
         for other in list(self.peers.values()):
             if other.alive and other.pid == msg.pid and other.start_time == msg.start_time:
                 self.peer_died(other, f"re-registered on a new socket (pid {msg.pid})")
         peer = Peer(ident, msg.role, msg.name, msg.pid, msg.start_time, next(self._incs),
                     tuple(msg.schema), frozenset(msg.handles), self.clock())
         peer.machine = peer_machine(peer.label)
+        if msg.role == "child":
+            for item in msg.restore.get("bound", ()):
+                if isinstance(item, dict) and isinstance(item.get("name"), str):
+                    peer.adopt[item["name"]] = (item.get("driver"), int(item.get("refs", 0) or 0))
         self.peers[ident] = peer
         self.hb_idents[ident + b"#hb"] = peer
         self.uevent("REGISTER", role=msg.role, name=msg.name, pid=msg.pid, inc=peer.inc)

@@ -53,6 +53,7 @@ class Runtime:
         self.catalog = catalog
         self.ep = endpoints(runtime_dir)
         self.connect_timeout = connect_timeout
+        self.reconnect_timeout = 30.0
         self.ctx: zmq.Context | None = None
         self.sk: Sockets | None = None
         self.hb: Heartbeat | None = None
@@ -103,42 +104,89 @@ class Runtime:
     def on_close(self) -> None:
         """Runs before unregistering on a clean stop (remove devices, unregister drivers)."""
 
+    def restore_state(self) -> dict:
+        """What to tell a new broker this process had (REGISTER's ``restore``)."""
+        return {}
+
+    def on_reregistered(self) -> None:
+        """Runs after registering again with a new broker (or after being declared dead)."""
+
     # ---- connection -------------------------------------------------------------------
 
     def open(self) -> None:
+        """Register with the broker and serve: ``on_registered`` runs once connected."""
         self.ctx = zmq.Context()
-        self.sk = Sockets(self.ctx, self.ep, peer_ident(self.role, self.name))
-        self._poller = zmq.Poller()
-        self._poller.register(self.sk.dealer, zmq.POLLIN)
-        self._poller.register(self.sk.sub, zmq.POLLIN)
-        self._poller.register(self._wake_r, zmq.POLLIN)
-        start = process_start_time(os.getpid()) or 0
         try:
-            result, _ = self.request(lambda r: E.Register(
-                r=r, role=self.role, name=self.name, pid=os.getpid(), start_time=start,
-                schema=self.catalog.version, handles=sorted(self.handles())),
-                timeout=self.connect_timeout, what="register")
+            self._connect(self.connect_timeout)
         except AuxError as exc:
             if exc.errno == Errno.ETIMEDOUT:
                 raise AuxError(Errno.ENOTCONN, f"no broker answered in {self.ep.root} within "
                                f"{self.connect_timeout:.0f} s; start one with 'auxipc broker'") from None
             raise
+        self.on_registered()
+
+    def _connect(self, timeout: float) -> None:
+        """Fresh sockets, REGISTER, the pub/sub hello, and the heartbeat thread."""
+        self.sk = Sockets(self.ctx, self.ep, peer_ident(self.role, self.name))
+        self._poller = zmq.Poller()
+        self._poller.register(self.sk.dealer, zmq.POLLIN)
+        self._poller.register(self.sk.sub, zmq.POLLIN)
+        self._poller.register(self.sk.monitor, zmq.POLLIN)
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        start = process_start_time(os.getpid()) or 0
+        restore = self.restore_state()
+        result, _ = self.request(lambda r: E.Register(
+            r=r, role=self.role, name=self.name, pid=os.getpid(), start_time=start,
+            schema=self.catalog.version, handles=sorted(self.handles()), restore=restore),
+            timeout=timeout, what="register")
         self.check(result, "register")
         w = self.welcome = result.d
         self.inc, self.epoch = w["inc"], w["epoch"]
         for topic in [b"hello:" + self.sk.ident, *self.subscriptions()]:
             self.sk.sub.setsockopt(zmq.SUBSCRIBE, topic)
-        self._await_hello()
+        self._await_hello(timeout)
         self.hb = Heartbeat(self.ctx, self.ep, self.sk.ident, w["hb_ivl_ms"] / 1000, w["hb_liveness"],
                             self.epoch, self.wake)
         self.hb.start()
         log.info("registered as %s", w["peer"])
-        self.on_registered()
 
-    def _await_hello(self) -> None:
+    def _disconnect(self) -> None:
+        """Drop this incarnation's sockets without lingering: queued requests must never
+        reach a new broker (zeromq.md fact 3)."""
+        if self.hb is not None:
+            self.hb.stop()
+            self.hb = None
+        if self.sk is not None:
+            self.sk.close(linger_ms=0)
+            self.sk = None
+        self._results.clear()
+        self._deferred.clear()
+        self._seq_in.clear()
+        self._hello = False
+
+    def reconnect(self, why: str) -> None:
+        """The broker is gone or forgot us: fail what was in flight, register again with
+        a new incarnation, and restore what this process had (``on_reregistered``)."""
+        log.warning("lost the broker (%s): reconnecting", why)
+        self.stats["reconnects"] += 1
+        deadline = time.monotonic() + self.reconnect_timeout
+        while True:
+            self._disconnect()
+            if self._stopping:
+                raise BrokerLost(why)
+            try:
+                self._connect(min(2.0, max(0.1, deadline - time.monotonic())))
+                break
+            except AuxError as exc:
+                if time.monotonic() > deadline:
+                    raise AuxError(Errno.ENOTCONN, f"no broker came back in {self.ep.root} within "
+                                   f"{self.reconnect_timeout:.0f} s ({exc.message})") from None
+        self.on_reregistered()
+
+    def _await_hello(self, timeout: float) -> None:
         """Publish to ourselves through the broker until it arrives: the pub/sub path,
         and every subscription made before it, are then in place (no slow joiner)."""
-        deadline = time.monotonic() + self.connect_timeout
+        deadline = time.monotonic() + timeout
         topic = b"hello:" + self.sk.ident
         while not self._hello:
             if time.monotonic() > deadline:
@@ -156,6 +204,7 @@ class Runtime:
                 log.warning("while closing: %s", exc)
             if self.hb is not None:
                 self.hb.stop()
+                self.hb = None
             self.sk.close()
             self.sk = None
         if self.ctx is not None:
@@ -187,12 +236,16 @@ class Runtime:
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._tseq), fn))
 
     def run(self) -> None:
-        """Serve until ``stop()`` (SIGTERM/SIGINT) or the broker is lost."""
+        """Serve until ``stop()`` (SIGTERM/SIGINT). A lost broker is reconnected to."""
         while not self._stopping:
             timeout = 1.0
             if self._timers:
                 timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
-            self.pump(timeout)
+            try:
+                self.pump(timeout)
+            except BrokerLost as exc:
+                if not self._stopping:
+                    self.reconnect(exc.message)
 
     def pump(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for messages and dispatch what arrived."""
@@ -213,6 +266,12 @@ class Runtime:
                 except zmq.Again:
                     break
                 self._on_sub(frames)
+        if self.sk.monitor in events:
+            while self.sk.monitor.poll(0):
+                self.sk.monitor.recv_multipart()
+            if self.hb is not None:
+                self.hb.lose("the broker's socket disconnected")
+                raise BrokerLost(self.hb.lost)
         if self._wake_r in events:
             os.read(self._wake_r, 4096)
         if self._depth == 0:
@@ -413,7 +472,7 @@ class Runtime:
             self._deliver(("req", msg, payload))
         elif isinstance(msg, E.Reregister):
             if self.hb is not None:
-                self.hb._lose(f"broker asks to re-register: {msg.reason}")
+                self.hb.lose(f"broker asks to re-register: {msg.reason}")
             raise BrokerLost(msg.reason)
         else:
             self._guard(lambda: self.on_notice(msg))

@@ -37,6 +37,7 @@ class Sockets:
         d.setsockopt(zmq.SNDHWM, HWM)
         d.setsockopt(zmq.RCVHWM, HWM)
         d.setsockopt(zmq.RECONNECT_IVL, 50)
+        self.monitor = d.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         d.connect(ep.bus)
         p = self.pub = ctx.socket(zmq.PUB)
         p.setsockopt(zmq.LINGER, 200)
@@ -51,6 +52,8 @@ class Sockets:
         s.connect(ep.sub)
 
     def close(self, linger_ms: int = 200) -> None:
+        self.dealer.disable_monitor()
+        self.monitor.close(linger=0)
         self.dealer.close(linger=linger_ms)
         self.pub.close(linger=linger_ms)
         self.sub.close(linger=0)
@@ -91,17 +94,17 @@ class Heartbeat(threading.Thread):
                     msg, _ = E.decode(sock.recv_multipart())
                     self.last_answer = time.monotonic()
                     if isinstance(msg, E.Heartbeat) and msg.epoch != self.epoch:
-                        self._lose(f"broker epoch changed ({self.epoch} -> {msg.epoch})")
+                        self.lose(f"broker epoch changed ({self.epoch} -> {msg.epoch})")
                     elif isinstance(msg, E.Reregister):
-                        self._lose(f"broker asks to re-register: {msg.reason}")
+                        self.lose(f"broker asks to re-register: {msg.reason}")
                 elif time.monotonic() - self.last_answer > self.ivl * self.liveness and self.lost is None:
-                    self._lose(f"broker silent for {time.monotonic() - self.last_answer:.2f} s")
+                    self.lose(f"broker silent for {time.monotonic() - self.last_answer:.2f} s")
         except zmq.ContextTerminated:
             pass
         finally:
             sock.close(linger=0)
 
-    def _lose(self, why: str) -> None:
+    def lose(self, why: str) -> None:
         if self.lost is None:
             self.lost = why
             self.wake()

@@ -98,13 +98,23 @@ class ChildRuntime(Runtime):
         self.drivers = {d.name: d for d in drivers}
         self.handlers = {d.name: collect_handlers(d, self.catalog) for d in drivers}
         self.devices: dict[int, ChildDevice] = {}
+        self.orphans: dict[int, ChildDevice] = {}   # bound before a broker restart, not yet taken back
         self.registered: list[str] = []
+        self.refused: dict[int, str] = {}   # device id -> why matching refused to probe it
 
     def handles(self) -> set[int]:
         return {code for table in self.handlers.values() for code in table}
 
     def subscriptions(self) -> list[bytes]:
         return sorted({f"C:{m}.".encode() for d in self.drivers.values() for m in d.id_table})
+
+    def on_notice(self, msg) -> None:
+        if isinstance(msg, E.Unbind) and msg.dev not in self.devices:
+            # Matching refused to probe a device for one of our drivers (schema majors differ).
+            log.warning("%s", msg.reason)
+            self.refused[msg.dev] = msg.reason
+            return
+        super().on_notice(msg)
 
     def on_registered(self) -> None:
         for drv in self.drivers.values():
@@ -132,6 +142,30 @@ class ChildRuntime(Runtime):
     def on_close(self) -> None:
         for name in list(self.registered):
             self.driver_unregister(self.drivers[name])
+
+    ORPHAN_GRACE = 10.0   # seconds a device bound before a broker restart waits to be taken back
+
+    def restore_state(self) -> dict:
+        held = {**self.orphans, **self.devices}
+        return {"bound": [{"name": d.name, "driver": d.driver.name, "refs": d.refs} for d in held.values()]}
+
+    def on_reregistered(self) -> None:
+        """Drivers again; devices bound before come back through PROBE{adopt}. Those
+        no parent adds again within ORPHAN_GRACE are removed here (the device is gone)."""
+        self.orphans.update(self.devices)
+        self.devices = {}
+        self.registered = []
+        for drv in self.drivers.values():
+            self.driver_register(drv)
+        self.call_later(self.ORPHAN_GRACE, self._drop_orphans)
+
+    def _drop_orphans(self) -> None:
+        for dev_id, adev in list(self.orphans.items()):
+            del self.orphans[dev_id]
+            adev.bound = False
+            log.warning("%s: %s did not come back after the broker restart: removed", adev.driver.name, adev.name)
+            if callable(adev.driver.remove):
+                self._guard(lambda: adev.driver.remove(adev))
 
     # ---- deliveries (each under the device's lock) ---------------------------------------
 
@@ -182,6 +216,17 @@ class ChildRuntime(Runtime):
         drv = self.drivers.get(msg.driver)
         if drv is None:
             raise AuxError(Errno.ENODEV, f"no driver {msg.driver} in this process")
+        if msg.adopt:
+            old = next((d for d in self.orphans.values() if d.name == msg.name and d.driver is drv), None)
+            if old is not None:
+                # Bound before the broker restarted: same device, new id; probe() already ran.
+                del self.orphans[old.dev_id]
+                old.dev_id, old.bound = msg.dev, True
+                old.parent_handles, old.parent_schema = frozenset(msg.parent_handles), tuple(msg.parent_schema)
+                self.devices[msg.dev] = old
+                self.stats["adopted"] += 1
+                log.info("%s: took %s back after the broker restart (no second probe)", drv.name, msg.name)
+                return 0, "adopted", None
         adev = ChildDevice(self, msg.dev, msg.name, drv, msg.parent_handles, msg.parent_schema)
         self.devices[msg.dev] = adev     # probe may already call the parent
         try:
@@ -212,7 +257,7 @@ class ChildRuntime(Runtime):
 
     def _inject(self, msg: E.Inject, payload):
         adev = self._bound(msg.dev)
-        spec = self.catalog.get(msg.ev)
+        spec = self.catalog.lookup(msg.ev)     # -EOPNOTSUPP if this side's schema lacks it
         obj = E.decode_payload_frame(payload)
         if spec.sync:
             reply = adev.call(spec, obj, timeout=msg.timeout_ms / 1000)

@@ -43,6 +43,7 @@ class ParentDevice:
         self.child_handles: frozenset = frozenset()
         self.child_inc = 0
         self.child_schema = (0, 0)
+        self.last_error = ""      # why no driver could bind (e.g. a schema major mismatch)
         self.data: dict = {}
         self.early: list = []     # async events that beat the BIND notice here (other socket)
 
@@ -150,6 +151,9 @@ class ParentModel:
     def on_bind(self, adev: ParentDevice) -> None:
         """A driver bound ``adev``."""
 
+    def on_restored(self) -> None:
+        """The devices were added again after a broker restart."""
+
     def on_unbind(self, adev: ParentDevice, reason: str) -> None:
         """``adev`` lost its driver (remove, driver exit or crash)."""
 
@@ -178,6 +182,23 @@ class ParentRuntime(Runtime):
     def on_close(self) -> None:
         self.model.remove()
 
+    def on_reregistered(self) -> None:
+        """A new broker (or we were declared dead): init and add again every device
+        that was on the bus; the bound driver takes it back without a second probe."""
+        old, self.devices = self.devices, {}
+        for adev in old.values():
+            adev.driver, adev.child_handles, adev.early = None, frozenset(), []
+            if adev.state not in ("initialized", "added"):
+                continue
+            was_added = adev.state == "added"
+            try:
+                adev.init()
+                if was_added:
+                    adev.add()
+            except AuxError as exc:
+                log.error("could not restore %s: %s", adev.name, exc)
+        self.model.on_restored()
+
     def on_notice(self, msg) -> None:
         adev = self.devices.get(getattr(msg, "dev", -1))
         if adev is None:
@@ -192,6 +213,9 @@ class ParentRuntime(Runtime):
                 for topic, ev, payload in early:
                     self.on_async(topic, ev, payload)
             case E.Unbind():
+                if adev.driver is None:     # never bound: matching refused it (schema majors differ)
+                    log.warning("%s: %s", adev.name, msg.reason)
+                    adev.last_error = msg.reason
                 adev.driver, adev.child_handles = None, frozenset()
                 self.stats["async_unbound"] += len(adev.early)
                 adev.early = []
@@ -219,7 +243,7 @@ class ParentRuntime(Runtime):
                 adev = self.devices.get(msg.dev)
                 if adev is None:
                     raise AuxError(Errno.ENODEV, f"device #{msg.dev} is not owned by {self.name}")
-                spec = self.catalog.get(msg.ev)
+                spec = self.catalog.lookup(msg.ev)     # -EOPNOTSUPP if this side's schema lacks it
                 obj = E.decode_payload_frame(payload)
                 if spec.sync:
                     reply = adev.call(spec, obj, timeout=msg.timeout_ms / 1000)

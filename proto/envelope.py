@@ -100,6 +100,7 @@ class Register(Header):
     proto = Int(1, 255, default=PROTOCOL_VERSION)
     schema = Array(Int(0, 65535), length=2)
     handles = codes(default=(), doc="event codes this peer handles")
+    restore = Map(default={}, doc="after a broker restart: what this peer had (a child: bound devices)")
 
 
 @header(Msg.UNREGISTER)
@@ -266,6 +267,8 @@ class Probe(Header):
     driver = Str(max_len=128)
     parent_handles = codes(default=())
     parent_schema = Array(Int(0, 65535), length=2, default=(1, 0))
+    adopt = Bool(default=False, doc="the child had this device bound before a broker restart: "
+                                    "take it back without calling probe() again")
     task = Str(max_len=128, default="", doc="the task (call chain) this runs in; lockdep's unit")
 
 
