@@ -32,6 +32,7 @@ from proto.events import CATALOG, Catalog, decode_payload
 from .binding import Binding
 from .calls import Calls
 from .lifecycle import BindState, DeviceState, PeerState, bind_machine, device_machine, peer_machine
+from .faults import FaultPlan, FaultRule, corrupt
 from .lockdep import Lock, LockDep
 
 log = logging.getLogger("auxipc.broker")
@@ -143,12 +144,58 @@ class Bus(Binding, Calls):
         self._timers: list = []
         self._tseq = itertools.count()
         self.lockdep = LockDep(self._lockdep_report)
+        self.faults = FaultPlan()
+        self._held_back: dict[bytes, list] = {}    # reorder faults: frames held until the next send
         self.lock_ops: dict = {}      # (task, lock name) -> LockedOp of a granted or queued LOCK
 
     # ---- plumbing ---------------------------------------------------------------
 
     def send(self, ident: bytes, msg: E.Header, payload=None) -> None:
         self.outbox.append((ident, E.encode(msg, payload)))
+        held = self._held_back.pop(ident, None)
+        if held:
+            self.outbox.extend(held)     # a reordered message goes out after the next one
+
+    # ---- fault injection ----------------------------------------------------------------
+
+    def add_fault(self, rule: FaultRule) -> FaultRule:
+        rule.id = next(self._ids)
+        self.faults.rules.append(rule)
+        self.uevent("FAULT_ADD", rule=rule.to_dict())
+        self._push_faults()
+        return rule
+
+    def clear_faults(self, target: str = "") -> int:
+        before = len(self.faults.rules)
+        self.faults.rules = [r for r in self.faults.rules if target and r.target != target]
+        self._push_faults()
+        return before - len(self.faults.rules)
+
+    def _push_faults(self) -> None:
+        for peer in self.peers.values():
+            if peer.alive:
+                rules = [r.to_dict() for r in self.faults.rules if r.target in ("*", peer.name)]
+                self.request(peer, lambda rid, rules=rules: E.Fault(r=rid, rules=rules), None, 5.0,
+                             f"fault rules to {peer.label}", lambda *_: None)
+
+    def fault_applied(self, rule: FaultRule, **detail) -> None:
+        self.stats["faults_applied"] += 1
+        self.published.append(E.encode(E.Uevent(seq=0, action="FAULT", detail={
+            "rule": rule.id, "kind": rule.kind, "action": rule.action or rule.point, **detail}), topic=b"trace"))
+
+    def message_fault(self, rule: FaultRule, peer: Peer, frames: list[bytes], what: str) -> None:
+        self.fault_applied(rule, to=peer.label, what=what)
+        if rule.action == "drop":
+            self.stats["dropped_by_fault"] += 1
+        elif rule.action == "delay":
+            self.later(rule.delay_ms / 1000, lambda: self.outbox.append((peer.ident, frames)))
+        elif rule.action == "duplicate":
+            self.outbox.extend([(peer.ident, frames), (peer.ident, frames)])
+        elif rule.action == "reorder":
+            self._held_back.setdefault(peer.ident, []).append((peer.ident, frames))
+            self.later(0.5, lambda: self.outbox.extend(self._held_back.pop(peer.ident, [])))
+        elif rule.action == "corrupt":
+            self.outbox.append((peer.ident, [*frames[:-1], corrupt(frames[-1], rule._rng)]))
 
     def reply(self, ident: bytes, r: int, errno: int = 0, message: str = "", data: dict | None = None,
               payload: bytes | None = None) -> None:
@@ -194,13 +241,20 @@ class Bus(Binding, Calls):
                                      f"(interval {self.hb_ivl} s x {self.hb_liveness})")
 
     def request(self, peer: Peer, msg_for: Callable[[int], E.Header], payload, timeout: float,
-                what: str, on_result: Callable[[int, str, bytes | None, dict], None]) -> Pending:
-        """Send a request that the peer answers with RESULT; ``on_result`` runs exactly once."""
+                what: str, on_result: Callable[[int, str, bytes | None, dict], None],
+                event: str = "") -> Pending:
+        """Send a request that the peer answers with RESULT; ``on_result`` runs exactly once.
+        A sync event (``event``) to the peer may meet a message fault on the way."""
         rid = next(self._ids)
         now = self.clock()
         p = Pending(rid, peer, now + timeout, on_result, what, now)
         self.pending[rid] = p
-        self.send(peer.ident, msg_for(rid), payload)
+        frames = E.encode(msg_for(rid), payload)
+        rule = self.faults.find("message", peer.name, event) if event and self.faults else None
+        if rule is None:
+            self.outbox.append((peer.ident, frames))
+        else:
+            self.message_fault(rule, peer, frames, what)
 
         def expire():
             if self.pending.pop(rid, None) is not None:
@@ -302,6 +356,7 @@ class Bus(Binding, Calls):
 
     def _welcome(self, peer: Peer) -> dict:
         return {"peer": peer.label, "inc": peer.inc, "epoch": self.epoch,
+                "faults": [r.to_dict() for r in self.faults.rules if r.matches(peer.name) or r.target == "*"],
                 "hb_ivl_ms": int(self.hb_ivl * 1000), "hb_liveness": self.hb_liveness,
                 "schema": list(self.catalog.version)}
 

@@ -77,7 +77,7 @@ class Calls:
                 after()
         self.request(callee, lambda rid: E.Request(r=rid, dev=msg.dev, ev=msg.ev, task=task,
                                                    timeout_ms=int(remaining * 1000), inc=caller.inc),
-                     payload, remaining, f"{ev_name} on {dev.name}", answered)
+                     payload, remaining, f"{ev_name} on {dev.name}", answered, event=ev_name)
 
     def _call_child(self, caller: "Peer", msg: E.Call, payload, dev: "Device", drv: "Driver", ev_name: str,
                     task: str) -> None:

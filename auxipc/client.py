@@ -10,7 +10,7 @@ import zmq
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
-from proto.events import CATALOG
+from proto.events import CATALOG, Catalog
 from .runtime_dir import endpoints
 
 
@@ -59,14 +59,15 @@ class Client:
             raise AuxError(result.e, result.m)
         return result.d
 
-    def send_event(self, device: str, event: str, side: str, payload: dict | None, timeout: float) -> dict:
+    def send_event(self, device: str, event: str, side: str, payload: dict | None, timeout: float,
+                   catalog: Catalog = CATALOG) -> dict:
         """Have ``side``'s runtime send ``event`` on ``device``; {errno, error, message, reply}."""
         result, frame = self.ctl("send", E.packb(payload or {}), timeout=timeout + 2.0, device=device,
                                  event=event, **{"from": side}, timeout_ms=max(1, int(timeout * 1000)))
         reply = None
         if frame is not None:
             reply = E.decode_payload_frame(frame, "$.reply")
-            spec = CATALOG.lookup(event)
+            spec = catalog.lookup(event)
             if spec.sync:
                 try:
                     reply = spec.reply.from_wire(reply, "$.reply").to_json()
@@ -85,3 +86,19 @@ class Client:
             if time.monotonic() > deadline:
                 raise AuxError(Errno.ETIMEDOUT, f"condition not met within {timeout:.1f} s")
             time.sleep(poll)
+
+    # ---- fault injection (see auxipc/faults.py) ----------------------------------------
+
+    def add_fault(self, **rule) -> dict:
+        """Install a fault rule: kind=kill|handler|message, target=peer name, ..."""
+        return self.query("fault", action="add", rule=rule)["rule"]
+
+    def clear_faults(self, target: str = "") -> int:
+        return self.query("fault", action="clear", target=target)["cleared"]
+
+    def faults(self) -> list[dict]:
+        return self.query("fault", action="ls")["rules"]
+
+    def signal(self, target: str, signal: str = "KILL") -> list[str]:
+        """Send a signal to every live peer named ``target`` (or with that pid)."""
+        return self.query("signal", target=target, signal=signal)["signalled"]

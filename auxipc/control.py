@@ -14,6 +14,7 @@ from __future__ import annotations
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from .lifecycle import BindState
+from .faults import SIGNALS, FaultRule
 from .snapshot import snapshot
 
 
@@ -44,6 +45,36 @@ class Control:
     def op_unbind(self, ident, msg, payload):
         """sysfs unbind: {device}."""
         self.bus.unbind_device(self._str(msg, "device"), lambda e, m: self.bus.reply(ident, msg.r, e, m))
+
+    def op_fault(self, ident, msg, payload):
+        """{action: add, rule: {...}} | {action: clear, target} | {action: ls}."""
+        what = msg.args.get("action", "ls")
+        if what == "add":
+            rule = self.bus.add_fault(FaultRule.from_dict(msg.args.get("rule") or {}))
+            self.bus.reply(ident, msg.r, data={"rule": rule.to_dict()})
+        elif what == "clear":
+            n = self.bus.clear_faults(msg.args.get("target", ""))
+            self.bus.reply(ident, msg.r, data={"cleared": n})
+        elif what == "ls":
+            self.bus.reply(ident, msg.r, data={"rules": [r.to_dict() for r in self.bus.faults.rules]})
+        else:
+            raise AuxError(Errno.EINVAL, f"$.header.args.action: {what!r} is not add, clear or ls")
+
+    def op_signal(self, ident, msg, payload):
+        """{target, signal}: send a signal to every live peer named ``target`` (or with that pid)."""
+        import os
+        import signal as signals
+        target, name = self._str(msg, "target"), msg.args.get("signal", "KILL")
+        if name not in SIGNALS:
+            raise AuxError(Errno.EINVAL, f"$.header.args.signal: {name!r} is not one of {', '.join(SIGNALS)}")
+        peers = [p for p in self.bus.peers.values() if p.alive and (p.name == target or str(p.pid) == target)]
+        if not peers:
+            names = ", ".join(sorted({p.name for p in self.bus.peers.values()})) or "none"
+            raise AuxError(Errno.ENODEV, f"no live peer named {target!r} (peers: {names})")
+        for p in peers:
+            self.bus.uevent("FAULT", name=p.name, pid=p.pid, signal=name)
+            os.kill(p.pid, SIGNALS[name])
+        self.bus.reply(ident, msg.r, data={"signalled": [p.label for p in peers]})
 
     @staticmethod
     def _str(msg, key: str) -> str:

@@ -29,6 +29,7 @@ import zmq
 from proto import envelope as E
 from proto.errno import AuxError, Errno, ProtocolError, errno_name
 from proto.events import CATALOG, Catalog, Context, EventSpec, encode_payload
+from .faults import SIGNALS, FaultPlan, FaultRule, corrupt
 from .runtime_dir import endpoints, process_start_time
 from .transport import Heartbeat, Sockets, peer_ident
 
@@ -77,6 +78,8 @@ class Runtime:
         self._task_ids = itertools.count(1)
         self._atomic: str | None = None   # the atomic-context handler running, if any
         self.atomic_budget = ATOMIC_BUDGET
+        self.faults = FaultPlan()
+        self._held_back: list = []        # an async event a reorder fault holds until the next one
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._poller: zmq.Poller | None = None
@@ -142,6 +145,7 @@ class Runtime:
         self.check(result, "register")
         w = self.welcome = result.d
         self.inc, self.epoch = w["inc"], w["epoch"]
+        self.faults.set([FaultRule.from_dict(r) for r in w.get("faults", ())])
         for topic in [b"hello:" + self.sk.ident, *self.subscriptions()]:
             self.sk.sub.setsockopt(zmq.SUBSCRIBE, topic)
         self._await_hello(timeout)
@@ -363,6 +367,38 @@ class Runtime:
             self.report("SLEEP_IN_ATOMIC", what=what, context=self._atomic)
             raise AuxError(Errno.EAGAIN, msg)
 
+    def fault_point(self, point: str, event: str = "") -> None:
+        """A lifecycle point where a kill fault may strike this process."""
+        rule = self.faults.find("kill", self.name, event, point) if self.faults else None
+        if rule is not None:
+            self.report("FAULT", rule=rule.id, kind="kill", point=point, event=event, signal=rule.signal)
+            log.warning("fault: SIG%s at %s %s", rule.signal, point, event)
+            time.sleep(0.02)   # let the I/O thread flush the FAULT record before we die
+            os.kill(os.getpid(), SIGNALS[rule.signal.upper()])
+
+    def _sent_fault(self, event: str) -> None:
+        self.fault_point("send", event)
+        if event == "RESET_WARN":
+            self.fault_point("reset", event)
+
+    def _handler_fault(self, spec: EventSpec):
+        """Apply a handler fault for ``spec`` if one fires: returns a result to use instead
+        of calling the handler, or None to call it (after an injected delay)."""
+        rule = self.faults.find("handler", self.name, spec.name) if self.faults else None
+        if rule is None:
+            return None
+        self.report("FAULT", rule=rule.id, kind="handler", action=rule.action, event=spec.name)
+        if rule.action == "delay":
+            time.sleep(rule.delay_ms / 1000)
+            return None
+        if rule.action == "hang":
+            while not self._stopping:   # a wedged handler: heartbeats go on, callers time out
+                time.sleep(0.05)
+            return -Errno.ESHUTDOWN
+        if rule.action == "raise":
+            raise RuntimeError(f"injected fault in the {spec.name} handler (rule #{rule.id})")
+        raise AuxError(Errno[rule.errno.upper()], f"injected fault (rule #{rule.id})")
+
     def invoke(self, spec: EventSpec, fn, adev, value, who: str):
         """Call an event handler in the context its event declares: atomic (no sleeping,
         time budget) or may-sleep, and for events the kernel sends under rtnl, with rtnl
@@ -373,16 +409,20 @@ class Runtime:
         return self._invoke(spec, fn, adev, value, who)
 
     def _invoke(self, spec, fn, adev, value, who):
+        if self.faults:
+            injected = self._handler_fault(spec)
+            if injected is not None:
+                return injected
         if spec.context is Context.ATOMIC:
             with self.atomic(f"{spec.name} handler of {who}"):
                 return fn(adev, value)
         return fn(adev, value)
 
-    def report(self, action: str, **detail) -> None:
-        """Publish a trace record (topic ``trace``) about this process."""
+    def report(self, record: str, /, **detail) -> None:
+        """Publish a trace record (topic ``trace``, action ``record``) about this process."""
         if self.sk is None:
             return
-        head = {"t": E.Msg.UEVENT, "seq": 0, "action": action, "dev": "", "driver": "",
+        head = {"t": E.Msg.UEVENT, "seq": 0, "action": record, "dev": "", "driver": "",
                 "detail": {"peer": f"{self.role} {self.name}#{self.inc}", "task": self.task, **detail}}
         try:
             self.sk.pub.send_multipart([b"trace", E.MAGIC, E.packb(head)], zmq.NOBLOCK)
@@ -392,10 +432,13 @@ class Runtime:
     # ---- requests to the broker -----------------------------------------------------------
 
     def request(self, make: Callable[[int], E.Header], payload=None, timeout: float = 5.0,
-                what: str = "request") -> tuple[E.Result, bytes | None]:
+                what: str = "request", after_send: Callable[[], None] | None = None,
+                ) -> tuple[E.Result, bytes | None]:
         self.might_sleep(what)
         r = next(self._r)
         self.sk.dealer.send_multipart(E.encode(make(r), payload), copy=False)
+        if after_send is not None:
+            after_send()
         deadline = time.monotonic() + timeout + GRACE
         while r not in self._results:
             remaining = deadline - time.monotonic()
@@ -428,7 +471,8 @@ class Runtime:
         ms = max(1, int(timeout * 1000))
         task = self.task
         result, reply = self.request(lambda r: E.Call(r=r, dev=dev_id, ev=spec.code, timeout_ms=ms, task=task),
-                                     wire, timeout, f"{spec.name} call")
+                                     wire, timeout, f"{spec.name} call",
+                                     after_send=(lambda: self._sent_fault(spec.name)) if self.faults else None)
         self.check(result, spec.name)
         if reply is None:
             return None
@@ -446,6 +490,35 @@ class Runtime:
         seq = self._seq_out[key] = self._seq_out.get(key, 0) + 1
         head = E.packb({"t": E.Msg.EVENT, "dev": dev_id, "ev": spec.code, "seq": seq, "inc": self.inc})
         frames = [topic, E.MAGIC, head, wire]
+        if self.faults:
+            rule = self.faults.find("message", self.name, spec.name)
+            if rule is not None and self._async_fault(rule, frames, spec.name):
+                return seq
+        held, self._held_back = self._held_back, []
+        self._publish(frames, spec, timeout)
+        for frames in held:
+            self._publish(frames, spec, timeout)
+        return seq
+
+    def _async_fault(self, rule: FaultRule, frames: list, event: str) -> bool:
+        """Apply a message fault to an async event; True when it took the event over."""
+        self.report("FAULT", rule=rule.id, kind="message", action=rule.action, event=event)
+        if rule.action == "drop":
+            self.stats["async_dropped_by_fault"] += 1
+            return True
+        if rule.action == "delay":
+            self.call_later(rule.delay_ms / 1000, lambda: self.sk and self.sk.pub.send_multipart(frames))
+            return True
+        if rule.action == "reorder":
+            self._held_back.append(frames)
+            return True
+        if rule.action == "duplicate":
+            self.sk.pub.send_multipart(frames)
+            return False
+        frames[3] = corrupt(frames[3], rule._rng)
+        return False
+
+    def _publish(self, frames: list, spec: EventSpec, timeout: float) -> None:
         try:
             self.sk.pub.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
@@ -455,7 +528,6 @@ class Runtime:
                                "(subscribers are not keeping up); event dropped and counted") from None
             self.sk.pub.send_multipart(frames, zmq.NOBLOCK)
         self.stats["async_sent"] += 1
-        return seq
 
     # ---- dispatch -------------------------------------------------------------------------
 
@@ -468,6 +540,13 @@ class Runtime:
             return
         if isinstance(msg, E.Result):
             self._results[msg.r] = (msg, payload)
+        elif isinstance(msg, E.Fault):
+            try:
+                self.faults.set([FaultRule.from_dict(r) for r in msg.rules])
+                e, m = 0, ""
+            except AuxError as exc:
+                e, m = exc.code, exc.message
+            self.sk.dealer.send_multipart(E.encode(E.Result(r=msg.r, e=e, m=m)))
         elif isinstance(msg, (E.Request, E.Probe, E.Remove, E.Shutdown, E.Pm, E.Inject)):
             self._deliver(("req", msg, payload))
         elif isinstance(msg, E.Reregister):

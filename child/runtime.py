@@ -183,6 +183,8 @@ class ChildRuntime(Runtime):
             case E.Request():
                 adev = self._bound(msg.dev)
                 spec, fn = self._handler(adev, msg.ev)
+                if self.faults:
+                    self.fault_point("reset" if spec.name == "RESET_WARN" else "request", spec.name)
                 value = decode_payload(spec, E.decode_payload_frame(payload))
                 e, reply = normalize_result(spec, self.invoke(spec, fn, adev, value, adev.driver.name))
                 return e, "", reply
@@ -227,6 +229,8 @@ class ChildRuntime(Runtime):
                 self.stats["adopted"] += 1
                 log.info("%s: took %s back after the broker restart (no second probe)", drv.name, msg.name)
                 return 0, "adopted", None
+        if self.faults:
+            self.fault_point("probe")
         adev = ChildDevice(self, msg.dev, msg.name, drv, msg.parent_handles, msg.parent_schema)
         self.devices[msg.dev] = adev     # probe may already call the parent
         try:
@@ -246,6 +250,8 @@ class ChildRuntime(Runtime):
         adev = self.devices.get(msg.dev)
         if adev is None:
             return 0, "", None
+        if self.faults:
+            self.fault_point("remove")
         try:
             if callable(adev.driver.remove):
                 adev.driver.remove(adev)

@@ -58,6 +58,7 @@ class Msg(IntEnum):
     PM = 46
     CTL = 50
     INJECT = 51
+    FAULT = 52
     EVENT = 60
     UEVENT = 61
 
@@ -327,6 +328,13 @@ class Inject(Header):
     dev = Int(0, 2**53)
     ev = Int(0, 2**31 - 1)
     timeout_ms = Int(1, 3_600_000)
+
+
+@header(Msg.FAULT)
+class Fault(Header):
+    """To a peer: the fault rules in force for it (replacing earlier ones); see auxipc/faults.py."""
+    r = REQ_ID
+    rules = Array(Map(), max_len=256, default=())
 
 
 # ---- pub/sub -------------------------------------------------------------------
