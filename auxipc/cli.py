@@ -17,6 +17,7 @@ import click
 
 from proto.errno import AuxError, Errno, errno_name
 from proto.events import CATALOG
+from .schemas import schema_option
 
 RUNTIME_DIR = click.option("--runtime-dir", envvar="AUXIPC_RUNTIME_DIR", type=click.Path(file_okay=False),
                            help="Bus runtime dir (default: $AUXIPC_RUNTIME_DIR, $XDG_RUNTIME_DIR/auxipc, "
@@ -36,6 +37,14 @@ class Group(click.Group):
             return super().invoke(ctx)
         except AuxError as exc:
             fail(exc, 2 if exc.errno == Errno.EINVAL and "usage" in exc.message else 1)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit,
+                KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a bug: one line, and the traceback with -v
+            logging.getLogger("auxipc").debug("internal error", exc_info=True)
+            click.echo(f"auxipc: internal error: {type(exc).__name__}: {exc} "
+                       "(run with -vv for the traceback, and please report it)", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,10 +86,12 @@ def _serve_until_signal(rt, ready_line: str) -> None:
               help="Heartbeat interval (seconds) every peer is told to use.")
 @click.option("--hb-liveness", default=3, show_default=True, type=click.IntRange(2, 100),
               help="Missed heartbeats before a peer is declared dead.")
-def broker(runtime_dir, hb_ivl, hb_liveness):
+@schema_option
+def broker(runtime_dir, hb_ivl, hb_liveness, catalog):
     """Run the bus broker (one per runtime dir)."""
     from .broker import serve
-    serve(runtime_dir, hb_ivl, hb_liveness, ready=lambda line: (click.echo(line), sys.stdout.flush()))
+    serve(runtime_dir, hb_ivl, hb_liveness, ready=lambda line: (click.echo(line), sys.stdout.flush()),
+          catalog=catalog)
 
 
 @main.command()
@@ -88,7 +99,8 @@ def broker(runtime_dir, hb_ivl, hb_liveness):
 @click.option("--model", required=True, help="Parent model: ixd, or module:Class.")
 @click.option("--devices", default=1, show_default=True, type=click.IntRange(1, 64),
               help="How many auxiliary devices the model adds (ids 0..N-1).")
-def parent(runtime_dir, model, devices):
+@schema_option
+def parent(runtime_dir, model, devices, catalog):
     """Run a PCI-owner emulator process that adds auxiliary devices."""
     from .registry import MODELS, load
     from parent.runtime import ParentRuntime
@@ -97,7 +109,7 @@ def parent(runtime_dir, model, devices):
         instance = cls(devices=devices)
     except TypeError:
         instance = cls()
-    rt = ParentRuntime(instance, runtime_dir=runtime_dir)
+    rt = ParentRuntime(instance, runtime_dir=runtime_dir, catalog=catalog)
     _serve_until_signal(rt, lambda rt: f"auxipc parent {rt.name} ready: "
                         + (", ".join(d.name for d in rt.devices.values()) or "no devices"))
 
@@ -106,11 +118,12 @@ def parent(runtime_dir, model, devices):
 @RUNTIME_DIR
 @click.option("--driver", "drivers", multiple=True, required=True,
               help="Auxiliary driver: idpf_eth, or module:Class. Repeatable.")
-def child(runtime_dir, drivers):
+@schema_option
+def child(runtime_dir, drivers, catalog):
     """Run an auxiliary-driver process."""
     from .registry import DRIVERS, load
     from child.runtime import ChildRuntime
-    rt = ChildRuntime([load(d, DRIVERS, "driver")() for d in drivers], runtime_dir=runtime_dir)
+    rt = ChildRuntime([load(d, DRIVERS, "driver")() for d in drivers], runtime_dir=runtime_dir, catalog=catalog)
     _serve_until_signal(rt, lambda rt: f"auxipc child {rt.name} ready: bound "
                         + (", ".join(d.name for d in rt.devices.values()) or "nothing yet"))
 
@@ -146,7 +159,8 @@ def ls(runtime_dir, as_json, tree):
 @click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.001, 3600),
               help="Deadline in seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print {errno, error, reply} as JSON.")
-def send(runtime_dir, device, event, side, payload, timeout, as_json):
+@schema_option
+def send(runtime_dir, device, event, side, payload, timeout, as_json, catalog):
     """Send EVENT on DEVICE through the parent's or the child's runtime.
 
     \b
@@ -162,11 +176,11 @@ def send(runtime_dir, device, event, side, payload, timeout, as_json):
     if not isinstance(obj, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--payload")
     try:
-        spec = CATALOG.lookup(event)
+        spec = catalog.lookup(event)
     except AuxError as exc:
         raise click.BadParameter(str(exc), param_hint="EVENT") from None
     with Client(runtime_dir) as c:
-        out = c.send_event(device, spec.name, side, obj, timeout)
+        out = c.send_event(device, spec.name, side, obj, timeout, catalog=catalog)
     if as_json:
         click.echo(json.dumps({k: out[k] for k in ("errno", "error", "message", "reply")}))
     elif out["errno"]:
@@ -208,11 +222,32 @@ def unbind(runtime_dir, device):
 @main.command()
 @click.option("--runtime-dir", type=click.Path(file_okay=False),
               help="Run in this (empty or new) dir instead of a fresh temporary one.")
-def demo(runtime_dir):
+@click.option("--record", type=click.Path(dir_okay=False, writable=True),
+              help="Also write every trace record to FILE (JSON lines; draw it with "
+                   "'auxipc trace render FILE --mermaid OUT.md').")
+def demo(runtime_dir, record):
     """Start a broker, the ixd parent and the idpf_eth child, play events both ways, stop."""
     from .demo import run_demo
-    sys.exit(run_demo(runtime_dir))
+    sys.exit(run_demo(runtime_dir, record))
 
+
+from .cli_proto import events, proto  # noqa: E402  (the contract's commands: auxipc/cli_proto.py)
+main.add_command(proto)
+main.add_command(events)
+from .cli_observe import monitor, run, trace, wait  # noqa: E402  (seeing and scripting: auxipc/cli_observe.py)
+main.add_command(monitor)
+main.add_command(trace)
+main.add_command(wait)
+main.add_command(run)
+
+from .cli_fault import fault  # noqa: E402
+
+main.add_command(fault)
+
+from .cli_up import COMMANDS as SUPERVISION  # noqa: E402
+
+for command in SUPERVISION:
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

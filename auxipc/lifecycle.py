@@ -106,3 +106,30 @@ def bind_machine(who: str) -> Machine:
 
 def peer_machine(who: str) -> Machine:
     return Machine("peer", who, PEER_TABLE, PeerState.ALIVE, PEER_ILLEGAL)
+
+
+class ProcState(Enum):
+    """A supervised process (``auxipc up``)."""
+    STARTING = "starting"     # launched, waiting for its ready line
+    RUNNING = "running"
+    BACKOFF = "backoff"       # exited; restart scheduled after the backoff delay
+    STOPPED = "stopped"       # stopped by the operator, or exited and not to be restarted
+    FAILED = "failed"         # could not start, or the supervisor gave up on it
+
+
+PROC_TABLE = {
+    ProcState.STARTING: {"ready": ProcState.RUNNING, "exit_restart": ProcState.BACKOFF,
+                         "exit_final": ProcState.FAILED, "stop": ProcState.STOPPED, "give_up": ProcState.FAILED},
+    ProcState.RUNNING: {"exit_restart": ProcState.BACKOFF, "exit_final": ProcState.STOPPED,
+                        "stop": ProcState.STOPPED, "give_up": ProcState.FAILED,
+                        "restart": ProcState.BACKOFF},
+    ProcState.BACKOFF: {"start": ProcState.STARTING, "stop": ProcState.STOPPED, "give_up": ProcState.FAILED},
+    ProcState.STOPPED: {"start": ProcState.STARTING, "stop": ProcState.STOPPED},
+    ProcState.FAILED: {"start": ProcState.STARTING, "stop": ProcState.STOPPED},
+}
+PROC_ILLEGAL = {ProcState.STOPPED: Errno.ESHUTDOWN, ProcState.FAILED: Errno.ESHUTDOWN,
+                ProcState.STARTING: Errno.EBUSY, ProcState.RUNNING: Errno.EBUSY}
+
+
+def proc_machine(who: str) -> Machine:
+    return Machine("process", who, PROC_TABLE, ProcState.STOPPED, PROC_ILLEGAL)
