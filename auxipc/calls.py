@@ -40,9 +40,12 @@ class Calls:
         if peer.role == "parent":
             if dev.parent is not peer:
                 raise AuxError(Errno.EPERM, f"{dev.name} belongs to {dev.parent.label}")
-            if dev.life.state is not DeviceState.ADDED or dev.bind.state is not BindState.BOUND:
+            bound = dev.life.state is DeviceState.ADDED and dev.bind.state is BindState.BOUND
+            if not bound and dev.bind.state is not BindState.REMOVING:
                 raise AuxError(Errno.ENODEV, f"{dev.name} is {dev.life.state.value}, {dev.bind.state.value}: "
                                "no driver to deliver to")
+            # While remove() runs the call waits for device_lock, as the kernel's sender
+            # blocks in device_lock(); it then finds no driver (-ENODEV). Lockdep sees the wait.
             drv = dev.driver
             if spec.code not in drv.handles:
                 raise AuxError(Errno.EOPNOTSUPP, f"driver {drv.name} has no handler for {spec.name}")
