@@ -141,7 +141,7 @@ class Calls:
                 self.reply(peer.ident, msg.r, Errno.ETIMEDOUT,
                            f"lock {name}: not granted within {msg.timeout_ms} ms (held by {holder})")
         op = LockedOp(f"{peer.label} takes {name}", granted, cancelled, msg.task)
-        op.peer = peer
+        op.peer, op.stack = peer, tuple(msg.stack)
         self.lock_ops[key] = op
         try:
             lock.run(op)

@@ -136,3 +136,35 @@ def down(runtime_dir):
 
 
 COMMANDS = [up, ps, stop, start, restart, down]
+
+
+@click.command()
+@click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(1, 86400),
+              help="Seconds of chaos.")
+@click.option("--seed", default=1, show_default=True, type=int, help="Seed of the fault schedule.")
+@click.option("--interval", default=1.5, show_default=True, type=click.FloatRange(0.1, 60),
+              help="Mean seconds between faults.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def soak(duration, seed, interval, as_json):
+    """Chaos under load: kill, stop and restart drivers, the parent and the broker while
+    events flow both ways; then check the invariants and print the figures."""
+    from .soak import Soak
+    report = Soak(duration, seed, interval, echo=lambda line: None if as_json else click.echo(line)).run()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(f"soak {'PASSED' if report['ok'] else 'FAILED'}: seed {seed}, {duration:.0f} s, "
+                   f"faults {report['faults']}")
+        for k, v in report["recovery"].items():
+            click.echo(f"  {k:<28} n={v['n']:<3} median {v['median_ms']} ms  max {v['max_ms']} ms")
+        for role, c in report["calls"].items():
+            click.echo(f"  {role} calls: {dict(sorted(c.items()))}")
+        for role, c in report["async"].items():
+            click.echo(f"  {role} async: {dict(sorted(c.items()))}")
+        click.echo(f"  worst call overrun past its deadline: {report['worst_call_overrun_ms']} ms")
+        for f in report["failures"]:
+            click.echo(f"  FAIL {f}")
+    sys.exit(0 if report["ok"] else 1)
+
+
+COMMANDS.append(soak)

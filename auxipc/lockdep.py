@@ -31,7 +31,7 @@ def lock_class(name: str) -> str:
 
 
 class LockedOp:
-    __slots__ = ("what", "task", "start", "cancel", "cancelled", "started", "peer")
+    __slots__ = ("what", "task", "start", "cancel", "cancelled", "started", "peer", "stack")
 
     def __init__(self, what: str, start: Callable[["LockedOp"], None],
                  cancel: Callable[[str], None] | None = None, task: str = ""):
@@ -42,6 +42,7 @@ class LockedOp:
         self.cancelled = False
         self.started = False
         self.peer = None            # the process that asked for a named lock
+        self.stack = ()             # tasks suspended under this one in its process (they wait for it)
 
 
 class Lock:
@@ -56,7 +57,7 @@ class Lock:
     def run(self, op: LockedOp) -> None:
         """Queue ``op``; raises AuxError(EDEADLK) instead if waiting would deadlock."""
         if self.dep is not None:
-            self.dep.wait(op.task, self)
+            self.dep.wait(op.task, self, op.stack)
         self.queue.append(op)
         self._kick()
 
@@ -133,10 +134,22 @@ class LockDep:
 
     # ---- bookkeeping driven by Lock --------------------------------------------------
 
-    def wait(self, task: str, lock: Lock) -> None:
+    def wait(self, task: str, lock: Lock, stack=()) -> None:
         self._order(task, lock)
         if lock.owner is None and not lock.queue:
             return
+        ahead = [op for op in ([lock.owner] if lock.owner else []) + list(lock.queue) if not op.cancelled]
+        stuck = next((op for op in ahead if op.task in stack), None)
+        if stuck is not None:
+            # The holder (or one ahead in line) is a frame suspended under the waiter on the
+            # same single-threaded process: it cannot run again before the waiter returns.
+            detail = {"task": task, "lock": lock.name, "chain": [
+                f"{lock.name} is {'held' if stuck is lock.owner else 'awaited'} by {stuck.task} ({stuck.what})",
+                f"{stuck.task} is suspended under {task} in the same process"]}
+            self.deadlocks.append(detail)
+            self.report("deadlock", detail)
+            raise AuxError(Errno.EDEADLK, f"{task} waiting for {lock.name} would deadlock: "
+                           + "; ".join(detail["chain"]))
         self.check(task, lock)
         self.waiting[task] = lock
 

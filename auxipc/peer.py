@@ -70,11 +70,13 @@ class Runtime:
         self._locked: Counter = Counter()
         self._deferred: deque = deque()
         self._depth = 0
+        self._connected = False   # timers and thread-submitted work wait for a registered bus
         self._stopping = False
         self._hello = False
         self._seq_out: dict = {}
         self._seq_in: dict = {}
         self._tasks: list[str] = []       # the task stack: top is what runs now
+        self._held_here: dict[str, list[str]] = {}   # lock name -> tasks on this stack holding it
         self._task_ids = itertools.count(1)
         self._atomic: str | None = None   # the atomic-context handler running, if any
         self.atomic_budget = ATOMIC_BUDGET
@@ -152,6 +154,7 @@ class Runtime:
         self.hb = Heartbeat(self.ctx, self.ep, self.sk.ident, w["hb_ivl_ms"] / 1000, w["hb_liveness"],
                             self.epoch, self.wake)
         self.hb.start()
+        self._connected = True
         log.info("registered as %s", w["peer"])
 
     def _disconnect(self) -> None:
@@ -166,7 +169,9 @@ class Runtime:
         self._results.clear()
         self._deferred.clear()
         self._seq_in.clear()
+        self._seq_out.clear()
         self._hello = False
+        self._connected = False
 
     def reconnect(self, why: str) -> None:
         """The broker is gone or forgot us: fail what was in flight, register again with
@@ -278,7 +283,7 @@ class Runtime:
                 raise BrokerLost(self.hb.lost)
         if self._wake_r in events:
             os.read(self._wake_r, 4096)
-        if self._depth == 0:
+        if self._depth == 0 and self._connected:
             self._run_timers()
 
     def _run_timers(self) -> None:
@@ -329,17 +334,32 @@ class Runtime:
         With ``ensure``, a lock the task already holds is fine (and stays held after)."""
         task = self.task
         ms = max(1, int(timeout * 1000))
-        result, _ = self.request(lambda r: E.LockReq(r=r, name=name, task=task, timeout_ms=ms, ensure=ensure),
-                                 timeout=timeout, what=f"lock {name}")
-        self.check(result, f"lock {name}")
+        below = tuple(t for t in self._tasks[:-1] if t != task)
+        holders = self._held_here.setdefault(name, [])
+        holders.append(task)      # from the request on: nested deliveries needing it wait
+        try:
+            result, _ = self.request(lambda r: E.LockReq(r=r, name=name, task=task, timeout_ms=ms,
+                                                         ensure=ensure, stack=below),
+                                     timeout=timeout, what=f"lock {name}")
+            self.check(result, f"lock {name}")
+        except BaseException:
+            holders.remove(task)
+            self._drain_deferred()
+            raise
         already = result.d.get("held", False)
+        if already:
+            holders.remove(task)
         try:
             yield
         finally:
-            if not already and self.sk is not None:
-                result, _ = self.request(lambda r: E.UnlockReq(r=r, name=name, task=task), what=f"unlock {name}")
-                if result.e:
-                    log.warning("unlock %s: %s", name, result.m)
+            if not already:
+                self._held_here[name].remove(task)
+                if self.sk is not None:
+                    result, _ = self.request(lambda r: E.UnlockReq(r=r, name=name, task=task),
+                                             what=f"unlock {name}")
+                    if result.e:
+                        log.warning("unlock %s: %s", name, result.m)
+                self._drain_deferred()
 
     @contextlib.contextmanager
     def atomic(self, what: str) -> Iterator[None]:
@@ -486,9 +506,9 @@ class Runtime:
         wire = payload if isinstance(payload, bytes) else E.packb(encode_payload(spec, payload))
         if len(wire) > E.MAX_FRAME:
             raise AuxError(Errno.EMSGSIZE, f"$.payload: {len(wire)} bytes exceed the bus maximum {E.MAX_FRAME}")
-        key = (dev_id, topic[:1])
-        seq = self._seq_out[key] = self._seq_out.get(key, 0) + 1
-        head = E.packb({"t": E.Msg.EVENT, "dev": dev_id, "ev": spec.code, "seq": seq, "inc": self.inc})
+        seq = self._seq_out[topic] = self._seq_out.get(topic, 0) + 1
+        head = E.packb({"t": E.Msg.EVENT, "dev": dev_id, "ev": spec.code, "seq": seq, "inc": self.inc,
+                        "epoch": self.epoch})
         frames = [topic, E.MAGIC, head, wire]
         if self.faults:
             rule = self.faults.find("message", self.name, spec.name)
@@ -569,7 +589,7 @@ class Runtime:
             return
         if not isinstance(msg, E.AsyncEvent):
             return
-        key = (topic, msg.inc)
+        key = (topic, msg.epoch, msg.inc)
         last = self._seq_in.get(key, 0)
         if msg.seq <= last:
             self.stats["async_duplicate"] += 1
@@ -580,11 +600,27 @@ class Runtime:
         self._seq_in[key] = msg.seq
         self._deliver(("ev", msg, payload, topic))
 
+    def _must_wait(self, item: tuple) -> bool:
+        """Whether a delivery has to wait for a frame on this stack: the device's lock
+        (child side), or rtnl held by another task for an event the kernel sends under rtnl.
+        Waiting here is what a second kernel thread would do; running it nested on top of
+        the holder would deadlock the single thread."""
+        msg = item[1]
+        if self.locks_devices and not isinstance(msg, E.Inject) and self._locked[getattr(msg, "dev", None)]:
+            return True
+        if isinstance(msg, E.Request) and self._held_here.get("rtnl"):
+            spec = self.catalog.get(msg.ev)
+            return bool(spec and spec.rtnl and spec.sync and any(t != msg.task for t in self._held_here["rtnl"]))
+        return False
+
     def _deliver(self, item: tuple) -> None:
-        dev = getattr(item[1], "dev", None) if self.locks_devices and not isinstance(item[1], E.Inject) else None
-        if dev is not None and self._locked[dev]:
+        if item[0] == "req":
+            log.debug("deliver %s r=%d dev=%s (depth %d, locked %s)", item[1].TYPE.name, item[1].r,
+                      getattr(item[1], "dev", "-"), self._depth, dict(self._locked))
+        if self._must_wait(item):
             self._deferred.append(item)
             return
+        dev = getattr(item[1], "dev", None) if self.locks_devices and not isinstance(item[1], E.Inject) else None
         if dev is not None:
             self._locked[dev] += 1
         self._depth += 1
@@ -604,7 +640,7 @@ class Runtime:
     def _drain_deferred(self) -> None:
         for _ in range(len(self._deferred)):
             item = self._deferred.popleft()
-            if self._locked[item[1].dev]:
+            if self._must_wait(item):
                 self._deferred.append(item)
             else:
                 self._deliver(item)
@@ -622,6 +658,7 @@ class Runtime:
             e, m = -Errno.EIO, f"handler raised {type(exc).__name__}: {exc}"
         if self.sk is None:
             return
+        log.debug("answered %s r=%d: %d %s (depth %d)", msg.TYPE.name, msg.r, e, m, self._depth)
         frames = E.encode(E.Result(r=msg.r, e=max(e, -4095), m=m[:4000]), reply)
         self.sk.dealer.send_multipart(frames)
 

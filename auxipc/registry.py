@@ -9,8 +9,8 @@ import importlib
 
 from proto.errno import AuxError, Errno
 
-MODELS = {"ixd": "parent.ixd:Ixd"}
-DRIVERS = {"idpf_eth": "child.idpf_eth:IdpfEth"}
+MODELS = {"ixd": "parent.ixd:Ixd", "soak": "parent.soak:SoakParent"}
+DRIVERS = {"idpf_eth": "child.idpf_eth:IdpfEth", "soak_a": "child.soak:SoakDriver", "soak_b": "child.soak:SoakDriverB"}
 
 
 def load(spec: str, table: dict, what: str):

@@ -264,7 +264,7 @@ class ParentRuntime(Runtime):
             else:
                 self.stats["async_unbound"] += 1
             return
-        if msg.inc != adev.child_inc:
+        if msg.inc != adev.child_inc or msg.epoch != self.epoch:
             self.stats["async_stale"] += 1     # from an earlier incarnation of the child
             return
         spec = self.catalog.get(msg.ev)

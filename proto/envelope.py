@@ -209,6 +209,8 @@ class LockReq(Header):
     task = Str(max_len=128)
     timeout_ms = Int(1, 3_600_000, default=5000)
     ensure = Bool(default=False)
+    stack = Array(Str(max_len=128), max_len=256, default=(),
+                  doc="tasks suspended below this one on the same process's stack (they cannot run until it returns)")
 
 
 @header(Msg.UNLOCK)
@@ -346,6 +348,7 @@ class AsyncEvent(Header):
     ev = Int(0, 2**31 - 1)
     seq = Int(0, 2**63 - 1, doc="per (device, direction, sender incarnation), from 1")
     inc = Int(0, 2**53, doc="sender's incarnation")
+    epoch = Int(0, 2**63 - 1, default=0, doc="the broker epoch the sender registered in")
 
 
 @header(Msg.UEVENT)
