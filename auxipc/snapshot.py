@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+from proto.errno import AuxError
+from proto.events import negotiate
 from .bus import Bus, match_name
 from .lifecycle import DeviceState
+
+
+def _schemas(dev) -> dict:
+    """Both sides' schema versions and the contract they share (None when unbound)."""
+    v = lambda t: "%d.%d" % tuple(t)
+    parent, child = dev.parent.schema, dev.driver.peer.schema if dev.driver else None
+    shared = None
+    if child is not None:
+        try:
+            shared = v(negotiate(parent, child))
+        except AuxError:
+            pass
+    return {"parent": v(parent), "child": v(child) if child else None, "negotiated": shared}
 
 
 def snapshot(bus: Bus) -> dict:
@@ -14,8 +29,9 @@ def snapshot(bus: Bus) -> dict:
         events = []
         for spec in bus.catalog:
             receiver = child_handles if spec.direction.allows("parent") else dev.parent.handles
-            events.append({"event": spec.name, "direction": spec.direction.value,
-                           "delivery": spec.delivery.value,
+            events.append({"event": spec.name, "code": int(spec.code), "direction": spec.direction.value,
+                           "delivery": spec.delivery.value, "context": spec.context.value, "rtnl": spec.rtnl,
+                           "since": "%d.%d" % tuple(spec.since),
                            "parent": spec.code in dev.parent.handles, "child": spec.code in child_handles,
                            "deliverable": bool(dev.driver) and spec.code in receiver})
         devices.append({
@@ -25,7 +41,8 @@ def snapshot(bus: Bus) -> dict:
             "refcount": dev.refcount, "holders": dict(dev.refs),
             "leak": dev.life.state is DeviceState.DELETED and dev.refcount > 0,
             "parent": dev.parent.label, "locked_by": dev.lock.owner.what if dev.lock.owner else None,
-            "queued": len(dev.lock.queue), "last_error": dev.last_error, "events": events})
+            "queued": len(dev.lock.queue), "last_error": dev.last_error, "schema": _schemas(dev),
+            "events": events})
     drivers = [{"name": d.name, "id_table": list(d.id_table), "peer": d.peer.label,
                 "bound": [x.name for x in bus.devices.values() if x.driver is d],
                 "handles": sorted(bus.catalog.lookup(c).name for c in d.handles if bus.catalog.get(c))}

@@ -16,10 +16,17 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 
 from .errno import AuxError, Errno
-from .schema import Array, Bool, Bytes, Empty, Int, Payload, Str
+from .payloads import *  # noqa: F403  (the union members, re-exported: proto.events is their home)
+from .payloads import (Caps, CritErr, DcbConfig, EnableQueues, EthtoolOp, FwEvent, LinkChange, MacFilter,
+                       MtuChangeAfter, MtuChangeBefore, NetshaperSet, PostConfig, PrepareDetach, Qos,
+                       QsetParams, QsetReply, QueueChunks, QueueConfig, RequestReset, ResetComplete,
+                       ResetWarn, SetMac, SetMacReply, Virtchnl, VirtchnlReply, VlanFilter)
+from .payloads import __all__ as _payload_names
+from .schema import Array, Empty, Nested, Payload, Str
 from .schema import Enum as EnumField
 
 SCHEMA_VERSION = (1, 0)
+USER_EVENT_BASE = 0x1000   # user-defined events (auxipc.schemas modules) are numbered from here
 
 
 class Direction(Enum):
@@ -46,96 +53,35 @@ class Context(Enum):
     SLEEP = "may-sleep"  # process context, may block and make sync calls
 
 
-# ---- enums used in payloads -------------------------------------------------
-
-class Duplex(IntEnum):
-    UNKNOWN = 0
-    HALF = 1
-    FULL = 2
-
-
-class ResetType(IntEnum):
-    FUNC = 1
-    DEV = 2
-    GLOBAL = 3
-    FLR = 4
-
-
-class DetachReason(IntEnum):
-    UNLOAD = 1
-    RESET = 2
-    RECONFIG = 3
-
-
-class FwEventKind(IntEnum):
-    STATE = 1
-    LIVE_PATCH = 2
-    POWER_CHANGE = 3
-    HEALTH = 4
-
-
-# ---- payloads (the union members) ---------------------------------------------
-
-U32 = dict(min=0, max=2**32 - 1)
-
-
-class LinkChange(Payload):
-    """Link state as the PHY/FW reports it."""
-    up = Bool()
-    speed_mbps = Int(-1, 2**31 - 1, default=-1, doc="-1 when unknown")
-    duplex = EnumField(Duplex, default=Duplex.UNKNOWN)
-    autoneg = Bool(default=False)
-
-
-class FwEvent(Payload):
-    """A firmware event: state change, live patch, power change or health report."""
-    kind = EnumField(FwEventKind)
-    state = Int(**U32, default=0, doc="FW state or subtype code")
-    data = Bytes(max_len=256, default=b"", doc="opaque event data")
-
-
-class ResetWarn(Payload):
-    """A reset (FLR included) is about to happen: quiesce before replying."""
-    reset_type = EnumField(ResetType)
-
-
-class PrepareDetach(Payload):
-    """The device is about to be deleted."""
-    reason = EnumField(DetachReason)
-
-
-class RequestReset(Payload):
-    """The child asks the parent for a reset (FUNC or DEV; others are -EINVAL)."""
-    reset_type = EnumField(ResetType)
-
-
-class SetMac(Payload):
-    """Program the child's primary unicast MAC address."""
-    addr = Bytes(size=6, doc="6-byte MAC; JSON: 'aa:bb:cc:dd:ee:ff'")
-
-
-class SetMacReply(Payload):
-    """The address programmed and the filter slot that holds it."""
-    addr = Bytes(size=6)
-    filter_id = Int(0, 65535)
-
-
-class PostConfig(Payload):
-    """The child finished configuring its vport."""
-    vport_id = Int(0, 65535, default=0)
-    mtu = Int(68, 9728, default=1500)
-    num_txq = Int(0, 4096, default=0)
-    num_rxq = Int(0, 4096, default=0)
-
-
 # ---- the catalog ---------------------------------------------------------------
 
 class Event(IntEnum):
+    # parent -> child: 1..63
     LINK_CHANGE = 1
     RESET_WARN = 2
+    RESET_COMPLETE = 3
+    BEFORE_MTU_CHANGE = 4
+    AFTER_MTU_CHANGE = 5
+    BEFORE_TC_CHANGE = 6
+    AFTER_TC_CHANGE = 7
+    CRIT_ERR = 8
+    CAPS_CHANGE = 9
     PREPARE_DETACH = 10
     FW_EVENT = 11
+    POST_INIT = 12
+    # child -> parent: 64..127
     REQUEST_RESET = 64
+    QSET_ADD = 65
+    QSET_DEL = 66
+    MAC_FILTER = 67
+    VLAN_FILTER = 68
+    QUEUE_CONFIG = 69
+    ENABLE_QUEUES = 70
+    NETSHAPER_SET = 71
+    DCB_CONFIG = 72
+    ETHTOOL_OP = 73
+    VIRTCHNL_PASSTHROUGH = 74
+    REMOVE_NOTIFY = 75
     SET_MAC = 76
     POST_CONFIG = 77
 
@@ -159,7 +105,7 @@ class EventSpec:
 
     def describe(self) -> dict:
         return {
-            "code": self.code, "name": self.name, "direction": self.direction.value,
+            "code": int(self.code), "name": self.name, "direction": self.direction.value,
             "delivery": self.delivery.value, "context": self.context.value, "rtnl": self.rtnl,
             "since": list(self.since), "payload": self.payload.__name__,
             "reply": self.reply.__name__ if self.sync else None, "doc": self.doc,
@@ -168,23 +114,86 @@ class EventSpec:
 
 P2C, C2P = Direction.TO_CHILD, Direction.TO_PARENT
 SYNC, ASYNC = Delivery.SYNC, Delivery.ASYNC
+ATOMIC = Context.ATOMIC
+E = Event
 
 BUILTIN_EVENTS: tuple[EventSpec, ...] = (
-    EventSpec(Event.LINK_CHANGE, "LINK_CHANGE", P2C, ASYNC, LinkChange, context=Context.ATOMIC,
-              doc="link up/down, speed, duplex, autoneg (mlx5: atomic notifier; consumer defers)"),
-    EventSpec(Event.RESET_WARN, "RESET_WARN", P2C, SYNC, ResetWarn,
+    # ---- parent -> child
+    EventSpec(E.LINK_CHANGE, "LINK_CHANGE", P2C, ASYNC, LinkChange, context=ATOMIC,
+              doc="link up/down, speed, duplex, autoneg (mlx5: atomic notifier; the consumer defers)"),
+    EventSpec(E.RESET_WARN, "RESET_WARN", P2C, SYNC, ResetWarn,
               doc="reset or FLR pending; the child quiesces before it replies"),
-    EventSpec(Event.PREPARE_DETACH, "PREPARE_DETACH", P2C, SYNC, PrepareDetach,
+    EventSpec(E.RESET_COMPLETE, "RESET_COMPLETE", P2C, ASYNC, ResetComplete,
+              doc="the reset finished (often done as unplug + replug instead)"),
+    EventSpec(E.BEFORE_MTU_CHANGE, "BEFORE_MTU_CHANGE", P2C, SYNC, MtuChangeBefore,
+              doc="blocking; the sender must not hold rtnl (the ice MTU deadlock)"),
+    EventSpec(E.AFTER_MTU_CHANGE, "AFTER_MTU_CHANGE", P2C, ASYNC, MtuChangeAfter,
+              doc="the new MTU is in effect"),
+    EventSpec(E.BEFORE_TC_CHANGE, "BEFORE_TC_CHANGE", P2C, SYNC, Empty,
+              doc="traffic classes are about to change; under device_lock, before rtnl"),
+    EventSpec(E.AFTER_TC_CHANGE, "AFTER_TC_CHANGE", P2C, SYNC, Qos,
+              doc="the new QoS layout; under device_lock, before rtnl"),
+    EventSpec(E.CRIT_ERR, "CRIT_ERR", P2C, ASYNC, CritErr,
+              doc="a critical error: the IRQ sets a flag, task context sends"),
+    EventSpec(E.CAPS_CHANGE, "CAPS_CHANGE", P2C, SYNC, Caps,
+              doc="capabilities or resources (queues, MSI-X vectors) changed"),
+    EventSpec(E.PREPARE_DETACH, "PREPARE_DETACH", P2C, SYNC, PrepareDetach,
               doc="the device will be deleted; stop using it"),
-    EventSpec(Event.FW_EVENT, "FW_EVENT", P2C, ASYNC, FwEvent, context=Context.ATOMIC,
+    EventSpec(E.FW_EVENT, "FW_EVENT", P2C, ASYNC, FwEvent, context=ATOMIC,
               doc="firmware state, live patch, power change or health event"),
-    EventSpec(Event.REQUEST_RESET, "REQUEST_RESET", C2P, SYNC, RequestReset,
+    EventSpec(E.POST_INIT, "POST_INIT", P2C, SYNC, Empty,
+              doc="the parent finished its own initialisation"),
+    # ---- child -> parent
+    EventSpec(E.REQUEST_RESET, "REQUEST_RESET", C2P, SYNC, RequestReset,
               doc="returns at once: 0, -EBUSY while a reset runs, -EIO after a failed one, -EINVAL"),
-    EventSpec(Event.SET_MAC, "SET_MAC", C2P, SYNC, SetMac, SetMacReply,
+    EventSpec(E.QSET_ADD, "QSET_ADD", C2P, SYNC, QsetParams, QsetReply,
+              doc="attach an RDMA queue set to the scheduling tree; -ENOSPC when it is full"),
+    EventSpec(E.QSET_DEL, "QSET_DEL", C2P, SYNC, QsetParams,
+              doc="detach the queue set QSET_ADD attached (its teid)"),
+    EventSpec(E.MAC_FILTER, "MAC_FILTER", C2P, ASYNC, MacFilter, context=ATOMIC,
+              doc="from ndo_set_rx_mode (atomic): the parent must defer the work"),
+    EventSpec(E.VLAN_FILTER, "VLAN_FILTER", C2P, SYNC, VlanFilter, rtnl=True,
+              doc="add or kill a VLAN id"),
+    EventSpec(E.QUEUE_CONFIG, "QUEUE_CONFIG", C2P, SYNC, QueueConfig, QueueChunks,
+              doc="over the FW mailbox (-ETIME on timeout); needs the scheduling tree"),
+    EventSpec(E.ENABLE_QUEUES, "ENABLE_QUEUES", C2P, SYNC, EnableQueues,
+              doc="start or stop queues; over the FW mailbox (-ETIME on timeout)"),
+    EventSpec(E.NETSHAPER_SET, "NETSHAPER_SET", C2P, SYNC, NetshaperSet,
+              doc="set a rate shaper; serialised by a per-device lock"),
+    EventSpec(E.DCB_CONFIG, "DCB_CONFIG", C2P, SYNC, DcbConfig, rtnl=True,
+              doc="ETS and PFC; may trigger BEFORE/AFTER_TC_CHANGE back to the child"),
+    EventSpec(E.ETHTOOL_OP, "ETHTOOL_OP", C2P, SYNC, EthtoolOp, rtnl=True,
+              doc="ring sizes, channel counts or link settings"),
+    EventSpec(E.VIRTCHNL_PASSTHROUGH, "VIRTCHNL_PASSTHROUGH", C2P, SYNC, Virtchnl, VirtchnlReply,
+              doc="-EINVAL, -ENXIO (shut down), -ETIME (timeout), -EIO"),
+    EventSpec(E.REMOVE_NOTIFY, "REMOVE_NOTIFY", C2P, ASYNC, Empty,
+              doc="the child asks to be removed; the parent must defer the delete (deleting "
+                  "inside the callback deadlocks)"),
+    EventSpec(E.SET_MAC, "SET_MAC", C2P, SYNC, SetMac, SetMacReply, rtnl=True,
               doc="program the primary MAC; the reply names the filter slot"),
-    EventSpec(Event.POST_CONFIG, "POST_CONFIG", C2P, ASYNC, PostConfig,
+    EventSpec(E.POST_CONFIG, "POST_CONFIG", C2P, ASYNC, PostConfig,
               doc="the child finished configuring its vport"),
 )
+del E
+
+
+def negotiate(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    """The contract two peers share: the older minor of one major. Across majors there
+    is none: -EPROTO, worded for ``auxipc ls`` and both peers' logs."""
+    if a[0] != b[0]:
+        raise AuxError(Errno.EPROTO, f"schema {a[0]}.{a[1]} and {b[0]}.{b[1]} differ in major version")
+    return (a[0], min(a[1], b[1]))
+
+
+def _walk(cls: type[Payload]):
+    """Every field of a payload type, nested structs and array items included."""
+    for f in cls.fields.values():
+        yield f
+        if isinstance(f, Array):
+            yield f.item
+        inner = f.item if isinstance(f, Array) else f
+        if isinstance(inner, Nested):
+            yield from _walk(inner.struct)
 
 
 class Catalog:
@@ -234,10 +243,35 @@ class Catalog:
                 seen.setdefault(spec.reply)
         return list(seen)
 
+    def structs(self) -> list[type[Payload]]:
+        """Every struct (payloads, replies and the structs nested in them) except Empty,
+        each once, nested ones before their users."""
+        out: list[type[Payload]] = []
+        for cls in self.payloads():
+            out += [s for s in cls.structs() if s not in out and s is not Empty]
+        return out
+
+    def enums(self) -> list[type[IntEnum]]:
+        """Every IntEnum a payload field uses, each once."""
+        out: list[type[IntEnum]] = []
+        for cls in self.structs():
+            out += [f.enum for f in _walk(cls) if isinstance(f, EnumField) and f.enum not in out]
+        return out
+
     def handled_by(self, role: str) -> list[EventSpec]:
         """Events a peer of ``role`` receives (and so may handle)."""
         other = "child" if role == "parent" else "parent"
         return [s for s in self if s.direction.allows(other)]
+
+    def describe(self) -> dict:
+        """The machine-readable schema (``auxipc proto dump --json``)."""
+        return {
+            "schema": self.version_str,
+            "events": [spec.describe() for spec in self],
+            "structs": {cls.__name__: {"doc": cls.doc, "fields": [f.describe() for f in cls.fields.values()]}
+                        for cls in self.structs()},
+            "enums": {e.__name__: {m.name: m.value for m in e} for e in self.enums()},
+        }
 
 
 CATALOG = Catalog()
@@ -262,7 +296,5 @@ def decode_payload(spec: EventSpec, obj, reply: bool = False) -> Payload:
 
 __all__ = [
     "Catalog", "CATALOG", "Context", "Delivery", "Direction", "Event", "EventSpec", "SCHEMA_VERSION",
-    "Duplex", "ResetType", "DetachReason", "FwEventKind", "LinkChange", "FwEvent", "ResetWarn",
-    "PrepareDetach", "RequestReset", "SetMac", "SetMacReply", "PostConfig", "Str", "Array",
-    "encode_payload", "decode_payload",
+    "USER_EVENT_BASE", "negotiate", "Str", "Array", "encode_payload", "decode_payload", *_payload_names,
 ]

@@ -43,10 +43,12 @@ class Field:
 
     kind = "field"
 
-    def __init__(self, *, default: Any = MISSING, since: tuple[int, int] = (1, 0), doc: str = ""):
+    def __init__(self, *, default: Any = MISSING, since: tuple[int, int] = (1, 0), doc: str = "",
+                 example: Any = MISSING):
         self.default = default
-        self.since = since
+        self.since = tuple(since)
         self.doc = doc
+        self.example = example
         self.name = ""
 
     @property
@@ -56,13 +58,32 @@ class Field:
     def check(self, value: Any, path: str) -> Any:
         raise NotImplementedError
 
+    def validate(self, value: Any, path: str, strict: bool = False) -> Any:
+        """``check``, passing ``strict`` (refuse unknown keys) down to nested structs."""
+        return self.check(value, path)
+
+    def sample(self) -> Any:
+        """A valid value derived from the declaration: the example, the default, or
+        the simplest value the rule allows (tests and docs use it)."""
+        if self.example is not MISSING:
+            return self.example
+        if not self.required:
+            return self.default
+        return self._simplest()
+
+    def _simplest(self) -> Any:
+        raise NotImplementedError
+
     def to_wire(self, value: Any) -> Any:
         return value
+
+    def to_json(self, value: Any) -> Any:
+        return _jsonable(value)
 
     def describe(self) -> dict:
         d = {"name": self.name, "type": self.kind, "since": list(self.since), "doc": self.doc}
         if not self.required:
-            d["default"] = self.to_wire(self.default)
+            d["default"] = self.to_json(self.default)
         return d
 
     def rule(self) -> str:
@@ -104,6 +125,11 @@ class Int(Field):
             return "one of " + ", ".join(hex(c) if c > 255 else str(c) for c in self.choices)
         return f"int {self.min}..{self.max}"
 
+    def _simplest(self):
+        if self.choices:
+            return self.choices[0]
+        return min(max(0, self.min), self.max)
+
     def describe(self):
         d = super().describe() | {"min": self.min, "max": self.max}
         if self.choices:
@@ -118,6 +144,9 @@ class Bool(Field):
         if type(value) is not bool:
             raise reject(path, f"expected bool, got {_type_name(value)}")
         return value
+
+    def _simplest(self):
+        return False
 
     ctype = "bool"
 
@@ -138,6 +167,9 @@ class Str(Field):
 
     def rule(self):
         return f"string, at most {self.max_len} chars"
+
+    def _simplest(self):
+        return ""
 
     def describe(self):
         return super().describe() | {"max_len": self.max_len}
@@ -175,11 +207,18 @@ class Bytes(Field):
     def rule(self):
         return f"{self.size} bytes" if self.size is not None else f"bytes, at most {self.max_len}"
 
+    def _simplest(self):
+        return bytes(self.size or 0)
+
     def describe(self):
         return super().describe() | {"size": self.size, "max_len": self.max_len}
 
     def to_wire(self, value):
         return bytes(value)
+
+    def to_json(self, value):
+        """A MAC string for 6-byte fields (what ``check`` accepts back), else a list of ints."""
+        return ":".join(f"{b:02x}" for b in value) if self.size == 6 else list(value)
 
 
 class Enum(Field):
@@ -212,6 +251,9 @@ class Enum(Field):
     def rule(self):
         return " / ".join(m.name for m in self.enum)
 
+    def _simplest(self):
+        return next(iter(self.enum))
+
     def describe(self):
         return super().describe() | {"enum": self.enum.__name__, "members": {m.name: m.value for m in self.enum}}
 
@@ -228,19 +270,32 @@ class Array(Field):
         self.item, self.length, self.max_len, self.total = item, length, max_len, total
 
     def check(self, value, path):
+        return self.validate(value, path)
+
+    def validate(self, value, path, strict=False):
         if not isinstance(value, (list, tuple)):
             raise reject(path, f"expected array, got {_type_name(value)}")
         if self.length is not None and len(value) != self.length:
             raise reject(path, f"expected {self.length} items, got {len(value)}")
         if len(value) > self.max_len:
             raise reject(path, f"{len(value)} items exceed {self.max_len}")
-        items = tuple(self.item.check(v, f"{path}[{i}]") for i, v in enumerate(value))
+        items = tuple(self.item.validate(v, f"{path}[{i}]", strict) for i, v in enumerate(value))
         if self.total is not None and sum(items) != self.total:
             raise reject(path, f"items sum to {sum(items)}, must sum to {self.total}")
         return items
 
+    def _simplest(self):
+        n = self.length or 0
+        if self.total is None or n == 0:
+            return tuple(self.item.sample() for _ in range(n))
+        share, extra = divmod(self.total, n)          # e.g. 100 over 8: 13, 13, 13, 13, 12, 12, 12, 12
+        return tuple(share + (i < extra) for i in range(n))
+
     def to_wire(self, value):
         return [self.item.to_wire(v) for v in value]
+
+    def to_json(self, value):
+        return [self.item.to_json(v) for v in value]
 
     def rule(self):
         n = f"[{self.length}]" if self.length is not None else f"[..{self.max_len}]"
@@ -262,9 +317,15 @@ class Nested(Field):
         self.struct = struct
 
     def check(self, value, path):
+        return self.validate(value, path)
+
+    def validate(self, value, path, strict=False):
         if isinstance(value, self.struct):
             return value
-        return self.struct.from_wire(value, path)
+        return self.struct.from_wire(value, path, strict)
+
+    def _simplest(self):
+        return self.struct.example()
 
     def to_wire(self, value):
         return value.to_wire()
@@ -307,7 +368,7 @@ class Payload:
         for name, field in self.fields.items():
             fpath = f"{path}.{name}"
             if name in values:
-                value = field.check(values[name], fpath)
+                value = field.validate(values[name], fpath, strict)
             elif field.required:
                 raise reject(fpath, "required field missing")
             else:
@@ -332,12 +393,28 @@ class Payload:
         self._set(obj, path, strict)
         return self
 
+    @classmethod
+    def example(cls) -> Payload:
+        """A valid instance built from each field's ``sample()``."""
+        return cls(**{name: f.sample() for name, f in cls.fields.items()})
+
+    @classmethod
+    def structs(cls) -> list[type[Payload]]:
+        """The payload types nested in this one (depth first, each once), then this one:
+        the order a C header must define them in."""
+        out: list[type[Payload]] = []
+        for f in cls.fields.values():
+            inner = f.item if isinstance(f, Array) else f
+            if isinstance(inner, Nested):
+                out += [s for s in inner.struct.structs() if s not in out]
+        return out + [cls]
+
     def to_wire(self) -> dict:
         return {name: f.to_wire(getattr(self, name)) for name, f in self.fields.items()}
 
     def to_json(self) -> dict:
         """JSON-safe form: bytes as MAC strings or lists, enums as names."""
-        return {name: _jsonable(getattr(self, name)) for name in self.fields}
+        return {name: f.to_json(getattr(self, name)) for name, f in self.fields.items()}
 
     def replace(self, **changes: Any) -> Payload:
         return type(self)(**(self.to_wire() | changes))
@@ -378,3 +455,6 @@ class Map(Field):
         if not isinstance(value, dict):
             raise reject(path, f"expected map, got {_type_name(value)}")
         return value
+
+    def _simplest(self):
+        return {}

@@ -329,10 +329,20 @@ def test_unregistered_sender_told_to_reregister(h):
     assert isinstance(m, E.Reregister)
 
 
-def test_major_schema_mismatch_refused(h):
+def test_major_schema_mismatch_registers_but_never_binds(h):
     h.send(P, E.Register(r=1, role="parent", name="ixd", pid=5, start_time=1, schema=(2, 0)))
-    m, _ = h.result(P, 1)
-    assert m.e == -Errno.EPROTO and "major versions differ" in m.m
+    assert h.result(P, 1)[0].e == 0                 # any major registers...
+    h.register(C, "child", "idpf")
+    dev, r = h.init_add(P)
+    assert h.result(P, r)[0].d["driver"] is None
+    h.send(C, E.DrvRegister(r=1, name="idpf_eth", id_table=("ixd.eth",), probe=True))
+    why = ("bind refused: driver idpf_eth (child idpf[%d]#2) speaks schema 1.0, parent ixd of ixd.eth.0 "
+           "speaks 2.0: major versions differ" % h.bus.peers[C].pid)
+    assert h.result(C, 1)[0].d == {"probed": [], "refused": {"ixd.eth.0": why}}   # ...none is probed
+    assert h.bus.devices[dev].last_error == why
+    assert h.bus.uevents[-1]["action"] == "BIND_REFUSED" and h.bus.uevents[-1]["detail"]["reason"] == why
+    for ident in (P, C):                            # both sides are told; the child gets no PROBE
+        assert [(type(m), m.reason) for _, m, _ in h.take(ident)] == [(E.Unbind, why)]
 
 
 def test_late_reply_from_old_incarnation_dropped(h):

@@ -1,0 +1,1 @@
+"""auxipc's tests. A package so that spawned processes can load ``tests.models:Name``."""
