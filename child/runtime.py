@@ -184,7 +184,9 @@ class ChildRuntime(Runtime):
                 adev = self._bound(msg.dev)
                 spec, fn = self._handler(adev, msg.ev)
                 if self.faults:
-                    self.fault_point("reset" if spec.name == "RESET_WARN" else "request", spec.name)
+                    self.fault_point("request", spec.name)
+                    if spec.name == "RESET_WARN":
+                        self.fault_point("reset", spec.name)
                 value = decode_payload(spec, E.decode_payload_frame(payload))
                 e, reply = normalize_result(spec, self.invoke(spec, fn, adev, value, adev.driver.name))
                 return e, "", reply
