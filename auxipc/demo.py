@@ -17,17 +17,22 @@ import click
 from proto.errno import AuxError
 from .client import Client
 from .supervise import Proc
+from .trace import dumps
 from .watch import Watcher, format_record
 
 
-def run_demo(runtime_dir: str | None = None) -> int:
+def run_demo(runtime_dir: str | None = None, record: str | None = None) -> int:
+    """``record``: also write every record seen to this file, as JSON lines
+    (``auxipc trace render FILE --mermaid OUT.md`` draws it)."""
     own_dir = runtime_dir is None
     root = runtime_dir or tempfile.mkdtemp(prefix="auxipc-demo-", dir="/tmp")
     logs = tempfile.mkdtemp(prefix="auxipc-demo-logs-")
     procs: list[Proc] = []
     counts = {"steps": 0, "bus": 0, "call": 0, "event": 0}
+    rec_file = open(record, "w", encoding="utf-8") if record else None
     show = lambda rec: (counts.__setitem__(rec["kind"], counts.get(rec["kind"], 0) + 1),
-                        click.echo("        " + format_record(rec)))
+                        click.echo("        " + format_record(rec)),
+                        rec_file and (rec_file.write(dumps(rec) + "\n"), rec_file.flush()))
 
     def step(text: str) -> None:
         counts["steps"] += 1
@@ -109,6 +114,8 @@ def run_demo(runtime_dir: str | None = None) -> int:
         for p in reversed(procs):
             p.stop()
         shutil.rmtree(logs, ignore_errors=True)
+        if rec_file is not None:
+            rec_file.close()
         if own_dir:
             shutil.rmtree(root, ignore_errors=True)
     if ok:

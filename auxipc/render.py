@@ -26,3 +26,86 @@ def render_ls(snap: dict) -> str:
               f"{p['last_seen_ms']} ms"] for p in snap["peers"]]
     out.append(table(peers, ["ROLE", "NAME", "PID", "INC", "STATE", "SCHEMA", "LAST SEEN"]) if peers else "no peers")
     return "\n".join(out)
+
+
+def _events_lines(events: list[dict]) -> list[str]:
+    """The negotiated contract of one device: per direction, the events the receiving
+    side handles (``~`` async); the rest are counted (``ls --json`` lists them all)."""
+    out = []
+    for direction, arrow in (("parent->child", "↓ to child "), ("child->parent", "↑ to parent"), ("both", "↕ both ways")):
+        evs = [e for e in events if e["direction"] == direction]
+        ok = [e["event"] + ("~" if e["delivery"] == "async" else "") for e in evs if e["deliverable"]]
+        if evs:
+            rest = len(evs) - len(ok)
+            out.append(f"{arrow}: {' '.join(ok) or '-'}" + (f"  (+{rest} not handled)" if rest else ""))
+    return out
+
+
+def _branch(lines: list[str], items: list, render) -> None:
+    for i, item in enumerate(items):
+        last = i == len(items) - 1
+        head, *rest = render(item)
+        lines.append(("└─ " if last else "├─ ") + head)
+        lines.extend(("   " if last else "│  ") + r for r in rest)
+
+
+def render_tree(snap: dict) -> str:
+    """``auxipc ls``: parent process -> its devices -> bound driver (and its process),
+    refcount, state, negotiated events; then the child processes and their drivers."""
+    peers = {f"{p['role']} {p['name']}[{p['pid']}]#{p['inc']}": p for p in snap["peers"]}
+    drivers = {d["name"]: d for d in snap["drivers"]}
+    out = [f"bus epoch {snap['epoch']}  schema {snap['schema']}  pending calls {snap['pending']}"]
+
+    def peer_head(label: str) -> str:
+        p = peers.get(label)
+        if p is None:
+            return f"{label} (gone)"
+        slow = f", {p['slow_calls']} slow calls" if p.get("slow_calls") else ""
+        return (f"{p['role']} {p['name']}  pid {p['pid']} inc {p['inc']}  {p['state']}  schema {p['schema']}  "
+                f"seen {p['last_seen_ms']} ms ago{slow}")
+
+    def device(d: dict) -> list[str]:
+        holders = ", ".join(f"{k}x{v}" if v > 1 else k for k, v in d["holders"].items()) or "-"
+        lock = f", locked by {d['locked_by']}" + (f" ({d['queued']} queued)" if d["queued"] else "") \
+            if d.get("locked_by") else ""
+        head = f"{d['name']}  (auxiliary:{d['match']})  {d['state']}, {d['bind']}  refs {d['refcount']} [{holders}]{lock}"
+        rest = []
+        if d["driver"]:
+            drv = drivers.get(d["driver"])
+            rest.append(f"└─ driver {d['driver']}" + (f" ← {drv['peer']}" if drv else ""))
+        else:
+            rest.append("└─ no driver")
+        ok = sum(1 for e in d["events"] if e["deliverable"])
+        rest.append(f"   events {ok}/{len(d['events'])} deliverable (~ async)")
+        rest.extend(f"     {line}" for line in _events_lines(d["events"]))
+        if d.get("last_error"):
+            rest.append(f"   last error: {d['last_error']}")
+        return [head, *rest]
+
+    roots: list[tuple[str, list]] = []
+    parent_labels = [lbl for lbl, p in peers.items() if p["role"] == "parent"]
+    for lbl in parent_labels + sorted({d["parent"] for d in snap["devices"]} - set(parent_labels)):
+        roots.append(("parent", [lbl, [d for d in snap["devices"] if d["parent"] == lbl]]))
+    for lbl, p in peers.items():
+        if p["role"] != "parent":
+            roots.append(("child", [lbl, [d for d in snap["drivers"] if d["peer"] == lbl]]))
+
+    def root(item) -> list[str]:
+        kind, (label, children) = item
+        lines = [peer_head(label)]
+        if kind == "parent":
+            if not children:
+                lines.append("└─ no devices")
+            _branch(lines, children, device)
+        else:
+            _branch(lines, children, lambda drv: [
+                f"driver {drv['name']}  id_table {','.join(drv['id_table'])}  bound: {', '.join(drv['bound']) or '-'}",
+                f"   handles: {' '.join(drv['handles']) or '-'}"])
+            if not children:
+                lines.append("└─ no drivers")
+        return lines
+
+    if not roots:
+        out.append("(no processes on the bus)")
+    _branch(out, roots, root)
+    return "\n".join(out)

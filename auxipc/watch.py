@@ -98,6 +98,9 @@ class Watcher:
         if isinstance(msg, E.Uevent) and topic == b"bus":
             return {"kind": "bus", "ts": ts, "seq": msg.seq, "action": msg.action, "dev": msg.dev,
                     "driver": msg.driver, "detail": msg.detail}
+        if isinstance(msg, E.Uevent) and msg.action != "CALL":
+            # Faults, lockdep reports, atomic-context BUGs: from the broker or a runtime.
+            return {"kind": "trace", "ts": ts, "action": msg.action, "dev": msg.dev, "detail": msg.detail}
         if isinstance(msg, E.Uevent):
             d = msg.detail
             return {"kind": "call", "ts": ts, "dev": msg.dev, "event": d.get("event"), "from": d.get("from"),
@@ -127,6 +130,9 @@ def format_record(rec: dict) -> str:
         result = "0" if not rec["errno"] else f"{rec['errno']} {rec['error']}"
         arrow = "parent->child" if str(rec["from"]).startswith("parent") else "child->parent"
         return f"{ts}  call   {rec['event']:<13} {rec['dev']:<12} {arrow}  = {result}  ({rec['us'] / 1000:.2f} ms)"
+    if rec["kind"] == "trace":
+        detail = " ".join(f"{k}={v}" for k, v in rec["detail"].items())
+        return f"{ts}  trace  {rec['action']:<13} {rec['dev'] or '-':<12} {detail}".rstrip()
     if rec["kind"] == "event":
         return (f"{ts}  event  {rec['event']:<13} {rec['dev']:<12} {rec['direction']}  "
                 f"{json.dumps(rec['payload'], separators=(',', ':'))}")

@@ -1,0 +1,294 @@
+"""Trace records: who talks to whom, filters, text and udev-style formatting, JSON lines.
+
+Records come from ``watch.Watcher`` (kinds ``bus``, ``call``, ``event``, and
+``trace`` for faults and reports published on the trace topic). This
+module adds, without any I/O of its own:
+
+- ``Lifelines``: follows the record stream (and optionally an ``ls`` snapshot)
+  to name the sender and receiver of each record as lifelines — ``parent ixd``,
+  ``broker``, ``child idpf_eth`` — stored as ``src`` and ``dst``. A recorded
+  trace is enough to draw a sequence diagram from.
+- ``Filter``: ``--device``, ``--event``, ``--peer`` (globs, repeatable; OR within
+  one option, AND across options).
+- ``format_trace``: one line per record for people; unknown actions and kinds
+  (faults, recoveries) are printed generically.
+- ``format_udev``: ``udevadm monitor`` style lines for bus notifications.
+- ``dump``/``load``: JSON lines.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from dataclasses import dataclass, field
+
+BROKER = "broker"
+
+# bus action -> (sender, receiver) as lifeline kinds: "peer" (the registering
+# process), "parent" / "child" (of the device or driver), or the broker.
+_ROUTES = {
+    "REGISTER": ("peer", BROKER), "UNREGISTER": ("peer", BROKER), "PEER_DEAD": ("peer", BROKER),
+    "DRIVER_ADD": ("child", BROKER), "DRIVER_REMOVE": ("child", BROKER),
+    "ADD": ("parent", BROKER), "REMOVE": ("parent", BROKER), "RELEASE": (BROKER, "parent"),
+    "BIND": (BROKER, "child"), "UNBIND": (BROKER, "child"),
+    "PROBE_DEFER": (BROKER, "child"), "PROBE_FAILED": (BROKER, "child"),
+}
+
+
+def lifeline(label: str | None) -> str:
+    """``parent ixd[5870]#1`` -> ``parent ixd`` (a restarted process keeps its lifeline)."""
+    return re.sub(r"\[\d+\]#\d+$", "", str(label or "")).strip()
+
+
+def match_name(dev: str) -> str:
+    return dev.rsplit(".", 1)[0]
+
+
+@dataclass
+class Lifelines:
+    """Names the two ends of every record, learning the bus from the stream itself."""
+
+    by_inc: dict = field(default_factory=dict)        # incarnation -> lifeline
+    by_name: dict = field(default_factory=dict)       # peer name -> lifeline
+    dev_parent: dict = field(default_factory=dict)    # device -> parent lifeline
+    dev_driver: dict = field(default_factory=dict)    # device -> driver name
+    drv_child: dict = field(default_factory=dict)     # driver -> child lifeline
+    order: list = field(default_factory=list)         # lifelines in order of appearance
+
+    def seed(self, snap: dict) -> None:
+        """Learn what an ``ls`` snapshot knows (for a trace started on a running bus)."""
+        for p in snap.get("peers", []):
+            self._peer(p["role"], p["name"], p.get("inc"))
+        for d in snap.get("drivers", []):
+            self.drv_child[d["name"]] = lifeline(d["peer"])
+        for d in snap.get("devices", []):
+            self.dev_parent[d["name"]] = lifeline(d["parent"])
+            if d.get("driver"):
+                self.dev_driver[d["name"]] = d["driver"]
+
+    def _peer(self, role, name, inc=None) -> str:
+        ll = f"{role} {name}" if role else self.by_name.get(name, f"? {name}")
+        if name:
+            self.by_name[name] = ll
+        if inc is not None:
+            self.by_inc[inc] = ll
+        return ll
+
+    def _child_of_driver(self, driver: str) -> str:
+        if driver in self.drv_child:
+            return self.drv_child[driver]
+        # a child process is named after its drivers ("a+b"); else the last child seen
+        for name, ll in reversed(list(self.by_name.items())):
+            if ll.startswith("child ") and driver in name.split("+"):
+                return ll
+        children = [ll for ll in self.by_name.values() if ll.startswith("child ")]
+        return children[-1] if children else "child"
+
+    def _end(self, kind: str, rec: dict) -> str:
+        if kind == BROKER:
+            return BROKER
+        dev, drv, detail = rec.get("dev") or "", rec.get("driver") or "", rec.get("detail") or {}
+        if kind == "peer":
+            return self._peer(detail.get("role"), detail.get("name"), detail.get("inc"))
+        if kind == "parent":
+            return self.dev_parent.get(dev) or lifeline(detail.get("parent")) or "parent"
+        drv = drv or self.dev_driver.get(dev, "")
+        return self._child_of_driver(drv) if drv else "child"
+
+    def annotate(self, rec: dict) -> dict:
+        """Add ``src`` and ``dst`` (lifelines) to ``rec`` (in place) and learn from it."""
+        kind = rec.get("kind")
+        if kind == "bus":
+            action, dev, drv, detail = rec.get("action"), rec.get("dev"), rec.get("driver"), rec.get("detail") or {}
+            if action == "ADD" and detail.get("parent"):
+                self.dev_parent[dev] = lifeline(detail["parent"])
+            if action == "DRIVER_ADD" and drv:
+                self.drv_child[drv] = self._child_of_driver(drv)
+            if action == "BIND" and drv:
+                self.dev_driver[dev] = drv
+            route = _ROUTES.get(action)
+            if route:
+                rec.setdefault("src", self._end(route[0], rec))
+                rec.setdefault("dst", self._end(route[1], rec))
+            else:   # faults, recoveries, anything newer than this module: on the broker
+                rec.setdefault("src", BROKER)
+                rec.setdefault("dst", BROKER)
+            if action == "DRIVER_REMOVE":
+                self.drv_child.pop(drv, None)
+        elif kind == "call":
+            rec.setdefault("src", lifeline(rec.get("from")) or "?")
+            rec.setdefault("dst", lifeline(rec.get("to")) or "?")
+        elif kind == "event":
+            dev = rec.get("dev", "")
+            parent = self.dev_parent.get(dev, "parent")
+            drv = self.dev_driver.get(dev)
+            child = self._child_of_driver(drv) if drv else "child"
+            sender = self.by_inc.get(rec.get("inc"))
+            if rec.get("direction") == "parent->child":
+                rec.setdefault("src", sender or parent)
+                rec.setdefault("dst", child)
+            else:
+                rec.setdefault("src", sender or child)
+                rec.setdefault("dst", parent)
+        else:
+            rec.setdefault("src", BROKER)
+            rec.setdefault("dst", BROKER)
+        for ll in (rec["src"], rec["dst"]):
+            if ll not in self.order:
+                self.order.append(ll)
+        return rec
+
+
+def _globs(values) -> list[str]:
+    return [v for v in (values or ()) if v]
+
+
+def _any(patterns: list[str], *candidates) -> bool:
+    cands = [str(c) for c in candidates if c]
+    return any(fnmatch.fnmatchcase(c.lower(), p.lower()) for p in patterns for c in cands)
+
+
+@dataclass
+class Filter:
+    """``--device``/``--event``/``--peer`` globs. ``--event`` also matches a bus
+    action (``--event BIND``); ``--peer`` matches a lifeline or its process name."""
+
+    devices: list = field(default_factory=list)
+    events: list = field(default_factory=list)
+    peers: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.devices, self.events, self.peers = _globs(self.devices), _globs(self.events), _globs(self.peers)
+
+    def __bool__(self) -> bool:
+        return bool(self.devices or self.events or self.peers)
+
+    def __call__(self, rec: dict) -> bool:
+        if self.devices and not _any(self.devices, rec.get("dev")):
+            return False
+        if self.events and not _any(self.events, rec.get("event"), rec.get("action")):
+            return False
+        if self.peers:
+            names = []
+            for ll in (rec.get("src"), rec.get("dst"), lifeline(rec.get("from")), lifeline(rec.get("to"))):
+                if ll:
+                    names += [ll, ll.split(" ", 1)[-1]]
+            detail = rec.get("detail") or {}
+            names += [rec.get("driver"), detail.get("name") if isinstance(detail, dict) else None]
+            if not _any(self.peers, *names):
+                return False
+        return True
+
+
+def summary(value, limit: int = 80) -> str:
+    """A short one-line JSON rendering of a payload."""
+    text = json.dumps(value, separators=(",", ":"), default=_json_default)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def format_trace(rec: dict) -> str:
+    """One line per record: time, kind, name, device, who -> whom, result or payload."""
+    ts = f"+{rec.get('ts', 0.0):7.3f}s"
+    kind = rec.get("kind", "?")
+    arrow = f"{rec['src']} -> {rec['dst']}" if rec.get("src") and rec["src"] != rec.get("dst") else ""
+    if kind in ("bus", "trace"):   # notifications; "trace": faults, lockdep reports and the like
+        detail = rec.get("detail") or {}
+        text = " ".join(f"{k}={v}" for k, v in detail.items())
+        who = rec.get("dev") or rec.get("driver") or "-"
+        if rec.get("dev") and rec.get("driver"):
+            text = f"driver={rec['driver']} {text}"
+        return f"{ts}  {kind:<6} {rec.get('action', '?'):<13} {who:<12} {arrow:<36} {text}".rstrip()
+    if kind == "call":
+        errno = rec.get("errno") or 0
+        result = "0" if not errno else f"{errno} {rec.get('error') or ''}".strip()
+        us = rec.get("us")
+        lat = f"  ({us / 1000:.2f} ms)" if isinstance(us, (int, float)) else ""
+        return f"{ts}  call   {rec.get('event', '?'):<13} {rec.get('dev', '-'):<12} {arrow:<36} = {result}{lat}"
+    if kind == "event":
+        return (f"{ts}  event  {rec.get('event', '?'):<13} {rec.get('dev', '-'):<12} {arrow:<36} "
+                f"async #{rec.get('seq', '?')} {summary(rec.get('payload'))}")
+    rest = {k: v for k, v in rec.items() if k not in ("kind", "ts", "src", "dst")}
+    return f"{ts}  {kind:<6} {summary(rest, 120)}"
+
+
+# ---- udevadm monitor -----------------------------------------------------------------------
+
+_UDEV_ACTION = {"DRIVER_ADD": "add", "DRIVER_REMOVE": "remove", "REGISTER": "add", "UNREGISTER": "remove",
+                "PEER_DEAD": "offline"}
+
+
+def udev_event(rec: dict) -> dict:
+    """A bus record as udev would describe it: action, devpath, subsystem and properties."""
+    action, dev, drv = rec.get("action", ""), rec.get("dev") or "", rec.get("driver") or ""
+    detail = dict(rec.get("detail") or {})
+    if action in ("REGISTER", "UNREGISTER", "PEER_DEAD"):
+        role = detail.get("role") or ""
+        devpath = f"/auxipc/peers/{detail.get('name', '?')}"
+        subsystem = "auxipc"
+        props = {"PEER": detail.pop("name", ""), **({"ROLE": detail.pop("role")} if role else {})}
+    elif action in ("DRIVER_ADD", "DRIVER_REMOVE") or (drv and not dev):
+        devpath, subsystem, props = f"/bus/auxiliary/drivers/{drv}", "drivers", {"DRIVER": drv}
+    elif dev:
+        devpath, subsystem = f"/bus/auxiliary/devices/{dev}", "auxiliary"
+        props = {"DEVNAME": dev, **({"DRIVER": drv} if drv else {})}
+        props["MODALIAS"] = detail.pop("modalias", None) or f"auxiliary:{match_name(dev)}"
+    else:
+        devpath, subsystem, props = "/auxipc/bus", "auxipc", {}
+    out = {"ACTION": _UDEV_ACTION.get(action, action.lower()), "DEVPATH": devpath, "SUBSYSTEM": subsystem,
+           **props}
+    if out["ACTION"] != action.lower():
+        out["AUXIPC_ACTION"] = action
+    for k, v in detail.items():
+        out[re.sub(r"[^A-Z0-9_]", "_", str(k).upper())] = (",".join(map(str, v)) if isinstance(v, (list, tuple))
+                                                           else v)
+    if rec.get("seq") is not None:
+        out["SEQNUM"] = rec["seq"]
+    return out
+
+
+def format_udev(rec: dict, stamp: float, properties: bool = False) -> str:
+    """``KERNEL[12.345678] bind     /bus/auxiliary/devices/ixd.eth.0 (auxiliary)``,
+    then with ``properties`` the KEY=value lines and a blank line, as udevadm prints them."""
+    ev = udev_event(rec)
+    head = f"KERNEL[{stamp:.6f}] {ev['ACTION']:<8} {ev['DEVPATH']} ({ev['SUBSYSTEM']})"
+    if not properties:
+        return head
+    return "\n".join([head, *(f"{k}={v}" for k, v in ev.items()), ""])
+
+
+# ---- JSON lines ----------------------------------------------------------------------------
+
+def _json_default(o):
+    if isinstance(o, (bytes, bytearray)):
+        return o.hex()
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    return str(o)
+
+
+def dumps(rec: dict) -> str:
+    return json.dumps(rec, separators=(",", ":"), default=_json_default)
+
+
+def load(path) -> list[dict]:
+    """Records from a JSON-lines file (blank lines skipped; a bad line names its number)."""
+    from proto.errno import AuxError, Errno
+    records = []
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise AuxError(Errno.ENOENT, f"cannot read trace {path}: {exc.strerror}") from None
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise AuxError(Errno.EINVAL, f"{path}:{n}: not a JSON record ({exc.msg}); "
+                               "record with 'auxipc trace --record FILE'") from None
+            if not isinstance(rec, dict) or "kind" not in rec:
+                raise AuxError(Errno.EINVAL, f"{path}:{n}: a trace record is an object with 'kind'")
+            records.append(rec)
+    return records
