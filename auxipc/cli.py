@@ -68,7 +68,8 @@ def main(verbose):
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
 
 
-def _serve_until_signal(rt, ready_line: str) -> None:
+def _serve_until_signal(rt, ready_line) -> None:
+    from .peer import BrokerLost
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: rt.stop())
     try:
@@ -76,6 +77,9 @@ def _serve_until_signal(rt, ready_line: str) -> None:
         click.echo(ready_line(rt), nl=True)
         sys.stdout.flush()
         rt.run()
+    except BrokerLost:
+        if not rt.stopping:
+            raise        # asked to stop while the broker was away: a clean exit
     finally:
         rt.close()
 

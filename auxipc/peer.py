@@ -41,6 +41,7 @@ ATOMIC_BUDGET = 0.005  # an atomic-context handler running longer than this is r
 
 class BrokerLost(AuxError):
     def __init__(self, why: str):
+        self.why = why
         super().__init__(Errno.ESHUTDOWN, f"lost the broker: {why}")
 
 
@@ -254,7 +255,7 @@ class Runtime:
                 self.pump(timeout)
             except BrokerLost as exc:
                 if not self._stopping:
-                    self.reconnect(exc.message)
+                    self.reconnect(exc.why)
 
     def pump(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for messages and dispatch what arrived."""
@@ -308,6 +309,10 @@ class Runtime:
             log.error("callback failed:\n%s", traceback.format_exc())
 
     # ---- tasks, locks, contexts ------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     @property
     def task(self) -> str:
@@ -461,6 +466,8 @@ class Runtime:
             after_send()
         deadline = time.monotonic() + timeout + GRACE
         while r not in self._results:
+            if self._stopping and not self._connected:
+                raise BrokerLost("stopping while no broker is connected")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AuxError(Errno.ETIMEDOUT, f"{what}: no answer from the broker within {timeout + GRACE:.1f} s")
