@@ -317,6 +317,8 @@ class Bus(Binding, Calls):
                     self.dev_pm(peer, msg)
                 case E.LockReq():
                     self.lock_req(peer, msg)
+                case E.Resync():
+                    self.resync(peer, msg)
                 case E.UnlockReq():
                     self.unlock_req(peer, msg)
                 case E.Unregister():
@@ -353,6 +355,16 @@ class Bus(Binding, Calls):
         self.hb_idents[ident + b"#hb"] = peer
         self.uevent("REGISTER", role=msg.role, name=msg.name, pid=msg.pid, inc=peer.inc)
         self.reply(ident, msg.r, data=self._welcome(peer))
+
+    def resync(self, peer: Peer, msg: E.Resync) -> None:
+        """Pass a receiver's gap report to the other side of the device (no answer)."""
+        dev = self.devices.get(msg.dev)
+        if dev is None or dev.driver is None:
+            return
+        other = dev.driver.peer if peer is dev.parent else dev.parent if dev.driver.peer is peer else None
+        if other is not None and other.alive:
+            self.stats["resyncs"] += 1
+            self.send(other.ident, E.Resync(dev=msg.dev))
 
     def _welcome(self, peer: Peer) -> dict:
         return {"peer": peer.label, "inc": peer.inc, "epoch": self.epoch,

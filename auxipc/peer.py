@@ -76,6 +76,7 @@ class Runtime:
         self._hello = False
         self._seq_out: dict = {}
         self._seq_in: dict = {}
+        self._last_state: dict = {}   # topic -> {event code: wire}: the state-like events sent last
         self._tasks: list[str] = []       # the task stack: top is what runs now
         self._held_here: dict[str, list[str]] = {}   # lock name -> tasks on this stack holding it
         self._task_ids = itertools.count(1)
@@ -513,6 +514,8 @@ class Runtime:
         wire = payload if isinstance(payload, bytes) else E.packb(encode_payload(spec, payload))
         if len(wire) > E.MAX_FRAME:
             raise AuxError(Errno.EMSGSIZE, f"$.payload: {len(wire)} bytes exceed the bus maximum {E.MAX_FRAME}")
+        if spec.state:
+            self._last_state.setdefault(topic, {})[spec.code] = wire
         seq = self._seq_out[topic] = self._seq_out.get(topic, 0) + 1
         head = E.packb({"t": E.Msg.EVENT, "dev": dev_id, "ev": spec.code, "seq": seq, "inc": self.inc,
                         "epoch": self.epoch})
@@ -526,6 +529,22 @@ class Runtime:
         for frames in held:
             self._publish(frames, spec, timeout)
         return seq
+
+    def topic_for(self, dev_id: int) -> bytes | None:
+        """The topic this process publishes on for a device (None if it has no such device)."""
+        return None
+
+    def replay_state(self, dev_id: int) -> int:
+        """Publish again the last state-like events (link state, MTU) sent on a device's
+        topic: for a driver that just bound (a late joiner) or a receiver that saw a gap.
+        Keyed by device name, so a device deleted and added again keeps its state."""
+        topic = self.topic_for(dev_id)
+        n = 0
+        for code, wire in list(self._last_state.get(topic, {}).items()):
+            self.publish_event(dev_id, topic, self.catalog.get(code), wire)
+            n += 1
+        self.stats["state_replayed"] += n
+        return n
 
     def _async_fault(self, rule: FaultRule, frames: list, event: str) -> bool:
         """Apply a message fault to an async event; True when it took the event over."""
@@ -567,6 +586,8 @@ class Runtime:
             return
         if isinstance(msg, E.Result):
             self._results[msg.r] = (msg, payload)
+        elif isinstance(msg, E.Resync):
+            self.replay_state(msg.dev)
         elif isinstance(msg, E.Fault):
             try:
                 self.faults.set([FaultRule.from_dict(r) for r in msg.rules])
@@ -603,7 +624,10 @@ class Runtime:
             return
         if last and msg.seq > last + 1:
             self.stats["async_lost"] += msg.seq - last - 1
-            log.warning("lost %d async events on %r (seq %d -> %d)", msg.seq - last - 1, topic, last, msg.seq)
+            log.warning("lost %d async events on %r (seq %d -> %d): asking for a resync",
+                        msg.seq - last - 1, topic, last, msg.seq)
+            self.stats["resync_requested"] += 1
+            self.sk.dealer.send_multipart(E.encode(E.Resync(dev=msg.dev)))
         self._seq_in[key] = msg.seq
         self._deliver(("ev", msg, payload, topic))
 

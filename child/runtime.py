@@ -105,6 +105,10 @@ class ChildRuntime(Runtime):
     def handles(self) -> set[int]:
         return {code for table in self.handlers.values() for code in table}
 
+    def topic_for(self, dev_id: int) -> bytes | None:
+        adev = self.devices.get(dev_id)
+        return b"P:" + adev.name.encode() if adev is not None else None
+
     def subscriptions(self) -> list[bytes]:
         return sorted({f"C:{m}.".encode() for d in self.drivers.values() for m in d.id_table})
 

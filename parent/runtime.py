@@ -24,7 +24,7 @@ from typing import Callable
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno
-from proto.events import decode_payload
+from proto.events import decode_payload, encode_payload
 from auxipc.handlers import collect_handlers, normalize_result
 from auxipc.peer import Runtime
 
@@ -117,6 +117,10 @@ class ParentDevice:
         -EOPNOTSUPP when the driver has no handler (the kernel's NULL checks)."""
         spec = self.rt.spec_to_send(event)
         if self.driver is None:
+            if spec.state and self.name:
+                # Hardware state (link) a driver binding later must learn: kept for the replay.
+                wire = E.packb(encode_payload(spec, payload))
+                self.rt._last_state.setdefault(b"C:" + self.name.encode(), {})[spec.code] = wire
             raise AuxError(Errno.ENODEV, f"{self.name or self.short} has no bound driver")
         if spec.code not in self.child_handles:
             raise AuxError(Errno.EOPNOTSUPP, f"driver {self.driver} has no handler for {spec.name}")
@@ -173,6 +177,10 @@ class ParentRuntime(Runtime):
     def handles(self) -> set[int]:
         return set(self.handlers)
 
+    def topic_for(self, dev_id: int) -> bytes | None:
+        adev = self.devices.get(dev_id)
+        return b"C:" + adev.name.encode() if adev is not None and adev.bound else None
+
     def subscriptions(self) -> list[bytes]:
         return [f"P:{self.model.modname}.".encode()]
 
@@ -210,6 +218,7 @@ class ParentRuntime(Runtime):
                 adev.child_handles, adev.child_schema = frozenset(msg.handles), tuple(msg.schema)
                 early, adev.early = adev.early, []
                 self.model.on_bind(adev)
+                self.replay_state(adev.dev_id)     # the new driver gets the current link state first
                 for topic, ev, payload in early:
                     self.on_async(topic, ev, payload)
             case E.Unbind():

@@ -59,6 +59,7 @@ class Msg(IntEnum):
     CTL = 50
     INJECT = 51
     FAULT = 52
+    RESYNC = 53
     EVENT = 60
     UEVENT = 61
 
@@ -337,6 +338,13 @@ class Fault(Header):
     """To a peer: the fault rules in force for it (replacing earlier ones); see auxipc/faults.py."""
     r = REQ_ID
     rules = Array(Map(), max_len=256, default=())
+
+
+@header(Msg.RESYNC)
+class Resync(Header):
+    """A receiver saw a gap in a device's async events: the broker passes it to the other
+    side of the device, whose runtime publishes its state-like events for it again."""
+    dev = Int(0, 2**53)
 
 
 # ---- pub/sub -------------------------------------------------------------------

@@ -98,6 +98,7 @@ class EventSpec:
     rtnl: bool = False
     since: tuple[int, int] = (1, 0)
     doc: str = ""
+    state: bool = False    # async and state-like: the last value is replayed to a late joiner and after a gap
 
     @property
     def sync(self) -> bool:
@@ -108,7 +109,7 @@ class EventSpec:
             "code": int(self.code), "name": self.name, "direction": self.direction.value,
             "delivery": self.delivery.value, "context": self.context.value, "rtnl": self.rtnl,
             "since": list(self.since), "payload": self.payload.__name__,
-            "reply": self.reply.__name__ if self.sync else None, "doc": self.doc,
+            "reply": self.reply.__name__ if self.sync else None, "doc": self.doc, "state": self.state,
         }
 
 
@@ -119,7 +120,7 @@ E = Event
 
 BUILTIN_EVENTS: tuple[EventSpec, ...] = (
     # ---- parent -> child
-    EventSpec(E.LINK_CHANGE, "LINK_CHANGE", P2C, ASYNC, LinkChange, context=ATOMIC,
+    EventSpec(E.LINK_CHANGE, "LINK_CHANGE", P2C, ASYNC, LinkChange, context=ATOMIC, state=True,
               doc="link up/down, speed, duplex, autoneg (mlx5: atomic notifier; the consumer defers)"),
     EventSpec(E.RESET_WARN, "RESET_WARN", P2C, SYNC, ResetWarn,
               doc="reset or FLR pending; the child quiesces before it replies"),
@@ -127,7 +128,7 @@ BUILTIN_EVENTS: tuple[EventSpec, ...] = (
               doc="the reset finished (often done as unplug + replug instead)"),
     EventSpec(E.BEFORE_MTU_CHANGE, "BEFORE_MTU_CHANGE", P2C, SYNC, MtuChangeBefore,
               doc="blocking; the sender must not hold rtnl (the ice MTU deadlock)"),
-    EventSpec(E.AFTER_MTU_CHANGE, "AFTER_MTU_CHANGE", P2C, ASYNC, MtuChangeAfter,
+    EventSpec(E.AFTER_MTU_CHANGE, "AFTER_MTU_CHANGE", P2C, ASYNC, MtuChangeAfter, state=True,
               doc="the new MTU is in effect"),
     EventSpec(E.BEFORE_TC_CHANGE, "BEFORE_TC_CHANGE", P2C, SYNC, Empty,
               doc="traffic classes are about to change; under device_lock, before rtnl"),

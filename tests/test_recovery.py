@@ -245,3 +245,20 @@ def test_chaos_soak_holds_its_invariants():
     assert report["ok"], report["failures"]
     assert sum(report["faults"].values()) >= 8
     assert report["worst_call_overrun_ms"] <= 500
+
+
+@pytest.mark.timeout(40)
+def test_late_joiner_gets_link_state_and_a_gap_triggers_a_resync(bus):
+    bus.parent("tests.models:Pair")
+    bus.wait_ls(lambda s: any(d["name"] == "tp.eth.0" for d in s["devices"]))
+    code, out, _ = bus.send("tp.eth.0", "LINK_CHANGE", "parent", {"up": True, "speed_mbps": 25000})
+    assert out["error"] == "ENODEV"                      # no driver yet: skipped, but remembered
+    child = bus.child("tests.models:Rec")
+    rec = child.wait_record("LINK_CHANGE", dev="tp.eth.0")
+    assert (rec["up"], rec["speed_mbps"]) == (True, 25000)   # the late joiner got the snapshot
+    ok(bus.cli("fault", "message", "tp", "--event", "LINK_CHANGE", "--drop", "--count", "1"))
+    assert bus.send("tp.eth.0", "LINK_CHANGE", "parent", {"up": False, "speed_mbps": -1})[0] == 0  # dropped
+    assert bus.send("tp.eth.0", "FW_EVENT", "parent", {"kind": "HEALTH"})[0] == 0    # reveals the gap
+    rec = child.wait_record("LINK_CHANGE", dev="tp.eth.0", up=False)                 # resynced
+    assert rec["speed_mbps"] == -1
+    assert bus.ls()["stats"].get("resyncs") == 1
