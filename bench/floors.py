@@ -39,10 +39,13 @@ def _sock(ctx, kind, *, rcvtimeo=None, hwm=None):
     return s
 
 
-def rt_loop(n_warm, n, once):
-    """``once(seq)`` n_warm times untimed, then n times timed (ns)."""
+def rt_loop(n_warm, n, once, started=None):
+    """``once(seq)`` n_warm times untimed, then n times timed (ns); ``started`` is set
+    between the two (the driver samples CPU times then)."""
     for i in range(n_warm):
         once(i)
+    if started is not None:
+        started.set()
     lat = [0] * n
     pc = time.perf_counter_ns
     t_start = pc()
@@ -136,8 +139,9 @@ def dealer_worker(back_ep, name, stop):
     ctx.term()
 
 
-def dealer_client(endpoint, svc, n_warm, n, conn):
-    """DEALER client; ``svc`` None: direct to a ROUTER echo, else through the forwarder."""
+def dealer_client(endpoint, svc, n_warm, n, started, stop, conn):
+    """DEALER client; ``svc`` None: direct to a ROUTER echo, else through the forwarder.
+    Stays until ``stop`` so that the driver can sample its CPU time."""
     import zmq
     from msgpack import packb, unpackb
     ctx = _ctx()
@@ -151,8 +155,9 @@ def dealer_client(endpoint, svc, n_warm, n, conn):
         if unpackb(recv())["seq"] != i:
             raise RuntimeError("seq mismatch")
 
-    lat, total = rt_loop(n_warm, n, once)
+    lat, total = rt_loop(n_warm, n, once, started)
     conn.send({"lat": lat, "total_ns": total})
+    stop.wait(30)
     s.close()
     ctx.term()
 
@@ -215,7 +220,7 @@ def sub_receiver(endpoint, n_warm, joined, done, conn):
     ctx.term()
 
 
-def pub_sender(endpoint, bind, n_warm, n, joined, done, conn):
+def pub_sender(endpoint, bind, n_warm, n, joined, done, started, stop, conn):
     import zmq
     from msgpack import packb
     ctx = _ctx()
@@ -233,6 +238,7 @@ def pub_sender(endpoint, bind, n_warm, n, joined, done, conn):
     send = s.send
     for i in range(n_warm):
         send(packb(envelope(i)))
+    started.set()
     pc = time.perf_counter_ns
     t0 = pc()
     for i in range(n_warm, n_warm + n):
@@ -242,6 +248,7 @@ def pub_sender(endpoint, bind, n_warm, n, joined, done, conn):
     while not done.is_set() and time.monotonic() < deadline:
         send(END)
         done.wait(0.005)
+    stop.wait(30)          # stay until the driver has sampled our CPU time
     conn.send({"sent": n_warm + n, "send_ns": t1 - t0})
     s.close()
     ctx.term()

@@ -11,8 +11,9 @@ and configured through the environment:
                  ``p2c``   parent loops ``adev.call(RESET_WARN)``, the child answers;
                  ``async`` parent loops ``adev.notify(LINK_CHANGE)``, the child counts.
 - ``AUXB_N`` timed iterations, ``AUXB_WARM`` untimed warm-up iterations before them.
-- ``AUXB_OUT``   a directory: the side that measures writes ``parent.json`` /
-  ``child.json`` there (atomically, via rename) when it is done.
+- ``AUXB_OUT``   a directory: the side that measures touches ``started`` there when
+  its timed part begins and writes ``parent.json`` / ``child.json`` (atomically, via
+  rename) when it is done.
 
 The loops start from a timer once the device is bound and the runtime is back in
 its main loop (``add()`` / driver registration returned), so they measure steady
@@ -51,10 +52,18 @@ def write_result(name: str, obj: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
+def mark_started() -> None:
+    """An empty ``started`` file: the driver samples every process's CPU time when it appears."""
+    out = _cfg()[3]
+    if out:
+        open(os.path.join(out, "started"), "w").close()
+
+
 def rt_loop(n_warm: int, n: int, once) -> tuple[list[int], int]:
     """``once(i)`` n_warm times untimed, then n times timed (ns), as the anchors do."""
     for i in range(n_warm):
         once(i)
+    mark_started()
     lat = [0] * n
     pc = time.perf_counter_ns
     t_start = pc()
@@ -127,6 +136,7 @@ class BenchParent(ParentModel):
                 failed += 1             # -EAGAIN after 1 s of back-pressure: counted by the runtime too
         for i in range(self.warm):
             send(i)
+        mark_started()
         pc = time.perf_counter_ns
         t0, m0 = pc(), time.monotonic_ns()
         for i in range(self.warm, self.warm + self.n):

@@ -26,7 +26,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,14 +36,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bench import floors  # noqa: E402
+from bench.report import PIN, build_table, rt_stats, summarize  # noqa: E402
 
 SPAWN = mp.get_context("spawn")
+SRC = [ROOT]              # the tree whose auxipc is measured (--src / --rev change it)
 CHILDREN: list = []       # multiprocessing.Process: every floor end we start
 POPENS: list = []         # subprocess.Popen: every auxipc process we start
-PIN = "@pinned"
-
-RT_TARGET = 1.25          # auxipc round-trip p50 <= 1.25 x the forwarder floor's
-ASYNC_TARGET = 0.5        # auxipc async recv msg/s >= 0.5 x raw PUB/SUB's, zero loss
+RDIRS: list = []          # auxipc runtime dirs (outside the scratch dir), removed at the end
 
 
 class Failed(RuntimeError):
@@ -70,9 +68,9 @@ def _dead_child():
     return None
 
 
-def wait_event(ev, what, timeout=30):
+def wait_event(ev, what, timeout=30, step=0.05):
     deadline = time.monotonic() + timeout
-    while not ev.wait(0.05):
+    while not ev.wait(step):
         dead = _dead_child()
         if dead:
             raise Failed(f"{dead} while waiting for {what}")
@@ -148,27 +146,59 @@ def pinned(cpu):
         os.sched_setaffinity(0, old)
 
 
-# ---- statistics --------------------------------------------------------------------------
+# ---- CPU accounting ----------------------------------------------------------------------
 
-def pct(sorted_vals, q):
-    if not sorted_vals:
-        return float("nan")
-    k = (len(sorted_vals) - 1) * q
-    f = int(k)
-    c = min(f + 1, len(sorted_vals) - 1)
-    return sorted_vals[f] + (sorted_vals[c] - sorted_vals[f]) * (k - f)
+TICK = os.sysconf("SC_CLK_TCK")
 
 
-def rt_stats(res):
-    lat = sorted(res["lat"])
-    return {"n": len(lat), "p50_us": pct(lat, 0.50) / 1e3, "p90_us": pct(lat, 0.90) / 1e3,
-            "p99_us": pct(lat, 0.99) / 1e3, "max_us": lat[-1] / 1e3,
-            "rt_per_s": len(lat) / (res["total_ns"] / 1e9)}
+def cpu_sample(pids: dict) -> dict:
+    """role -> (CPU seconds of all its threads, context switches of all its threads, wall time)."""
+    out = {}
+    now = time.perf_counter()
+    for role, pid in pids.items():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / TICK
+            ctx = 0
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if "ctxt_switches:" in line:
+                            ctx += int(line.split()[1])
+            out[role] = (cpu, ctx, now)
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
 
 
-def med(vals):
-    vals = [v for v in vals if v is not None]
-    return statistics.median(vals) if vals else float("nan")
+def system_busy_s() -> float:
+    """CPU seconds every CPU spent busy (not idle or iowait) since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(vals) - vals[3] - vals[4]) / TICK
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and every child it has reaped (all bench processes)."""
+    import resource
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def cpu_per_op(before: dict, after: dict, n: int) -> dict:
+    """Per timed operation: CPU µs and context switches of each role (all threads), and
+    the sampling window's length (it brackets the timed loop to within a few ms)."""
+    res = {}
+    for role in before:
+        if role in after:
+            res[role] = {"cpu_us": (after[role][0] - before[role][0]) / n * 1e6,
+                         "ctx": (after[role][1] - before[role][1]) / n}
+    if before and after:
+        k = next(iter(before))
+        if k in after:
+            res["_window_s"] = after[k][2] - before[k][2]
+    return res
 
 
 # ---- floor cases ----------------------------------------------------------------------------
@@ -182,12 +212,17 @@ def floor_direct(tmp, n, warm, cpu=None):
             procs.append(start(floors.router_echo, ep, ready, stop))
             wait_event(ready, "ROUTER echo")
             rc, wc = SPAWN.Pipe(duplex=False)
-            procs.append(start(floors.dealer_client, ep, None, warm, n, wc))
+            started = SPAWN.Event()
+            procs.append(start(floors.dealer_client, ep, None, warm, n, started, stop, wc))
+            wait_event(started, "DEALER client warm-up", step=0.002)
+            pids = {"caller": procs[1].pid, "callee": procs[0].pid}
+            c0 = cpu_sample(pids)
             res = collect(rc, "DEALER client")
+            c1 = cpu_sample(pids)
         finally:
             stop.set()
             finish(procs)
-    return rt_stats(res)
+    return rt_stats(res) | {"cpu": cpu_per_op(c0, c1, n)}
 
 
 def floor_forwarder(tmp, n, warm, cpu=None):
@@ -201,16 +236,21 @@ def floor_forwarder(tmp, n, warm, cpu=None):
             procs.append(start(floors.dealer_worker, back, b"echo", stop))
             wait_event(wready, "worker registration")
             rc, wc = SPAWN.Pipe(duplex=False)
-            procs.append(start(floors.dealer_client, front, b"echo", warm, n, wc))
+            started = SPAWN.Event()
+            procs.append(start(floors.dealer_client, front, b"echo", warm, n, started, stop, wc))
+            wait_event(started, "DEALER client warm-up", step=0.002)
+            pids = {"caller": procs[2].pid, "broker": procs[0].pid, "callee": procs[1].pid}
+            c0 = cpu_sample(pids)
             res = collect(rc, "DEALER client")
+            c1 = cpu_sample(pids)
         finally:
             stop.set()
             finish(procs)
-    return rt_stats(res)
+    return rt_stats(res) | {"cpu": cpu_per_op(c0, c1, n)}
 
 
 def floor_pubsub(tmp, n, warm, via_proxy):
-    joined, done = SPAWN.Event(), SPAWN.Event()
+    joined, done, started, stop = SPAWN.Event(), SPAWN.Event(), SPAWN.Event(), SPAWN.Event()
     sr, sw = SPAWN.Pipe(duplex=False)
     rr, rw = SPAWN.Pipe(duplex=False)
     procs, prx = [], None
@@ -220,22 +260,28 @@ def floor_pubsub(tmp, n, warm, via_proxy):
             pready = SPAWN.Event()
             prx = start(floors.proxy, front, back, pready)
             wait_event(pready, "zmq.proxy")
+            procs.append(start(floors.pub_sender, front, False, warm, n, joined, done, started, stop, sw))
             procs.append(start(floors.sub_receiver, back, warm, joined, done, rw))
-            procs.append(start(floors.pub_sender, front, False, warm, n, joined, done, sw))
         else:
             ep = f"ipc://{tmp}/ps.ipc"
-            procs.append(start(floors.pub_sender, ep, True, warm, n, joined, done, sw))
+            procs.append(start(floors.pub_sender, ep, True, warm, n, joined, done, started, stop, sw))
             procs.append(start(floors.sub_receiver, ep, warm, joined, done, rw))
-        s = collect(sr, "PUB sender")
+        wait_event(started, "PUB warm-up", step=0.002)
+        pids = {"caller": procs[0].pid, "callee": procs[1].pid} | ({"broker": prx.pid} if prx else {})
+        c0 = cpu_sample(pids)
         r = collect(rr, "SUB receiver")
+        c1 = cpu_sample(pids)
+        stop.set()
+        s = collect(sr, "PUB sender")
     finally:
+        stop.set()
         finish(procs)
         if prx is not None:
             finish([prx], timeout=0, quiet=True)   # zmq.proxy never returns: SIGTERM it by pid
     dt = (r["t_last"] - r["t_first"]) / 1e9
     return {"sent": s["sent"], "received": r["received"], "lost": s["sent"] - r["received"],
             "gaps": r["gaps"], "send_msg_per_s": n / (s["send_ns"] / 1e9),
-            "recv_msg_per_s": r["timed_n"] / dt if dt > 0 else 0.0}
+            "recv_msg_per_s": r["timed_n"] / dt if dt > 0 else 0.0, "cpu": cpu_per_op(c0, c1, n)}
 
 
 # ---- auxipc cases ---------------------------------------------------------------------------
@@ -265,10 +311,11 @@ def aux_case(tmp, mode, n, warm, cpu=None, profile_dir=None, timeout=120):
     """broker, parent, child as separate ``python -m auxipc`` processes on a fresh
     runtime dir; the bench model/driver run the loop and write JSON into ``out``."""
     rdir = tempfile.mkdtemp(prefix="axb-", dir="/tmp")     # short: ipc paths max 107 chars
+    RDIRS.append(rdir)
     out = tempfile.mkdtemp(prefix=f"{mode}-", dir=tmp)
     env = dict(os.environ, AUXB_MODE=mode, AUXB_N=str(n), AUXB_WARM=str(warm), AUXB_OUT=out,
                PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+               PYTHONPATH=os.pathsep.join(dict.fromkeys([SRC[0], ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])))
     env.pop("AUXIPC_RUNTIME_DIR", None)
     pre = ["taskset", "-c", str(cpu)] if cpu is not None else []
     procs = []
@@ -280,7 +327,7 @@ def aux_case(tmp, mode, n, warm, cpu=None, profile_dir=None, timeout=120):
             py += ["-m", "cProfile", "-o", os.path.join(profile_dir, f"{mode}-{role}.prof")]
         with open(log, "w") as f:
             p = subprocess.Popen(pre + py + ["-m", "auxipc", role, "--runtime-dir", rdir, *args],
-                                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=f,
+                                 cwd=SRC[0], env=env, stdin=subprocess.DEVNULL, stdout=f,
                                  stderr=subprocess.STDOUT, start_new_session=True)
         POPENS.append(p)
         procs.append(p)
@@ -294,8 +341,15 @@ def aux_case(tmp, mode, n, warm, cpu=None, profile_dir=None, timeout=120):
             p, plog = launch("parent", "--model", "bench.models:BenchParent")
             _wait_line(p, plog, "ready", "auxipc parent")
             launch("child", "--driver", "bench.models:BenchDriver")
+            caller = {"c2p": "child", "p2c": "parent", "async": "parent"}[mode]
+            roles = dict(zip(("broker", "parent", "child"), procs))
+            pids = {"caller": roles[caller].pid, "broker": roles["broker"].pid,
+                    "callee": roles["child" if caller == "parent" else "parent"].pid}
+            c0 = None
             deadline = time.monotonic() + timeout
             while not all(os.path.exists(os.path.join(out, w)) for w in want):
+                if c0 is None and os.path.exists(os.path.join(out, "started")):
+                    c0 = cpu_sample(pids)
                 bad = [w for w in ("parent.json", "child.json") if os.path.exists(os.path.join(out, w))
                        and "error" in _load(os.path.join(out, w))]
                 if bad:
@@ -306,7 +360,8 @@ def aux_case(tmp, mode, n, warm, cpu=None, profile_dir=None, timeout=120):
                                      + _tail(os.path.join(out, f"{role}.log")))
                 if time.monotonic() > deadline:
                     raise Failed(f"{mode}: no result within {timeout} s")
-                time.sleep(0.02)
+                time.sleep(0.002 if c0 is None else 0.005)
+            c1 = cpu_sample(pids)
             res = {w.split(".")[0]: _load(os.path.join(out, w)) for w in want}
             for side in res.values():
                 if "error" in side:
@@ -316,10 +371,11 @@ def aux_case(tmp, mode, n, warm, cpu=None, profile_dir=None, timeout=120):
             stop_popen(q)
         shutil.rmtree(rdir, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
+    cpu = cpu_per_op(c0 or {}, c1, n)
     if mode == "c2p":
-        return rt_stats(res["child"]) | {"stats": res["child"]["stats"]}
+        return rt_stats(res["child"]) | {"stats": res["child"]["stats"], "cpu": cpu}
     if mode == "p2c":
-        return rt_stats(res["parent"]) | {"stats": res["parent"]["stats"]}
+        return rt_stats(res["parent"]) | {"stats": res["parent"]["stats"], "cpu": cpu}
     s, r = res["parent"], res["child"]
     dt = (r["t_last_ns"] - r["t_first_ns"]) / 1e9
     e2e = (r["t_last_ns"] - s["t0_mono_ns"]) / 1e9
@@ -330,7 +386,7 @@ def aux_case(tmp, mode, n, warm, cpu=None, profile_dir=None, timeout=120):
             "send_msg_per_s": s["timed_n"] / (s["send_ns"] / 1e9),
             "recv_msg_per_s": r["timed_n"] / dt if dt > 0 and r["complete"] else 0.0,
             "e2e_msg_per_s": s["timed_n"] / e2e if e2e > 0 and r["complete"] else 0.0,
-            "parent_stats": s["stats"], "child_stats": r["stats"]}
+            "parent_stats": s["stats"], "child_stats": r["stats"], "cpu": cpu}
 
 
 def _load(path):
@@ -338,19 +394,33 @@ def _load(path):
         return json.load(f)
 
 
-# ---- report ---------------------------------------------------------------------------------
+def export_rev(rev, dest):
+    """``git archive REV`` of this checkout into ``dest``: measure a commit while the work
+    tree is being edited. Returns the full hash."""
+    full = subprocess.run(["git", "-C", ROOT, "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    os.makedirs(dest)
+    arch = subprocess.Popen(["git", "-C", ROOT, "archive", full], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", dest], stdin=arch.stdout, check=True)
+    arch.stdout.close()
+    if arch.wait() != 0:
+        raise Failed(f"git archive {rev} failed")
+    shutil.rmtree(os.path.join(dest, "bench"), ignore_errors=True)   # the bench itself: this checkout's
+    return full
 
-RT_ROWS = [
-    ("direct", "floor: DEALER → ROUTER direct (pyzmq + msgpack)"),
-    ("forwarder", "floor: DEALER → Python ROUTER/ROUTER forwarder → DEALER"),
-    ("aux_c2p", "auxipc: child→parent SET_MAC call (via broker)"),
-    ("aux_p2c", "auxipc: parent→child RESET_WARN call (via broker)"),
-]
-TP_ROWS = [
-    ("pubsub", "floor: PUB → SUB, HWM unlimited"),
-    ("pubsub_proxy", "floor: PUB → XSUB/XPUB zmq.proxy → SUB"),
-    ("aux_async", "auxipc: parent→child LINK_CHANGE notify (via broker)"),
-]
+
+def source_info():
+    """Which code the auxipc cases run: a --rev export or a tree (with git state if it has one)."""
+    if SRC[0] != ROOT:
+        return SRC[1] if len(SRC) > 1 else SRC[0]
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "auxipc", "proto",
+                                "parent", "child"], capture_output=True, text=True).stdout.strip()
+        return f"work tree at {head}" + (" + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return ROOT
 
 
 def sysinfo():
@@ -365,84 +435,6 @@ def sysinfo():
     except OSError:
         info["cpu"] = "?"
     return info
-
-
-def summarize(results):
-    s = {}
-    for key, runs in results.items():
-        if "p50_us" in runs[0]:
-            p50s = [r["p50_us"] for r in runs]
-            s[key] = {"n": runs[0]["n"], "p50_us": med(p50s), "p90_us": med([r["p90_us"] for r in runs]),
-                      "p99_us": med([r["p99_us"] for r in runs]), "rt_per_s": med([r["rt_per_s"] for r in runs]),
-                      "p50_min": min(p50s), "p50_max": max(p50s), "reps": len(runs)}
-        else:
-            rr = [r["recv_msg_per_s"] for r in runs]
-            s[key] = {"sent": runs[0]["sent"], "recv_msg_per_s": med(rr),
-                      "send_msg_per_s": med([r["send_msg_per_s"] for r in runs]),
-                      "recv_min": min(rr), "recv_max": max(rr), "lost_max": max(r["lost"] for r in runs),
-                      "gaps_max": max(r["gaps"] for r in runs), "reps": len(runs)}
-            if key == "aux_async":
-                s[key] |= {"e2e_msg_per_s": med([r["e2e_msg_per_s"] for r in runs]),
-                           "async_lost": sum(r["async_lost"] for r in runs),
-                           "async_dropped_hwm": sum(r["async_dropped_hwm"] for r in runs),
-                           "failed": sum(r["failed"] for r in runs),
-                           "received": [r["received"] for r in runs]}
-    return s
-
-
-def build_table(s, info, args):
-    out = []
-    add = out.append
-    add(f"auxipc bench: {info.get('cpu')} | nproc={info['nproc']} | Python {info['python']} | "
-        f"pyzmq {info['pyzmq']} / libzmq {info['libzmq']} | msgpack {info['msgpack']}")
-    add(f"Each figure = median of {args.reps} interleaved rep(s); p50 range across reps in the last column.")
-    add("")
-    add("| case | placement | N | p50 µs | p90 µs | p99 µs | calls/s | p50 range µs |")
-    add("|------|-----------|--:|-------:|-------:|-------:|--------:|--------------|")
-    for suffix, place in (("", "free"), (PIN, f"pinned cpu{args.pin_cpu}")):
-        for key, label in RT_ROWS:
-            r = s.get(key + suffix)
-            if r:
-                add(f"| {label} | {place} | {r['n']} | {r['p50_us']:.1f} | {r['p90_us']:.1f} | "
-                    f"{r['p99_us']:.1f} | {r['rt_per_s']:,.0f} | {r['p50_min']:.1f}–{r['p50_max']:.1f} |")
-    add("")
-    add("| case | msgs/run | recv msg/s | send msg/s | lost (max) | recv msg/s range |")
-    add("|------|---------:|-----------:|-----------:|-----------:|------------------|")
-    for key, label in TP_ROWS:
-        r = s.get(key)
-        if r:
-            add(f"| {label} | {r['sent']:,} | {r['recv_msg_per_s']:,.0f} | {r['send_msg_per_s']:,.0f} | "
-                f"{r['lost_max']:,} | {r['recv_min']:,.0f}–{r['recv_max']:,.0f} |")
-    a = s.get("aux_async")
-    if a:
-        add(f"\nauxipc async: end-to-end (parent's first timed send → child's last receive) "
-            f"{a['e2e_msg_per_s']:,.0f} msg/s; received per rep {a['received']}; async_lost={a['async_lost']} "
-            f"async_dropped_hwm={a['async_dropped_hwm']} notify failures={a['failed']} (sums over reps)")
-    add("")
-    add("| target | auxipc | floor | ratio | target | verdict |")
-    add("|--------|-------:|------:|------:|--------|---------|")
-    for suffix, place in (("", "free"), (PIN, "pinned")):
-        f = s.get("forwarder" + suffix)
-        d = s.get("direct" + suffix)
-        for key, what in (("aux_c2p", "c2p SET_MAC"), ("aux_p2c", "p2c RESET_WARN")):
-            r = s.get(key + suffix)
-            if r and f:
-                ratio = r["p50_us"] / f["p50_us"]
-                extra = f" (direct {r['p50_us'] / d['p50_us']:.2f}x)" if d else ""
-                add(f"| {what} p50, {place} | {r['p50_us']:.1f} µs | forwarder {f['p50_us']:.1f} µs | "
-                    f"{ratio:.2f}x{extra} | ≤ {RT_TARGET}x | {'PASS' if ratio <= RT_TARGET else 'MISS'} |")
-    p = s.get("pubsub")
-    if a and p:
-        ratio = a["recv_msg_per_s"] / p["recv_msg_per_s"]
-        lossless = a["lost_max"] == 0 and a["async_lost"] == 0 and a["async_dropped_hwm"] == 0 \
-            and a["failed"] == 0 and a["gaps_max"] == 0
-        px = s.get("pubsub_proxy")
-        extra = f" (proxy floor {a['recv_msg_per_s'] / px['recv_msg_per_s']:.2f}x)" if px else ""
-        add(f"| async LINK_CHANGE recv msg/s | {a['recv_msg_per_s']:,.0f} | PUB/SUB {p['recv_msg_per_s']:,.0f} | "
-            f"{ratio:.2f}x{extra} | ≥ {ASYNC_TARGET}x, zero loss | "
-            f"{'PASS' if ratio >= ASYNC_TARGET and lossless else 'MISS'}"
-            f"{'' if lossless else ' (LOSS)'} |")
-    return "\n".join(out)
 
 
 # ---- profiling --------------------------------------------------------------------------------
@@ -475,10 +467,13 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated case keys (direct, forwarder, aux_c2p, "
                     "aux_p2c, pubsub, pubsub_proxy, aux_async; @pinned variants follow their base)")
     ap.add_argument("--pin-cpu", type=int, default=0, help="CPU for the @pinned round trips (-1: skip them)")
-    ap.add_argument("--n-rt", type=int, default=20000, help="floor round trips per rep")
-    ap.add_argument("--n-aux", type=int, default=10000, help="auxipc sync calls per rep")
+    ap.add_argument("--n-rt", type=int, default=10000, help="floor round trips per rep")
+    ap.add_argument("--n-aux", type=int, default=5000, help="auxipc sync calls per rep")
     ap.add_argument("--n-pub", type=int, default=500000, help="floor PUB/SUB messages per rep")
     ap.add_argument("--n-async", type=int, default=100000, help="auxipc async events per rep")
+    ap.add_argument("--rev", help="measure this git revision of auxipc (exported with git archive), "
+                    "not the work tree: e.g. HEAD while the tree is being edited")
+    ap.add_argument("--src", help="measure the auxipc in this project tree instead of this checkout")
     ap.add_argument("--profile", metavar="DIR", help="instead of the benchmark: profile auxipc c2p and async")
     ap.add_argument("--profile-top", type=int, default=25)
     args = ap.parse_args()
@@ -496,10 +491,20 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
 
     info = sysinfo()
+    if info["loadavg_start"][0] > 0.5:
+        print(f"warning: load average {info['loadavg_start'][0]:.2f} before the run: other processes are "
+              "busy and will move the figures", file=sys.stderr)
     tmp = tempfile.mkdtemp(prefix="axbench-", dir="/tmp")
     results: dict[str, list] = {}
     t_all = time.monotonic()
+    busy0, own0 = system_busy_s(), own_cpu_s()
     try:
+        if args.rev:
+            full = export_rev(args.rev, os.path.join(tmp, "src"))
+            SRC[:] = [os.path.join(tmp, "src"), f"git {args.rev} = {full[:12]}"]
+        elif args.src:
+            SRC[:] = [os.path.abspath(args.src)]
+        info["source"] = source_info()
         if args.profile:
             return profile(tmp, args)
         plan = [
@@ -531,12 +536,18 @@ def main():
                       file=sys.stderr, flush=True)
     finally:
         reap_all()
+        for d in RDIRS:
+            shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
     info["loadavg_end"] = os.getloadavg()
     info["wall_s"] = round(time.monotonic() - t_all, 1)
+    info["other_cpu_s"] = round(max(0.0, (system_busy_s() - busy0) - (own_cpu_s() - own0)), 1)
     summary = summarize(results)
     print(build_table(summary, info, args))
-    print(f"\n(total wall {info['wall_s']} s; loadavg start {info['loadavg_start']}, end {info['loadavg_end']})")
+    other = info["other_cpu_s"] / info["wall_s"] if info["wall_s"] else 0.0
+    print(f"\n(total wall {info['wall_s']} s; processes other than the bench used {info['other_cpu_s']} CPU-s "
+          f"meanwhile = {other:.2f} of a CPU on average{' — figures are noisy' if other > 0.1 else ''}; "
+          f"loadavg start {info['loadavg_start'][0]:.2f}, end {info['loadavg_end'][0]:.2f})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"info": info, "args": vars(args), "summary": summary,
