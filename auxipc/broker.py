@@ -14,6 +14,7 @@ SIGSTOPped or wedged processes are caught by missed heartbeats.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
@@ -28,6 +29,9 @@ from proto.events import CATALOG, Catalog
 from . import control
 from .bus import Bus
 from .runtime_dir import BrokerLock, endpoints, process_start_time
+from .transport import drain, send_frames
+
+NOBLOCK = int(zmq.NOBLOCK)
 
 log = logging.getLogger("auxipc.broker")
 
@@ -139,13 +143,9 @@ class Broker:
         bus, poller = self.bus, self._poller
         nxt = bus.next_timer()
         timeout = bus.hb_ivl if nxt is None else max(0.0, min(nxt - time.monotonic(), bus.hb_ivl))
-        events = dict(poller.poll(timeout * 1000))
+        events = dict(poller.poll(math.ceil(timeout * 1000)))
         if self.router in events:
-            for _ in range(256):
-                try:
-                    frames = self.router.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            for frames in drain(self.router, 256):
                 self.on_frames(frames)
         if self.monitor in events:
             while self.monitor.poll(0):
@@ -193,13 +193,13 @@ class Broker:
             pub, bus.published = bus.published, []
             for frames in pub:
                 try:
-                    self.notify.send_multipart(frames, zmq.NOBLOCK)
+                    send_frames(self.notify, frames, NOBLOCK)
                 except zmq.Again:
                     bus.stats["notify_dropped"] += 1
 
     def send(self, ident: bytes, frames: list[bytes]) -> None:
         try:
-            self.router.send_multipart([ident, *frames], zmq.NOBLOCK)
+            send_frames(self.router, [ident, *frames], NOBLOCK)
         except zmq.Again:
             self.bus.stats["send_dropped_hwm"] += 1
             log.warning("dropped a message to %r: its queue is full (peer not reading)", ident)

@@ -121,6 +121,7 @@ class Pending:
     on_result: Callable[[int, str, bytes | None, dict], None]
     what: str
     sent: float
+    timer: list | None = None
 
 
 class Bus(Binding, Calls):
@@ -199,7 +200,10 @@ class Bus(Binding, Calls):
 
     def reply(self, ident: bytes, r: int, errno: int = 0, message: str = "", data: dict | None = None,
               payload: bytes | None = None) -> None:
-        self.send(ident, E.Result(r=r, e=-abs(errno), m=message, d=data or {}), payload)
+        self.outbox.append((ident, E.fast(E.Result, payload, r=r, e=-abs(errno), m=message[:4000], d=data or {})))
+        held = self._held_back.pop(ident, None) if self._held_back else None
+        if held:
+            self.outbox.extend(held)
 
     def uevent(self, action: str, dev: str = "", driver: str = "", **detail) -> None:
         seq = next(self._seq)
@@ -223,17 +227,29 @@ class Bus(Binding, Calls):
         peer that does not name tasks never has two requests in one task)."""
         return msg.task or f"{peer.name}#{peer.inc}/r{msg.r}"
 
-    def later(self, delay: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self._timers, (self.clock() + delay, next(self._tseq), fn))
+    def later(self, delay: float, fn: Callable[[], None]) -> list:
+        """Run ``fn`` after ``delay`` seconds; returns a handle for ``cancel``."""
+        timer = [self.clock() + delay, next(self._tseq), fn]
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    @staticmethod
+    def cancel(timer: list | None) -> None:
+        """Cancel a timer: it never runs, and never wakes the broker."""
+        if timer is not None:
+            timer[2] = None
 
     def next_timer(self) -> float | None:
+        while self._timers and self._timers[0][2] is None:
+            heapq.heappop(self._timers)
         return self._timers[0][0] if self._timers else None
 
     def tick(self) -> None:
         now = self.clock()
         while self._timers and self._timers[0][0] <= now:
             _, _, fn = heapq.heappop(self._timers)
-            fn()
+            if fn is not None:
+                fn()
         limit = self.hb_ivl * self.hb_liveness
         for peer in list(self.peers.values()):
             if peer.alive and now - peer.last_seen > limit:
@@ -249,7 +265,8 @@ class Bus(Binding, Calls):
         now = self.clock()
         p = Pending(rid, peer, now + timeout, on_result, what, now)
         self.pending[rid] = p
-        frames = E.encode(msg_for(rid), payload)
+        msg = msg_for(rid)
+        frames = msg if isinstance(msg, list) else E.encode(msg, payload)
         rule = self.faults.find("message", peer.name, event) if event and self.faults else None
         if rule is None:
             self.outbox.append((peer.ident, frames))
@@ -262,7 +279,14 @@ class Bus(Binding, Calls):
                 peer.slow_calls += 1
                 on_result(-Errno.ETIMEDOUT, f"{what}: no answer from {peer.label} within "
                           f"{timeout * 1000:.0f} ms (the process is alive: a slow handler)", None, {})
-        self.later(timeout, expire)
+        p.timer = self.later(timeout, expire)
+        return p
+
+    def settle(self, rid: int) -> Pending | None:
+        """Take a pending request off the table (answered or its callee gone)."""
+        p = self.pending.pop(rid, None)
+        if p is not None:
+            self.cancel(p.timer)
         return p
 
     # ---- entry point --------------------------------------------------------------
@@ -389,7 +413,7 @@ class Bus(Binding, Calls):
                     inc=peer.inc, reason=reason)
         for rid, p in list(self.pending.items()):
             if p.callee is peer:
-                del self.pending[rid]
+                self.settle(rid)
                 p.on_result(-Errno.ENODEV, f"{p.what}: {peer.label} is gone ({reason})", None, {})
         self.locks_gone(peer)
         for drv in list(peer.drivers):

@@ -64,6 +64,46 @@ class Calls:
 
     def _forward(self, caller: "Peer", msg: E.Call, payload, callee: "Peer", dev: "Device", ev_name: str,
                  deadline: float, task: str, after: Callable[[], None] | None = None) -> None:
+        """Deliver a checked call to its handler side. An event the kernel sends under rtnl
+        first takes rtnl for the task (unless the task holds it), here in the broker: the
+        handler runs with it held and no extra round trip."""
+        spec = self.catalog.lookup(msg.ev)
+        if not spec.rtnl or self.lockdep.holds(task, "rtnl"):
+            return self._deliver(caller, msg, payload, callee, dev, ev_name, deadline, task, after, spec.rtnl)
+        lock = self.lockdep.lock("rtnl")
+
+        def granted(op: LockedOp):
+            self.cancel(timer)
+
+            def done():
+                lock.release(op)
+                if after:
+                    after()
+            self._deliver(caller, msg, payload, callee, dev, ev_name, deadline, task, done, True)
+
+        def cancelled(reason: str):
+            if caller.alive:
+                holder = lock.owner.task if lock.owner else "-"
+                self.reply(caller.ident, msg.r, Errno.ETIMEDOUT if reason == "deadline" else Errno.ENODEV,
+                           f"{ev_name} on {dev.name}: waited for rtnl ({reason}; held by {holder})")
+            if after:
+                after()
+
+        op = LockedOp(f"{ev_name} to {dev.name} under rtnl", granted, cancelled, task)
+        timer = None
+        try:
+            lock.run(op)
+        except AuxError as exc:
+            if caller.alive:
+                self.reply(caller.ident, msg.r, exc.errno, exc.message)
+            if after:
+                after()
+            return
+        if not op.started:
+            timer = self.later(max(deadline - self.clock(), 0.0), lambda: lock.cancel(op, "deadline"))
+
+    def _deliver(self, caller: "Peer", msg: E.Call, payload, callee: "Peer", dev: "Device", ev_name: str,
+                 deadline: float, task: str, after: Callable[[], None] | None, rtnl: bool) -> None:
         remaining = max(deadline - self.clock(), 0.0)
         started = self.clock()
 
@@ -73,13 +113,14 @@ class Calls:
                 self.stats[f"calls_{errno_name(e)}"] += 1
             if caller.alive:
                 self.reply(caller.ident, msg.r, e, m, payload=reply_payload)
-            self.published.append(E.encode(E.Uevent(seq=0, action="CALL", dev=dev.name, detail={
-                "event": ev_name, "from": caller.label, "to": callee.label, "errno": e, "task": task,
-                "us": int((self.clock() - started) * 1e6)}), topic=b"trace"))
+            self.published.append([b"trace", E.MAGIC, E.packb({
+                "t": E.Msg.UEVENT, "seq": 0, "action": "CALL", "dev": dev.name, "driver": "",
+                "detail": {"event": ev_name, "from": caller.label, "to": callee.label, "errno": e, "task": task,
+                           "us": int((self.clock() - started) * 1e6)}})])
             if after:
                 after()
-        self.request(callee, lambda rid: E.Request(r=rid, dev=msg.dev, ev=msg.ev, task=task,
-                                                   timeout_ms=int(remaining * 1000), inc=caller.inc),
+        self.request(callee, lambda rid: E.fast(E.Request, payload, r=rid, dev=msg.dev, ev=msg.ev, task=task,
+                                                rtnl=rtnl, timeout_ms=int(remaining * 1000), inc=caller.inc),
                      payload, remaining, f"{ev_name} on {dev.name}", answered, event=ev_name)
 
     def _call_child(self, caller: "Peer", msg: E.Call, payload, dev: "Device", drv: "Driver", ev_name: str,
@@ -87,6 +128,7 @@ class Calls:
         deadline = self.clock() + msg.timeout_ms / 1000
 
         def start(op: LockedOp):
+            self.cancel(deadline_timer)      # from here the request's own deadline applies
             if not caller.alive or dev.driver is not drv or dev.bind.state is not BindState.BOUND:
                 dev.lock.release(op)
                 if caller.alive:
@@ -106,8 +148,10 @@ class Calls:
                 self.reply(caller.ident, msg.r, Errno.ENODEV, f"{ev_name}: {reason}")
 
         op = LockedOp(f"{ev_name} to {dev.name}", start, cancel, task)
+        deadline_timer = None
         dev.lock.run(op)
-        self.later(msg.timeout_ms / 1000, lambda: dev.lock.cancel(op, "deadline"))
+        if not op.started:
+            deadline_timer = self.later(msg.timeout_ms / 1000, lambda: dev.lock.cancel(op, "deadline"))
 
     def on_result(self, peer: "Peer", msg: E.Result, payload: bytes | None) -> None:
         p = self.pending.get(msg.r)
@@ -115,7 +159,7 @@ class Calls:
             self.stats["late_replies"] += 1
             log.info("dropped a late or foreign reply r=%d from %s", msg.r, peer.label)
             return
-        del self.pending[msg.r]
+        self.settle(msg.r)
         p.on_result(msg.e, msg.m, payload, msg.d)
 
     # ---- named locks -----------------------------------------------------------------------

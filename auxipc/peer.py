@@ -18,6 +18,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 import os
 import time
 import traceback
@@ -31,7 +32,7 @@ from proto.errno import AuxError, Errno, ProtocolError, errno_name
 from proto.events import CATALOG, Catalog, Context, EventSpec, encode_payload
 from .faults import SIGNALS, FaultPlan, FaultRule, corrupt
 from .runtime_dir import endpoints, process_start_time
-from .transport import Heartbeat, Sockets, peer_ident
+from .transport import Heartbeat, Sockets, drain, peer_ident, send_frames
 
 log = logging.getLogger("auxipc.peer")
 
@@ -262,20 +263,12 @@ class Runtime:
         """Wait up to ``timeout`` seconds for messages and dispatch what arrived."""
         if self.hb is not None and self.hb.lost:
             raise BrokerLost(self.hb.lost)
-        events = dict(self._poller.poll(timeout * 1000)) if timeout > 0 or not self._soon else {}
+        events = dict(self._poller.poll(math.ceil(timeout * 1000))) if timeout > 0 or not self._soon else {}
         if self.sk.dealer in events:
-            for _ in range(1000):
-                try:
-                    frames = self.sk.dealer.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            for frames in drain(self.sk.dealer):
                 self._on_dealer(frames)
         if self.sk.sub in events:
-            for _ in range(1000):
-                try:
-                    frames = self.sk.sub.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            for frames in drain(self.sk.sub):
                 self._on_sub(frames)
         if self.sk.monitor in events:
             while self.sk.monitor.poll(0):
@@ -425,14 +418,19 @@ class Runtime:
             raise RuntimeError(f"injected fault in the {spec.name} handler (rule #{rule.id})")
         raise AuxError(Errno[rule.errno.upper()], f"injected fault (rule #{rule.id})")
 
-    def invoke(self, spec: EventSpec, fn, adev, value, who: str):
+    def invoke(self, spec: EventSpec, fn, adev, value, who: str, rtnl_held: bool = False):
         """Call an event handler in the context its event declares: atomic (no sleeping,
-        time budget) or may-sleep, and for events the kernel sends under rtnl, with rtnl
-        held by the task (taken here unless the caller's task holds it already)."""
-        if spec.rtnl and spec.sync:
-            with self.lock("rtnl", ensure=True):
-                return self._invoke(spec, fn, adev, value, who)
-        return self._invoke(spec, fn, adev, value, who)
+        time budget) or may-sleep. For events the kernel sends under rtnl the broker
+        holds rtnl for the task while the handler runs (``rtnl_held``)."""
+        if not rtnl_held:
+            return self._invoke(spec, fn, adev, value, who)
+        holders = self._held_here.setdefault("rtnl", [])
+        holders.append(self.task)
+        try:
+            return self._invoke(spec, fn, adev, value, who)
+        finally:
+            holders.remove(self.task)
+            self._drain_deferred()
 
     def _invoke(self, spec, fn, adev, value, who):
         if self.faults:
@@ -462,7 +460,8 @@ class Runtime:
                 ) -> tuple[E.Result, bytes | None]:
         self.might_sleep(what)
         r = next(self._r)
-        self.sk.dealer.send_multipart(E.encode(make(r), payload), copy=False)
+        msg = make(r)
+        send_frames(self.sk.dealer, msg if isinstance(msg, list) else E.encode(msg, payload))
         if after_send is not None:
             after_send()
         deadline = time.monotonic() + timeout + GRACE
@@ -498,7 +497,8 @@ class Runtime:
             raise AuxError(Errno.EMSGSIZE, f"$.payload: {len(wire)} bytes exceed the bus maximum {E.MAX_FRAME}")
         ms = max(1, int(timeout * 1000))
         task = self.task
-        result, reply = self.request(lambda r: E.Call(r=r, dev=dev_id, ev=spec.code, timeout_ms=ms, task=task),
+        result, reply = self.request(lambda r: E.fast(E.Call, wire, r=r, dev=dev_id, ev=spec.code,
+                                                      timeout_ms=ms, task=task),
                                      wire, timeout, f"{spec.name} call",
                                      after_send=(lambda: self._sent_fault(spec.name)) if self.faults else None)
         self.check(result, spec.name)
@@ -690,8 +690,7 @@ class Runtime:
         if self.sk is None:
             return
         log.debug("answered %s r=%d: %d %s (depth %d)", msg.TYPE.name, msg.r, e, m, self._depth)
-        frames = E.encode(E.Result(r=msg.r, e=max(e, -4095), m=m[:4000]), reply)
-        self.sk.dealer.send_multipart(frames)
+        send_frames(self.sk.dealer, E.fast(E.Result, reply, r=msg.r, e=max(e, -4095), m=m[:4000]))
 
     def stats_summary(self) -> dict:
         return dict(self.stats)

@@ -9,6 +9,7 @@ a dead process, while a SIGSTOPped process still goes silent).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -19,6 +20,23 @@ from proto import envelope as E
 from .runtime_dir import Endpoints
 
 HWM = 100_000
+_POLLIN, _SNDMORE, _NOBLOCK, _EVENTS = int(zmq.POLLIN), int(zmq.SNDMORE), int(zmq.NOBLOCK), int(zmq.EVENTS)
+
+
+def drain(sock: zmq.Socket, limit: int = 1000):
+    """Receive what is queued on ``sock`` (at most ``limit`` messages) without raising
+    zmq.Again at the end: ZMQ_EVENTS says when the queue is empty."""
+    for _ in range(limit):
+        if not sock.getsockopt(_EVENTS) & _POLLIN:
+            return
+        yield sock.recv_multipart(_NOBLOCK)
+
+
+def send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:
+    """send_multipart with plain int flags (pyzmq's IntFlag arithmetic costs per frame)."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        sock.send(frame, flags | _SNDMORE if i < last else flags)
 
 
 def peer_ident(role: str, name: str) -> bytes:
@@ -90,7 +108,7 @@ class Heartbeat(threading.Thread):
                     except zmq.Again:
                         pass
                     next_beat = now + self.ivl
-                if sock.poll(max(0.0, next_beat - now) * 1000):
+                if sock.poll(math.ceil(max(0.0, next_beat - now) * 1000)):
                     msg, _ = E.decode(sock.recv_multipart())
                     self.last_answer = time.monotonic()
                     if isinstance(msg, E.Heartbeat) and msg.epoch != self.epoch:

@@ -192,7 +192,7 @@ class ChildRuntime(Runtime):
                     if spec.name == "RESET_WARN":
                         self.fault_point("reset", spec.name)
                 value = decode_payload(spec, E.decode_payload_frame(payload))
-                e, reply = normalize_result(spec, self.invoke(spec, fn, adev, value, adev.driver.name))
+                e, reply = normalize_result(spec, self.invoke(spec, fn, adev, value, adev.driver.name, msg.rtnl))
                 return e, "", reply
             case E.Pm():
                 adev = self._bound(msg.dev)
@@ -271,6 +271,14 @@ class ChildRuntime(Runtime):
         adev = self._bound(msg.dev)
         spec = self.catalog.lookup(msg.ev)     # -EOPNOTSUPP if this side's schema lacks it
         obj = E.decode_payload_frame(payload)
+        op = getattr(adev.driver, "user_request", None)
+        if callable(op):
+            # The driver's own path for a user-space request (its dcbnl, ethtool, netshaper
+            # ops): it forwards to the parent and keeps its state. Returns the reply or the seq.
+            out = op(adev, spec, spec.payload.from_wire(obj, "$.payload", strict=True), msg.timeout_ms / 1000)
+            if spec.sync:
+                return 0, "", out.to_wire() if out is not None else None
+            return 0, f"published as seq {out}", None
         if spec.sync:
             reply = adev.call(spec, obj, timeout=msg.timeout_ms / 1000)
             return 0, "", reply.to_wire() if reply is not None else None

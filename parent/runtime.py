@@ -248,7 +248,7 @@ class ParentRuntime(Runtime):
                 if self.faults:
                     self.fault_point("request", spec.name)
                 value = decode_payload(spec, E.decode_payload_frame(payload))
-                e, reply = normalize_result(spec, self.invoke(spec, fn, adev, value, self.name))
+                e, reply = normalize_result(spec, self.invoke(spec, fn, adev, value, self.name, msg.rtnl))
                 return e, "", reply
             case E.Inject():
                 adev = self.devices.get(msg.dev)
