@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -28,7 +29,7 @@ from proto.errno import AuxError, Errno, ProtocolError
 from proto.events import CATALOG, Catalog
 from . import control
 from .bus import Bus
-from .runtime_dir import BrokerLock, endpoints, process_start_time
+from .runtime_dir import SOCKETS, BrokerLock, endpoints, process_start_time
 from .transport import drain, send_frames
 
 NOBLOCK = int(zmq.NOBLOCK)
@@ -74,16 +75,19 @@ class Broker:
         xsub = self.ctx.socket(zmq.XSUB)
         xsub.setsockopt(zmq.RCVHWM, 100000)
         xsub.bind(self.ep.pub)
-        xsub.bind("inproc://broker-pub")
         xsub.send(b"\x01")   # subscribe upstream to everything: filtering happens at the XPUB
         xpub = self.ctx.socket(zmq.XPUB)
         xpub.setsockopt(zmq.SNDHWM, 100000)
         xpub.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
         xpub.bind(self.ep.sub)
-        self.notify = self.ctx.socket(zmq.PUB)
+        # Notifications and the call trace leave from the broker's own XPUB, so it sees
+        # who subscribes: the per-call trace is built only while someone reads it.
+        self.notify = self.ctx.socket(zmq.XPUB)
         self.notify.setsockopt(zmq.SNDHWM, 100000)
-        self.notify.connect("inproc://broker-pub")
-        for name in ("bus.sock", "pub.sock", "sub.sock"):
+        self.notify.bind(self.ep.notify)
+        self.subscriptions: Counter = Counter()
+        self.bus.tracing = False
+        for name in SOCKETS:
             os.chmod(self.ep.root / name, 0o600)
         self._proxy = threading.Thread(target=self._run_proxy, args=(xsub, xpub), name="auxipc-proxy", daemon=True)
         self._proxy.start()
@@ -127,6 +131,7 @@ class Broker:
         self._poller = zmq.Poller()
         self._poller.register(self.router, zmq.POLLIN)
         self._poller.register(self.monitor, zmq.POLLIN)
+        self._poller.register(self.notify, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
         while not self._stop:
             self._step()
@@ -147,6 +152,13 @@ class Broker:
         if self.router in events:
             for frames in drain(self.router, 256):
                 self.on_frames(frames)
+        if self.notify in events:
+            for (sub,) in drain(self.notify, 256):
+                topic = sub[1:]
+                self.subscriptions[topic] += 1 if sub[:1] == b"\x01" else -1
+                if self.subscriptions[topic] <= 0:
+                    del self.subscriptions[topic]
+            self.bus.tracing = any(b"trace".startswith(t) for t in self.subscriptions)
         if self.monitor in events:
             while self.monitor.poll(0):
                 parse_monitor_message(self.monitor.recv_multipart())

@@ -146,6 +146,7 @@ class Bus(Binding, Calls):
         self._tseq = itertools.count()
         self.lockdep = LockDep(self._lockdep_report)
         self.faults = FaultPlan()
+        self.tracing = True     # the broker clears it while nobody subscribes to 'trace'
         self._held_back: dict[bytes, list] = {}    # reorder faults: frames held until the next send
         self.lock_ops: dict = {}      # (task, lock name) -> LockedOp of a granted or queued LOCK
 

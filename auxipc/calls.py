@@ -113,10 +113,11 @@ class Calls:
                 self.stats[f"calls_{errno_name(e)}"] += 1
             if caller.alive:
                 self.reply(caller.ident, msg.r, e, m, payload=reply_payload)
-            self.published.append([b"trace", E.MAGIC, E.packb({
-                "t": E.Msg.UEVENT, "seq": 0, "action": "CALL", "dev": dev.name, "driver": "",
-                "detail": {"event": ev_name, "from": caller.label, "to": callee.label, "errno": e, "task": task,
-                           "us": int((self.clock() - started) * 1e6)}})])
+            if self.tracing:
+                self.published.append([b"trace", E.MAGIC, E.packb({
+                    "t": E.Msg.UEVENT, "seq": 0, "action": "CALL", "dev": dev.name, "driver": "",
+                    "detail": {"event": ev_name, "from": caller.label, "to": callee.label, "errno": e, "task": task,
+                               "us": int((self.clock() - started) * 1e6)}})])
             if after:
                 after()
         self.request(callee, lambda rid: E.fast(E.Request, payload, r=rid, dev=msg.dev, ev=msg.ev, task=task,

@@ -34,6 +34,15 @@ class Control:
         import os
         self.bus.reply(ident, msg.r, data={"epoch": self.bus.epoch, "pid": os.getpid()})
 
+    def op_echo(self, ident, msg, payload):
+        """{topic}: publish ``[topic, MAGIC]`` on the notification socket (a subscriber's
+        proof that its subscription there is in place)."""
+        topic = self._str(msg, "topic").encode()
+        if not topic.startswith(b"hello:"):
+            raise AuxError(Errno.EINVAL, "$.header.args.topic: must start with 'hello:'")
+        self.bus.published.append([topic, E.MAGIC])
+        self.bus.reply(ident, msg.r)
+
     def op_ls(self, ident, msg, payload):
         self.bus.reply(ident, msg.r, data=snapshot(self.bus))
 

@@ -17,7 +17,7 @@ import zmq
 
 from proto.errno import AuxError, Errno
 
-SOCKETS = ("bus.sock", "pub.sock", "sub.sock")
+SOCKETS = ("bus.sock", "pub.sock", "sub.sock", "notify.sock")
 
 
 def resolve(runtime_dir: str | os.PathLike | None = None) -> Path:
@@ -44,6 +44,12 @@ class Endpoints:
     def pub(self) -> str:
         """Peers connect their PUB here (the broker's XSUB)."""
         return f"ipc://{self.root / 'pub.sock'}"
+
+    @property
+    def notify(self) -> str:
+        """Bus notifications and the call trace (the broker's own XPUB): a subscriber
+        connects its SUB here as well as to ``sub``."""
+        return f"ipc://{self.root / 'notify.sock'}"
 
     @property
     def sub(self) -> str:

@@ -16,6 +16,7 @@ import zmq
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
 from proto.events import CATALOG, Catalog
+from .client import Client
 from .runtime_dir import endpoints
 
 TOPICS = (b"bus", b"trace", b"C:", b"P:")
@@ -29,21 +30,32 @@ class Watcher:
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, 0)
-        self.sub.connect(self.ep.sub)
+        self.sub.connect(self.ep.sub)       # async events, runtimes' trace records
+        self.sub.connect(self.ep.notify)    # the broker's notifications and call trace
         hello = b"hello:watch:" + os.urandom(4).hex().encode()
         for t in (hello, *topics):
             self.sub.setsockopt(zmq.SUBSCRIBE, t)
+        # Both paths proven before returning: a hello published through the proxy, and
+        # one the broker publishes on its own socket when asked (no slow joiner).
         pub = self.ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.LINGER, 0)
         pub.connect(self.ep.pub)
         deadline = time.monotonic() + timeout
+        seen = 0
         try:
-            while True:
-                pub.send_multipart([hello, E.MAGIC])
-                if self.sub.poll(20) and self.sub.recv_multipart()[0] == hello:
-                    break
-                if time.monotonic() > deadline:
-                    raise AuxError(Errno.ENOTCONN, f"no broker publishing in {self.ep.root}")
+            with Client(runtime_dir, timeout=max(0.1, timeout)) as client:
+                while seen < 2:
+                    pub.send_multipart([hello, E.MAGIC])
+                    client.ctl("echo", topic=hello.decode(), timeout=max(0.1, deadline - time.monotonic()))
+                    while self.sub.poll(20):
+                        frames = self.sub.recv_multipart()
+                        if frames[0] == hello:
+                            seen += 1
+                    if seen >= 2:
+                        break
+                    seen = 0
+                    if time.monotonic() > deadline:
+                        raise AuxError(Errno.ENOTCONN, f"no broker publishing in {self.ep.root}")
         finally:
             pub.close(linger=0)
         self.sub.setsockopt(zmq.UNSUBSCRIBE, hello)
