@@ -163,6 +163,9 @@ class Broker:
             while self.monitor.poll(0):
                 parse_monitor_message(self.monitor.recv_multipart())
             self.check_processes()
+            # The socket can close a moment before the process is gone from /proc's view.
+            for delay in (0.005, 0.02, 0.1):
+                bus.later(delay, self.check_processes)
         if self._wake_r in events:
             os.read(self._wake_r, 4096)
         bus.tick()

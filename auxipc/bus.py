@@ -265,6 +265,9 @@ class Bus(Binding, Calls):
         rid = next(self._ids)
         now = self.clock()
         p = Pending(rid, peer, now + timeout, on_result, what, now)
+        if not peer.alive:      # never wait for an answer from the dead
+            self.later(0, lambda: on_result(-Errno.ENODEV, f"{what}: {peer.label} is gone", None, {}))
+            return p
         self.pending[rid] = p
         msg = msg_for(rid)
         frames = msg if isinstance(msg, list) else E.encode(msg, payload)
@@ -412,14 +415,16 @@ class Bus(Binding, Calls):
                 peer.label, peer.machine.state.value, reason)
         self.uevent("PEER_DEAD" if event == "crash" else "UNREGISTER", name=peer.name, pid=peer.pid,
                     inc=peer.inc, reason=reason)
+        # Unbind first: calls queued behind a device lock must fail now, not start
+        # towards the dead peer when the lock frees.
+        for drv in list(peer.drivers):
+            self._driver_gone(drv, f"driver {drv.name} died ({reason})" if event == "crash"
+                              else f"driver {drv.name} unregistered")
         for rid, p in list(self.pending.items()):
             if p.callee is peer:
                 self.settle(rid)
                 p.on_result(-Errno.ENODEV, f"{p.what}: {peer.label} is gone ({reason})", None, {})
         self.locks_gone(peer)
-        for drv in list(peer.drivers):
-            self._driver_gone(drv, f"driver {drv.name} died ({reason})" if event == "crash"
-                              else f"driver {drv.name} unregistered")
         for dev in list(peer.devices):
             self._parent_gone(dev, reason)
         for dev_id, n in list(peer.holding.items()):

@@ -91,11 +91,6 @@ def test_sigkill_child_fails_the_call_in_its_handler_at_once(bus):
     _kill_child_with_calls_pending(bus, 1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: when the dead child's in-flight call is failed, device_lock passes to the "
-    "next queued call, which is forwarded to the dead child (its driver is unbound only "
-    "afterwards) and waits for its deadline (auxipc/bus.py Bus._peer_gone, "
-    "auxipc/calls.py _call_child.start)"))
 def test_sigkill_child_fails_queued_calls_at_once(bus):
     _kill_child_with_calls_pending(bus, 5)
 
