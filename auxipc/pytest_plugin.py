@@ -97,13 +97,15 @@ def _running(pid: int) -> bool:
     return process_start_time(pid) is not None
 
 
-def _is_broker(pid: int) -> bool:
+def _is_broker(pid: int, root: str | None = None) -> bool:
+    """Whether ``pid`` is an auxipc broker (serving ``root``, when given: a pid reused
+    by somebody else's broker is not ours to stop)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
     except OSError:
         return False
-    return b"auxipc" in argv and b"broker" in argv
+    return b"auxipc" in argv and b"broker" in argv and (root is None or root.encode() in argv)
 
 
 def _reap_stale(xprocess) -> None:
@@ -114,7 +116,11 @@ def _reap_stale(xprocess) -> None:
         if not owner.isdigit() or int(owner) == os.getpid() or _running(int(owner)):
             continue
         info = xprocess.getinfo(d.name)
-        if info.pid and _is_broker(info.pid):
+        try:
+            root = (d / "runtime_dir").read_text().strip()
+        except OSError:
+            root = None
+        if info.pid and root and _is_broker(info.pid, root):
             info.terminate(timeout=STOP_GRACE)
         shutil.rmtree(d, ignore_errors=True)
 
@@ -166,6 +172,7 @@ class AuxBus:
         except BaseException:
             self._stop_broker()
             raise
+        (Path(str(info.controldir)) / "runtime_dir").write_text(self.root)
         self.client = Client(self.root)
         self.watcher = Watcher(self.root)
 

@@ -156,6 +156,7 @@ def test_a_broker_left_by_a_killed_pytest_is_stopped_by_the_next(xprocess):
         for d, pid in ((stale, broker.pid), (reused, os.getpid())):   # the second: a pid now reused by us
             d.mkdir(parents=True, exist_ok=True)
             (d / "xprocess.PID").write_text(str(pid))
+            (d / "runtime_dir").write_text(root)
         _reap_stale(xprocess)
         broker.popen.wait(10)
         assert not _is_broker(broker.pid) or broker.popen.poll() is not None
