@@ -372,3 +372,37 @@ def test_state_machine_tables_name_state_and_event():
     p.fire("crash")
     with pytest.raises(AuxError, match="ESHUTDOWN"):
         p.fire("heartbeat")
+
+
+def test_suspend_resume_driven_by_the_parent(h):
+    dev = bound(h)
+    h.send(P, E.DevPm(r=30, dev=dev, op="suspend"))
+    pm = h.answer(C, E.Pm)
+    assert pm.op == "suspend"
+    assert h.result(P, 30)[0].e == 0
+    h.send(P, E.DevPm(r=31, dev=dev, op="hibernate"))
+    assert h.result(P, 31)[0].m == "$.header.op: 'hibernate' is not 'suspend' or 'resume'"
+    assert h.actions("ixd.eth.0")[-1] == "SUSPEND"
+
+
+def test_bus_shutdown_calls_shutdown_of_bound_drivers(h):
+    h.register(P, "parent", "ixd")
+    h.register(C, "child", "idpf")
+    h.send(C, E.DrvRegister(r=1, name="idpf_eth", id_table=("ixd.eth",), probe=True, shutdown=True))
+    dev, r = h.init_add(P)
+    h.answer(C, E.Probe)
+    h.take()
+    done = []
+    h.bus.shutdown_all(lambda: done.append(True))
+    assert not done
+    h.answer(C, E.Shutdown)
+    assert done and h.actions("ixd.eth.0")[-1] == "SHUTDOWN"
+
+
+def test_leaked_reference_after_delete_is_reported(h):
+    dev = bound(h)
+    h.send(C, E.DevGet(r=40, dev=dev))
+    h.send(P, E.DevDelete(r=41, dev=dev))
+    h.answer(C, E.Remove)
+    h.send(P, E.DevUninit(r=42, dev=dev))
+    assert h.bus.leaks() == [{"dev": "ixd.eth.0", "holders": {h.bus.peers[C].label: 1}}]
