@@ -262,3 +262,21 @@ def test_late_joiner_gets_link_state_and_a_gap_triggers_a_resync(bus):
     rec = child.wait_record("LINK_CHANGE", dev="tp.eth.0", up=False)                 # resynced
     assert rec["speed_mbps"] == -1
     assert bus.ls()["stats"].get("resyncs") == 1
+
+
+@pytest.mark.timeout(40)
+def test_sysfs_bind_and_unbind_with_the_driver_core_errnos(bus):
+    bus.parent("tests.models:Pair")
+    child = bus.child("tests.models:Rec", AXT_IDS="tp.eth")
+    bus.wait_ls(lambda s: any(d["name"] == "tp.eth.0" and d["driver"] for d in s["devices"]))
+    assert "tp.eth.0: unbound" in ok(bus.cli("unbind", "tp.eth.0")).stdout
+    r = bus.cli("unbind", "tp.eth.0")
+    assert r.returncode == 1 and "ENODEV: unbind: tp.eth.0 is not bound to a driver" in r.stderr
+    assert "bound to tdrv" in ok(bus.cli("bind", "tp.eth.0", "tdrv")).stdout
+    assert len(child.records("probe", dev="tp.eth.0")) == 2
+    r = bus.cli("bind", "tp.eth.0", "tdrv")
+    assert r.returncode == 1 and "EBUSY: bind: tp.eth.0 is bound to tdrv" in r.stderr
+    r = bus.cli("bind", "tp.rdma.0", "tdrv")
+    assert r.returncode == 1 and "ENODEV: bind: tp.rdma.0 does not match tdrv" in r.stderr
+    r = bus.cli("bind", "nope.0", "tdrv")
+    assert r.returncode == 1 and "ENODEV: bind: no device 'nope.0' on the bus" in r.stderr
