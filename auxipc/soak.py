@@ -205,3 +205,49 @@ class Soak:
                 "async": {role: {k: v for k, v in c.items() if "async" in k or k == "fw_event"}
                           for role, c in totals.items()},
                 "worst_call_overrun_ms": round(worst * 1000, 1)}
+
+
+class Load:
+    """What a soak model does per bound device and tick, and the figures it keeps:
+    an async event and a timed sync call (a call past its deadline + GRACE is a
+    violation), written twice a second to ``$AUXIPC_SOAK_DIR/<role>-<name>-<pid>.json``
+    (a SIGKILLed process cannot write at exit)."""
+
+    TIMEOUT = 1.0
+    GRACE = 0.5
+
+    def __init__(self, role: str, name: str):
+        self.role, self.name = role, name
+        self.stats = Counter()
+        self.worst_overrun = 0.0
+        self.out = os.environ.get("AUXIPC_SOAK_DIR")
+
+    def notify(self, adev, event, payload) -> None:
+        try:
+            adev.notify(event, payload)
+            self.stats["async_sent"] += 1
+        except AuxError as exc:
+            self.stats[f"async_{exc.name}"] += 1
+
+    def call(self, adev, event, payload) -> None:
+        t0 = time.monotonic()
+        try:
+            adev.call(event, payload, timeout=self.TIMEOUT)
+            self.stats["calls_ok"] += 1
+        except AuxError as exc:
+            self.stats[f"calls_{exc.name}"] += 1
+        took = time.monotonic() - t0
+        self.stats["calls"] += 1
+        if took > self.TIMEOUT + self.GRACE:
+            self.stats["deadline_overruns"] += 1
+        self.worst_overrun = max(self.worst_overrun, took - self.TIMEOUT)
+
+    def flush(self, rt) -> None:
+        if not self.out:
+            return
+        data = {"role": self.role, "name": self.name, "pid": os.getpid(), "stats": dict(self.stats),
+                "worst_overrun_s": self.worst_overrun, "runtime": dict(rt.stats)}
+        path = os.path.join(self.out, f"{self.role}-{self.name}-{os.getpid()}.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(data, f)
+        os.replace(path + ".tmp", path)

@@ -4,25 +4,18 @@ Invariant checks in every delivery: the device is bound (no event reaches an
 unbound driver); FW_EVENT ``data`` counters per sender process only grow (no
 duplicate, per-device order held). Each bound device sends SET_MAC (sync) and
 POST_CONFIG (async) every ``PERIOD``; probe takes a device reference and
-remove puts it (so the soak can check that every reference comes back).
-Figures go to ``$AUXIPC_SOAK_DIR/child-<pid>.json`` twice a second.
+remove puts it, so the soak can check that every reference comes back.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from collections import Counter
-
-from proto.errno import AuxError, errno_name
+from proto.errno import AuxError
 from proto.events import Event, PostConfig, SetMac
 from auxipc.handlers import handler
+from auxipc.soak import Load
 from .runtime import AuxDriver
 
 PERIOD = 0.01
-TIMEOUT = 1.0
-GRACE = 0.5
 
 
 class SoakDriver(AuxDriver):
@@ -30,10 +23,9 @@ class SoakDriver(AuxDriver):
     id_table = ["soak.a"]
 
     def __init__(self):
-        self.stats = Counter()
+        self.load = Load("child", self.name)
+        self.stats = self.load.stats
         self.last: dict = {}           # (device, sender pid) -> last counter
-        self.worst_overrun = 0.0
-        self.out = os.environ.get("AUXIPC_SOAK_DIR")
         self.ticking = False
 
     def probe(self, adev):
@@ -50,7 +42,7 @@ class SoakDriver(AuxDriver):
         try:
             adev.put()
         except AuxError as exc:
-            self.stats[f"put_{errno_name(exc.errno)}"] += 1
+            self.stats[f"put_{exc.name}"] += 1
 
     def _check(self, adev, what: str) -> None:
         if not adev.bound:
@@ -76,32 +68,12 @@ class SoakDriver(AuxDriver):
 
     def tick(self, rt) -> None:
         for adev in [d for d in rt.devices.values() if d.driver is self]:
-            try:
-                adev.notify(Event.POST_CONFIG, PostConfig(vport_id=1))
-                self.stats["async_sent"] += 1
-            except AuxError as exc:
-                self.stats[f"async_{errno_name(exc.errno)}"] += 1
-            t0 = time.monotonic()
-            try:
-                adev.call(Event.SET_MAC, SetMac(addr=b"\x02\x00\x00\x00\x00\x01"), timeout=TIMEOUT)
-                self.stats["calls_ok"] += 1
-            except AuxError as exc:
-                self.stats[f"calls_{errno_name(exc.errno)}"] += 1
-            took = time.monotonic() - t0
-            self.stats["calls"] += 1
-            if took > TIMEOUT + GRACE:
-                self.stats["deadline_overruns"] += 1
-            self.worst_overrun = max(self.worst_overrun, took - TIMEOUT)
+            self.load.notify(adev, Event.POST_CONFIG, PostConfig(vport_id=1))
+            self.load.call(adev, Event.SET_MAC, SetMac(addr=b"\x02\x00\x00\x00\x00\x01"))
         rt.call_later(PERIOD, lambda: self.tick(rt))
 
     def flush(self, rt) -> None:
-        if self.out:
-            data = {"role": "child", "driver": self.name, "pid": os.getpid(), "stats": dict(self.stats),
-                    "worst_overrun_s": self.worst_overrun, "runtime": dict(rt.stats)}
-            tmp = os.path.join(self.out, f".child-{self.name}-{os.getpid()}.json")
-            with open(tmp, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, os.path.join(self.out, f"child-{self.name}-{os.getpid()}.json"))
+        self.load.flush(rt)
         rt.call_later(0.5, lambda: self.flush(rt))
 
 
