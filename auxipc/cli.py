@@ -100,7 +100,9 @@ def broker(runtime_dir, hb_ivl, hb_liveness, catalog):
 
 @main.command()
 @RUNTIME_DIR
-@click.option("--model", required=True, help="Parent model: ixd, or module:Class.")
+@click.option("--model", required=True,
+              help="Parent model: ixd (Model A), idpf (Model B), mlx5_core, ice, or module:Class. "
+                   "Their emulated hardware takes knobs from $AUXIPC_HW (docs/models.md).")
 @click.option("--devices", default=1, show_default=True, type=click.IntRange(1, 64),
               help="How many auxiliary devices the model adds (ids 0..N-1).")
 @schema_option
@@ -121,7 +123,8 @@ def parent(runtime_dir, model, devices, catalog):
 @main.command()
 @RUNTIME_DIR
 @click.option("--driver", "drivers", multiple=True, required=True,
-              help="Auxiliary driver: idpf_eth, or module:Class. Repeatable.")
+              help="Auxiliary driver: idpf_eth, idpf_prime, mlx5e, irdma, mlx5_ib, mlx5_vdpa, "
+                   "or module:Class. Repeatable.")
 @schema_option
 def child(runtime_dir, drivers, catalog):
     """Run an auxiliary-driver process."""
@@ -229,8 +232,18 @@ def unbind(runtime_dir, device):
 @click.option("--record", type=click.Path(dir_okay=False, writable=True),
               help="Also write every trace record to FILE (JSON lines; draw it with "
                    "'auxipc trace render FILE --mermaid OUT.md').")
-def demo(runtime_dir, record):
-    """Start a broker, the ixd parent and the idpf_eth child, play events both ways, stop."""
+@click.argument("which", required=False, type=click.Choice(["model-a", "model-b"]))
+def demo(runtime_dir, record, which):
+    """Start a broker, the ixd parent and the idpf_eth child, play events both ways, stop.
+
+    \b
+    WHICH plays one of the proposal's diagrams instead, with emulated hardware behind the parent:
+      model-a   ixd (the foundational NIC) + IDPF: FW event down; DCB change and reset request up
+      model-b   idpf (PCI owner on an IPU) + IDPF': enable queues and post-config up; link change down
+    """
+    if which:
+        from .demo_models import run_model_demo
+        sys.exit(run_model_demo(which, runtime_dir, record))
     from .demo import run_demo
     sys.exit(run_demo(runtime_dir, record))
 

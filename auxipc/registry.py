@@ -9,8 +9,12 @@ import importlib
 
 from proto.errno import AuxError, Errno
 
-MODELS = {"ixd": "parent.ixd:Ixd", "soak": "parent.soak:SoakParent"}
-DRIVERS = {"idpf_eth": "child.idpf_eth:IdpfEth", "soak_a": "child.soak:SoakDriver", "soak_b": "child.soak:SoakDriverB"}
+MODELS = {"ixd": "parent.ixd:Ixd", "soak": "parent.soak:SoakParent",
+          # hardware-backed parents (parent/nic.py): Model B, and two more shapes of the same contract
+          "idpf": "parent.idpf:Idpf", "mlx5_core": "parent.mlx5:Mlx5Core", "ice": "parent.ice:Ice"}
+DRIVERS = {"idpf_eth": "child.idpf_eth:IdpfEth", "soak_a": "child.soak:SoakDriver", "soak_b": "child.soak:SoakDriverB",
+           "idpf_prime": "child.idpf_eth:IdpfPrime", "mlx5e": "child.netdev:Mlx5Eth",
+           "irdma": "child.rdma:Irdma", "mlx5_ib": "child.rdma:Mlx5Ib", "mlx5_vdpa": "child.vnet:Mlx5Vnet"}
 
 
 def load(spec: str, table: dict, what: str):

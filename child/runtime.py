@@ -275,6 +275,7 @@ class ChildRuntime(Runtime):
         if callable(op):
             # The driver's own path for a user-space request (its dcbnl, ethtool, netshaper
             # ops): it forwards to the parent and keeps its state. Returns the reply or the seq.
+            self.spec_to_send(spec)           # -EINVAL for the other direction, before the payload
             out = op(adev, spec, spec.payload.from_wire(obj, "$.payload", strict=True), msg.timeout_ms / 1000)
             if spec.sync:
                 return 0, "", out.to_wire() if out is not None else None

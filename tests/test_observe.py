@@ -331,10 +331,10 @@ def test_monitor_replay_count_and_trace_json_filters_record(auxbus, tmp_path):
     assert code == 0
     recs = [json.loads(line) for line in out.splitlines()]
     assert recs and all(r["dev"] == "ixd.eth.0" for r in recs)
-    call = next(r for r in recs if r["kind"] == "call")
+    call = next(r for r in recs if r["kind"] == "call" and r["event"] == "SET_MAC")   # idpf_eth also enables queues
     assert (call["event"], call["errno"], call["src"], call["dst"]) == ("SET_MAC", 0, "child idpf_eth", "parent ixd")
     assert call["us"] > 0
-    ev = next(r for r in recs if r["kind"] == "event" and r["event"] == "LINK_CHANGE")
+    ev = [r for r in recs if r["kind"] == "event" and r["event"] == "LINK_CHANGE"][-1]   # after ixd's own at bind
     assert ev["payload"]["speed_mbps"] == 1000 and ev["src"] == "parent ixd"
     kept = load(record)                       # --record keeps everything, unfiltered
     assert {"REGISTER", "DRIVER_ADD", "ADD", "BIND"} <= {r.get("action") for r in kept}
