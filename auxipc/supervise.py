@@ -19,6 +19,16 @@ from proto.errno import AuxError, Errno
 from .runtime_dir import process_start_time
 
 
+def _die_with_launcher() -> None:
+    """In the child, before exec: SIGTERM when the process that launched us dies (Linux
+    PR_SET_PDEATHSIG), so a launcher killed with SIGKILL leaves nothing behind."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Proc:
     def __init__(self, name: str, args: list[str], env: dict | None = None, log_dir: str | None = None):
         self.name, self.args = name, args
@@ -37,7 +47,7 @@ class Proc:
         self._log = open(self.log_path, "ab")
         self.popen = subprocess.Popen([sys.executable, "-u", "-m", "auxipc", *self.args], stdout=subprocess.PIPE,
                                       stderr=self._log, stdin=subprocess.DEVNULL, env=self.env,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=_die_with_launcher)
         self.start_time = process_start_time(self.popen.pid)
         return self.wait_ready(ready_timeout)
 
