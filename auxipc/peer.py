@@ -1,4 +1,4 @@
-"""The runtime shared by parent and child processes: register, pump, call, publish.
+"""The runtime shared by parent and child processes: register, pump, dispatch.
 
 One thread runs everything the user writes (probe, remove, handlers, model
 code), like a kernel driver's process context: ``pump()`` receives and
@@ -10,11 +10,12 @@ their own thread (``transport.Heartbeat``), so a slow handler is never taken for
 a dead process.
 
 Threads other than the runtime's submit work with ``call_soon_threadsafe``.
+Tasks, locks, contexts and fault points are in ``contexts.py``; sending events
+in ``publishing.py`` (mixins of ``Runtime``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import logging
@@ -23,14 +24,16 @@ import os
 import time
 import traceback
 from collections import Counter, deque
-from typing import Callable, Iterator
+from typing import Callable
 
 import zmq
 
 from proto import envelope as E
-from proto.errno import AuxError, Errno, ProtocolError, errno_name
-from proto.events import CATALOG, Catalog, Context, EventSpec, encode_payload
-from .faults import SIGNALS, FaultPlan, FaultRule, corrupt
+from proto.errno import AuxError, Errno, errno_name
+from proto.events import CATALOG, Catalog
+from .contexts import Contexts
+from .faults import FaultPlan, FaultRule
+from .publishing import Publishing
 from .runtime_dir import endpoints, process_start_time
 from .transport import Heartbeat, Sockets, drain, peer_ident, send_frames
 
@@ -46,7 +49,7 @@ class BrokerLost(AuxError):
         super().__init__(Errno.ESHUTDOWN, f"lost the broker: {why}")
 
 
-class Runtime:
+class Runtime(Contexts, Publishing):
     role = "?"
     locks_devices = False   # the child side takes device_lock around deliveries
 
@@ -302,157 +305,6 @@ class Runtime:
         except Exception:
             log.error("callback failed:\n%s", traceback.format_exc())
 
-    # ---- tasks, locks, contexts ------------------------------------------------------------
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    @property
-    def task(self) -> str:
-        """The task running now: a handler runs in its caller's task (the chain crosses
-        processes, as a kernel call would); top-level code and each timer callback
-        (a workqueue item) have tasks of their own."""
-        return self._tasks[-1] if self._tasks else f"{self.name}#{self.inc}/main"
-
-    @contextlib.contextmanager
-    def in_task(self, task: str) -> Iterator[None]:
-        self._tasks.append(task)
-        try:
-            yield
-        finally:
-            self._tasks.pop()
-
-    def new_task(self, kind: str = "w") -> str:
-        return f"{self.name}#{self.inc}/{kind}{next(self._task_ids)}"
-
-    @contextlib.contextmanager
-    def lock(self, name: str, timeout: float = 5.0, ensure: bool = False) -> Iterator[None]:
-        """Hold a cross-process lock (``rtnl``, ``mutex:<name>``) for the current task.
-        -EDEADLK at once if waiting would deadlock (lockdep), -ETIMEDOUT at the deadline.
-        With ``ensure``, a lock the task already holds is fine (and stays held after)."""
-        task = self.task
-        ms = max(1, int(timeout * 1000))
-        below = tuple(t for t in self._tasks[:-1] if t != task)
-        holders = self._held_here.setdefault(name, [])
-        holders.append(task)      # from the request on: nested deliveries needing it wait
-        try:
-            result, _ = self.request(lambda r: E.LockReq(r=r, name=name, task=task, timeout_ms=ms,
-                                                         ensure=ensure, stack=below),
-                                     timeout=timeout, what=f"lock {name}")
-            self.check(result, f"lock {name}")
-        except BaseException:
-            holders.remove(task)
-            self._drain_deferred()
-            raise
-        already = result.d.get("held", False)
-        if already:
-            holders.remove(task)
-        try:
-            yield
-        finally:
-            if not already:
-                self._held_here[name].remove(task)
-                if self.sk is not None:
-                    result, _ = self.request(lambda r: E.UnlockReq(r=r, name=name, task=task),
-                                             what=f"unlock {name}")
-                    if result.e:
-                        log.warning("unlock %s: %s", name, result.m)
-                self._drain_deferred()
-
-    @contextlib.contextmanager
-    def atomic(self, what: str) -> Iterator[None]:
-        """Run ``what`` in atomic context: sleeping (a sync call, a lock) is a BUG."""
-        outer, self._atomic = self._atomic, what
-        t0 = time.monotonic()
-        try:
-            yield
-        finally:
-            self._atomic = outer
-            took = time.monotonic() - t0
-            if took > self.atomic_budget:
-                self.stats["atomic_overrun"] += 1
-                log.warning("BUG: %s ran %.1f ms in atomic context (budget %.1f ms)", what, took * 1000,
-                            self.atomic_budget * 1000)
-                self.report("ATOMIC_OVERRUN", what=what, ms=round(took * 1000, 3),
-                            budget_ms=self.atomic_budget * 1000)
-
-    def might_sleep(self, what: str) -> None:
-        """The kernel's might_sleep(): refuse to block in atomic context."""
-        if self._atomic is not None:
-            self.stats["sleep_in_atomic"] += 1
-            msg = f"BUG: sleeping function called from invalid context: {what} in {self._atomic}"
-            log.error("%s", msg)
-            self.report("SLEEP_IN_ATOMIC", what=what, context=self._atomic)
-            raise AuxError(Errno.EAGAIN, msg)
-
-    def fault_point(self, point: str, event: str = "") -> None:
-        """A lifecycle point where a kill fault may strike this process."""
-        rule = self.faults.find("kill", self.name, event, point) if self.faults else None
-        if rule is not None:
-            self.report("FAULT", rule=rule.id, kind="kill", point=point, event=event, signal=rule.signal)
-            log.warning("fault: SIG%s at %s %s", rule.signal, point, event)
-            time.sleep(0.02)   # let the I/O thread flush the FAULT record before we die
-            os.kill(os.getpid(), SIGNALS[rule.signal.upper()])
-
-    def _sent_fault(self, event: str) -> None:
-        self.fault_point("send", event)
-        if event == "RESET_WARN":
-            self.fault_point("reset", event)
-
-    def _handler_fault(self, spec: EventSpec):
-        """Apply a handler fault for ``spec`` if one fires: returns a result to use instead
-        of calling the handler, or None to call it (after an injected delay)."""
-        rule = self.faults.find("handler", self.name, spec.name) if self.faults else None
-        if rule is None:
-            return None
-        self.report("FAULT", rule=rule.id, kind="handler", action=rule.action, event=spec.name)
-        if rule.action == "delay":
-            time.sleep(rule.delay_ms / 1000)
-            return None
-        if rule.action == "hang":
-            while not self._stopping:   # a wedged handler: heartbeats go on, callers time out
-                time.sleep(0.05)
-            return -Errno.ESHUTDOWN
-        if rule.action == "raise":
-            raise RuntimeError(f"injected fault in the {spec.name} handler (rule #{rule.id})")
-        raise AuxError(Errno[rule.errno.upper()], f"injected fault (rule #{rule.id})")
-
-    def invoke(self, spec: EventSpec, fn, adev, value, who: str, rtnl_held: bool = False):
-        """Call an event handler in the context its event declares: atomic (no sleeping,
-        time budget) or may-sleep. For events the kernel sends under rtnl the broker
-        holds rtnl for the task while the handler runs (``rtnl_held``)."""
-        if not rtnl_held:
-            return self._invoke(spec, fn, adev, value, who)
-        holders = self._held_here.setdefault("rtnl", [])
-        holders.append(self.task)
-        try:
-            return self._invoke(spec, fn, adev, value, who)
-        finally:
-            holders.remove(self.task)
-            self._drain_deferred()
-
-    def _invoke(self, spec, fn, adev, value, who):
-        if self.faults:
-            injected = self._handler_fault(spec)
-            if injected is not None:
-                return injected
-        if spec.context is Context.ATOMIC:
-            with self.atomic(f"{spec.name} handler of {who}"):
-                return fn(adev, value)
-        return fn(adev, value)
-
-    def report(self, record: str, /, **detail) -> None:
-        """Publish a trace record (topic ``trace``, action ``record``) about this process."""
-        if self.sk is None:
-            return
-        head = {"t": E.Msg.UEVENT, "seq": 0, "action": record, "dev": "", "driver": "",
-                "detail": {"peer": f"{self.role} {self.name}#{self.inc}", "task": self.task, **detail}}
-        try:
-            self.sk.pub.send_multipart([b"trace", E.MAGIC, E.packb(head)], zmq.NOBLOCK)
-        except zmq.Again:
-            self.stats["trace_dropped"] += 1
-
     # ---- requests to the broker -----------------------------------------------------------
 
     def request(self, make: Callable[[int], E.Header], payload=None, timeout: float = 5.0,
@@ -479,101 +331,6 @@ class Runtime:
         if result.e:
             raise AuxError(result.e, result.m or what)
         return result
-
-    # ---- events ----------------------------------------------------------------------------
-
-    def spec_to_send(self, event) -> EventSpec:
-        spec = event if isinstance(event, EventSpec) else self.catalog.lookup(event)
-        if not spec.direction.allows(self.role):
-            raise AuxError(Errno.EINVAL, f"{spec.name} goes {spec.direction.value}; a {self.role} cannot send it")
-        return spec
-
-    def call_event(self, dev_id: int, spec: EventSpec, payload, timeout: float):
-        """Send a sync event and return its reply payload (or None); raises AuxError."""
-        if not spec.sync:
-            raise AuxError(Errno.EINVAL, f"{spec.name} is async: use notify()")
-        wire = payload if isinstance(payload, bytes) else E.packb(encode_payload(spec, payload))
-        if len(wire) > E.MAX_FRAME:
-            raise AuxError(Errno.EMSGSIZE, f"$.payload: {len(wire)} bytes exceed the bus maximum {E.MAX_FRAME}")
-        ms = max(1, int(timeout * 1000))
-        task = self.task
-        result, reply = self.request(lambda r: E.fast(E.Call, wire, r=r, dev=dev_id, ev=spec.code,
-                                                      timeout_ms=ms, task=task),
-                                     wire, timeout, f"{spec.name} call",
-                                     after_send=(lambda: self._sent_fault(spec.name)) if self.faults else None)
-        self.check(result, spec.name)
-        if reply is None:
-            return None
-        return spec.reply.from_wire(E.decode_payload_frame(reply, "$.reply"), "$.reply")
-
-    def publish_event(self, dev_id: int, topic: bytes, spec: EventSpec, payload, timeout: float = 1.0) -> int:
-        """Publish an async event; returns its sequence number. Back-pressure blocks up to
-        ``timeout`` (the PUB never drops silently), then -EAGAIN and the drop is counted."""
-        if spec.sync:
-            raise AuxError(Errno.EINVAL, f"{spec.name} is sync: use call()")
-        wire = payload if isinstance(payload, bytes) else E.packb(encode_payload(spec, payload))
-        if len(wire) > E.MAX_FRAME:
-            raise AuxError(Errno.EMSGSIZE, f"$.payload: {len(wire)} bytes exceed the bus maximum {E.MAX_FRAME}")
-        if spec.state:
-            self._last_state.setdefault(topic, {})[spec.code] = wire
-        seq = self._seq_out[topic] = self._seq_out.get(topic, 0) + 1
-        head = E.packb({"t": E.Msg.EVENT, "dev": dev_id, "ev": spec.code, "seq": seq, "inc": self.inc,
-                        "epoch": self.epoch})
-        frames = [topic, E.MAGIC, head, wire]
-        if self.faults:
-            rule = self.faults.find("message", self.name, spec.name)
-            if rule is not None and self._async_fault(rule, frames, spec.name):
-                return seq
-        held, self._held_back = self._held_back, []
-        self._publish(frames, spec, timeout)
-        for frames in held:
-            self._publish(frames, spec, timeout)
-        return seq
-
-    def topic_for(self, dev_id: int) -> bytes | None:
-        """The topic this process publishes on for a device (None if it has no such device)."""
-        return None
-
-    def replay_state(self, dev_id: int) -> int:
-        """Publish again the last state-like events (link state, MTU) sent on a device's
-        topic: for a driver that just bound (a late joiner) or a receiver that saw a gap.
-        Keyed by device name, so a device deleted and added again keeps its state."""
-        topic = self.topic_for(dev_id)
-        n = 0
-        for code, wire in list(self._last_state.get(topic, {}).items()):
-            self.publish_event(dev_id, topic, self.catalog.get(code), wire)
-            n += 1
-        self.stats["state_replayed"] += n
-        return n
-
-    def _async_fault(self, rule: FaultRule, frames: list, event: str) -> bool:
-        """Apply a message fault to an async event; True when it took the event over."""
-        self.report("FAULT", rule=rule.id, kind="message", action=rule.action, event=event)
-        if rule.action == "drop":
-            self.stats["async_dropped_by_fault"] += 1
-            return True
-        if rule.action == "delay":
-            self.call_later(rule.delay_ms / 1000, lambda: self.sk and self.sk.pub.send_multipart(frames))
-            return True
-        if rule.action == "reorder":
-            self._held_back.append(frames)
-            return True
-        if rule.action == "duplicate":
-            self.sk.pub.send_multipart(frames)
-            return False
-        frames[3] = corrupt(frames[3], rule._rng)
-        return False
-
-    def _publish(self, frames: list, spec: EventSpec, timeout: float) -> None:
-        try:
-            self.sk.pub.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            if not self.sk.pub.poll(timeout * 1000, zmq.POLLOUT):
-                self.stats["async_dropped_hwm"] += 1
-                raise AuxError(Errno.EAGAIN, f"{spec.name}: publish queue full for {timeout:.1f} s "
-                               "(subscribers are not keeping up); event dropped and counted") from None
-            self.sk.pub.send_multipart(frames, zmq.NOBLOCK)
-        self.stats["async_sent"] += 1
 
     # ---- dispatch -------------------------------------------------------------------------
 
