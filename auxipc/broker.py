@@ -25,7 +25,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from proto import envelope as E
-from proto.errno import AuxError, Errno, ProtocolError
+from proto.errno import AuxError, ProtocolError
 from proto.events import CATALOG, Catalog
 from . import control
 from .bus import Bus

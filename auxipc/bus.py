@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from proto import envelope as E
-from proto.errno import AuxError, Errno, errno_name
-from proto.events import CATALOG, Catalog, decode_payload
+from proto.errno import AuxError, Errno
+from proto.events import CATALOG, Catalog
 from .binding import Binding
 from .calls import Calls
-from .lifecycle import BindState, DeviceState, PeerState, bind_machine, device_machine, peer_machine
+from .lifecycle import PeerState, peer_machine
 from .faults import FaultPlan, FaultRule, corrupt
 from .lockdep import Lock, LockDep
 

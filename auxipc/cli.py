@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 
 import click
 
-from proto.errno import AuxError, Errno, errno_name
-from proto.events import CATALOG
+from proto.errno import AuxError, Errno
 from .schemas import schema_option
 
 RUNTIME_DIR = click.option("--runtime-dir", envvar="AUXIPC_RUNTIME_DIR", type=click.Path(file_okay=False),

@@ -72,7 +72,6 @@ class Control:
     def op_signal(self, ident, msg, payload):
         """{target, signal}: send a signal to every live peer named ``target`` (or with that pid)."""
         import os
-        import signal as signals
         target, name = self._str(msg, "target"), msg.args.get("signal", "KILL")
         if name not in SIGNALS:
             raise AuxError(Errno.EINVAL, f"$.header.args.signal: {name!r} is not one of {', '.join(SIGNALS)}")

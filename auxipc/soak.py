@@ -28,7 +28,6 @@ from collections import Counter
 
 from proto.errno import AuxError
 from .client import Client
-from .runtime_dir import process_start_time
 from .supervise import Proc
 
 DEVICES = ("soak.a.0", "soak.b.0")

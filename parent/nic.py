@@ -161,7 +161,7 @@ class NicParent(NicHandlers, ParentModel):
         try:
             xn = mbx.send(op, time.monotonic())
         except AuxError as exc:
-            self.rt.call_later(0, lambda: done(exc))
+            self.rt.call_later(0, lambda err=exc: done(err))
             return
 
         def check():
