@@ -243,11 +243,12 @@ restart = "temporary"
     assert not os.path.exists(root)
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(150)
 def test_chaos_soak_holds_its_invariants():
-    report = Soak(duration=20, seed=11, interval=1.2, echo=lambda line: None).run()
+    """About a minute of chaos in CI (``auxipc soak --duration N`` for longer)."""
+    report = Soak(duration=45, seed=11, interval=1.2, echo=lambda line: None).run()
     assert report["ok"], report["failures"]
-    assert sum(report["faults"].values()) >= 8
+    assert sum(report["faults"].values()) >= 20
     assert report["worst_call_overrun_ms"] <= 500
 
 
