@@ -243,3 +243,12 @@ class Defer(Rec):
             log("probe", dev=adev.name, driver=self.name, result="defer")
             return -Errno.EPROBE_DEFER
         return super().probe(adev)
+
+
+class RecShutdown(Rec):
+    """Rec with a shutdown() (bus shutdown) that it records."""
+
+    name = "tdrv_sd"
+
+    def shutdown(self, adev) -> None:
+        log("shutdown", dev=adev.name, driver=self.name)

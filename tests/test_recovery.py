@@ -285,3 +285,13 @@ def test_sysfs_bind_and_unbind_with_the_driver_core_errnos(bus):
     assert r.returncode == 1 and "ENODEV: bind: tp.rdma.0 does not match tdrv" in r.stderr
     r = bus.cli("bind", "nope.0", "tdrv")
     assert r.returncode == 1 and "ENODEV: bind: no device 'nope.0' on the bus" in r.stderr
+
+
+@pytest.mark.timeout(30)
+def test_bus_shutdown_runs_shutdown_of_bound_drivers(bus):
+    bus.parent("tests.models:Pair")
+    child = bus.child("tests.models:RecShutdown")
+    bus.wait_ls(lambda s: sum(1 for d in s["devices"] if d["driver"]) == 2)
+    os.kill(bus.broker.pid, signal.SIGTERM)           # the bus shuts down
+    for dev in ("tp.eth.0", "tp.rdma.0"):
+        child.wait_record("shutdown", dev=dev)
