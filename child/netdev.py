@@ -21,18 +21,16 @@ What it knows is in ``adev.data`` and journalled (auxipc/journal.py): records
 
 from __future__ import annotations
 
-import logging
 
-from proto.errno import AuxError, Errno
+from proto.errno import AuxError
 from proto.events import EnableQueues, Event, PostConfig, QueueConfig
 from auxipc.handlers import handler
-from auxipc.journal import journal
-from .runtime import AuxDriver, ChildDevice
-
-log = logging.getLogger("auxipc.netdev")
+from .reference import ReferenceDriver
+from .runtime import ChildDevice
 
 
-class NetDriver(AuxDriver):
+
+class NetDriver(ReferenceDriver):
     name = ""
     id_table: list[str] = []
     NUM_QUEUES = 4
@@ -49,10 +47,6 @@ class NetDriver(AuxDriver):
     def remove(self, adev: ChildDevice) -> None:
         adev.data["queues"] = "stopped"
         self.note(adev, "remove")
-
-    def note(self, adev: ChildDevice, what: str, **fields) -> None:
-        journal(what, dev=adev.name, driver=self.name, **fields)
-        log.info("%s: %s %s", adev.name, what, " ".join(f"{k}={v}" for k, v in fields.items()))
 
     def _queues(self, adev: ChildDevice, state: str, **fields) -> None:
         adev.data["queues"] = state
@@ -162,14 +156,7 @@ class NetDriver(AuxDriver):
 
     def user_request(self, adev: ChildDevice, spec, payload, timeout: float):
         """Forward a request from user space to the parent, as the driver's ndo/dcbnl op would."""
-        try:
-            if not adev.supports(spec.code):     # discovery: the driver knows without asking
-                raise AuxError(Errno.EOPNOTSUPP, f"parent of {adev.name} does not handle {spec.name}")
-            # rtnl events (DCB_CONFIG, SET_MAC, ...) run under rtnl: the broker takes it for the call.
-            out = adev.call(spec, payload, timeout) if spec.sync else adev.notify(spec, payload)
-        except AuxError as exc:
-            self.note(adev, "op", event=spec.name, errno=exc.name, message=exc.message)
-            raise
+        out = self.forward(adev, spec, payload, timeout)
         self.remember(adev, spec, payload, out)
         self.note(adev, "op", event=spec.name, errno=0, reply=out if spec.sync else None)
         return out

@@ -14,20 +14,18 @@ Journal records: ``probe``, ``qsets`` (teids per TC, errors), ``reset``, ``tc``,
 
 from __future__ import annotations
 
-import logging
 
-from proto.errno import AuxError, Errno
+from proto.errno import AuxError
 from proto.events import Event, QsetParams
 from auxipc.handlers import handler
-from auxipc.journal import journal
-from .runtime import AuxDriver, ChildDevice
+from .reference import ReferenceDriver
+from .runtime import ChildDevice
 
-log = logging.getLogger("auxipc.rdma")
 
 QS_HANDLE_BASE = 0x100       # the qs_handle of TC n is QS_HANDLE_BASE + n
 
 
-class Irdma(AuxDriver):
+class Irdma(ReferenceDriver):
     name = "irdma"
     id_table = ["ice.roce", "ice.iwarp"]
     CALL_TIMEOUT = 5.0
@@ -43,10 +41,6 @@ class Irdma(AuxDriver):
             self._del(adev, tc)
         adev.data["state"] = "removed"
         self.note(adev, "remove")
-
-    def note(self, adev: ChildDevice, what: str, **fields) -> None:
-        journal(what, dev=adev.name, driver=self.name, **fields)
-        log.info("%s: %s %s", adev.name, what, " ".join(f"{k}={v}" for k, v in fields.items()))
 
     # ---- queue sets ----
 
@@ -132,13 +126,7 @@ class Irdma(AuxDriver):
     # ---- user space (rdma tools poking at queue sets) ----
 
     def user_request(self, adev: ChildDevice, spec, payload, timeout: float):
-        try:
-            if not adev.supports(spec.code):     # discovery: the driver knows without asking
-                raise AuxError(Errno.EOPNOTSUPP, f"parent of {adev.name} does not handle {spec.name}")
-            out = adev.call(spec, payload, timeout) if spec.sync else adev.notify(spec, payload)
-        except AuxError as exc:
-            self.note(adev, "op", event=spec.name, errno=exc.name, message=exc.message)
-            raise
+        out = self.forward(adev, spec, payload, timeout)
         if spec.code == Event.QSET_ADD:
             adev.data.setdefault("extra_qsets", {})[payload.qs_handle] = out.teid
         elif spec.code == Event.QSET_DEL:
