@@ -21,7 +21,6 @@ What it knows is in ``adev.data`` and journalled (auxipc/journal.py): records
 
 from __future__ import annotations
 
-
 from proto.errno import AuxError
 from proto.events import EnableQueues, Event, PostConfig, QueueConfig
 from auxipc.handlers import handler

@@ -14,7 +14,6 @@ Journal records: ``probe``, ``qsets`` (teids per TC, errors), ``reset``, ``tc``,
 
 from __future__ import annotations
 
-
 from proto.errno import AuxError
 from proto.events import Event, QsetParams
 from auxipc.handlers import handler
