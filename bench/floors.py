@@ -39,13 +39,13 @@ def _sock(ctx, kind, *, rcvtimeo=None, hwm=None):
     return s
 
 
-def rt_loop(n_warm, n, once, started=None):
-    """``once(seq)`` n_warm times untimed, then n times timed (ns); ``started`` is set
+def rt_loop(n_warm, n, once, on_started=None):
+    """``once(seq)`` n_warm times untimed, then n times timed (ns); ``on_started()`` runs
     between the two (the driver samples CPU times then)."""
     for i in range(n_warm):
         once(i)
-    if started is not None:
-        started.set()
+    if on_started is not None:
+        on_started()
     lat = [0] * n
     pc = time.perf_counter_ns
     t_start = pc()
@@ -56,16 +56,10 @@ def rt_loop(n_warm, n, once, started=None):
     return lat, pc() - t_start
 
 
-# ---- round trips -------------------------------------------------------------------
-
-def router_echo(endpoint, ready, stop):
-    """Direct far end: ROUTER, unpack + repack, reply to the sender."""
+def _echo(s, stop):
+    """Unpack and repack every request and send it back, until ``stop`` is set."""
     import zmq
     from msgpack import packb, unpackb
-    ctx = _ctx()
-    s = _sock(ctx, zmq.ROUTER, rcvtimeo=200)
-    s.bind(endpoint)
-    ready.set()
     recv, send = s.recv_multipart, s.send_multipart
     while True:
         try:
@@ -76,6 +70,18 @@ def router_echo(endpoint, ready, stop):
             continue
         send([cid, packb(unpackb(body))])
     s.close()
+
+
+# ---- round trips -------------------------------------------------------------------
+
+def router_echo(endpoint, ready, stop):
+    """Direct far end: ROUTER, unpack + repack, reply to the sender."""
+    import zmq
+    ctx = _ctx()
+    s = _sock(ctx, zmq.ROUTER, rcvtimeo=200)
+    s.bind(endpoint)
+    ready.set()
+    _echo(s, stop)
     ctx.term()
 
 
@@ -121,21 +127,11 @@ def forwarder(front_ep, back_ep, ready, worker_ready, stop):
 
 def dealer_worker(back_ep, name, stop):
     import zmq
-    from msgpack import packb, unpackb
     ctx = _ctx()
     s = _sock(ctx, zmq.DEALER, rcvtimeo=200)
     s.connect(back_ep)
     s.send_multipart([b"READY", name])
-    recv, send = s.recv_multipart, s.send_multipart
-    while True:
-        try:
-            cid, body = recv()
-        except zmq.Again:
-            if stop.is_set():
-                break
-            continue
-        send([cid, packb(unpackb(body))])
-    s.close()
+    _echo(s, stop)
     ctx.term()
 
 
@@ -155,7 +151,7 @@ def dealer_client(endpoint, svc, n_warm, n, started, stop, conn):
         if unpackb(recv())["seq"] != i:
             raise RuntimeError("seq mismatch")
 
-    lat, total = rt_loop(n_warm, n, once, started)
+    lat, total = rt_loop(n_warm, n, once, started.set if started is not None else None)
     conn.send({"lat": lat, "total_ns": total})
     stop.wait(30)
     s.close()

@@ -32,6 +32,7 @@ from proto.events import Duplex, Event, LinkChange, ResetType, ResetWarn, SetMac
 from auxipc.handlers import handler
 from child.runtime import AuxDriver, ChildDevice
 from parent.runtime import ParentDevice, ParentModel
+from .floors import rt_loop
 
 IDLE_S = 2.0      # async: the child reports what it has after this long without an event
 
@@ -57,21 +58,6 @@ def mark_started() -> None:
     out = _cfg()[3]
     if out:
         open(os.path.join(out, "started"), "w").close()
-
-
-def rt_loop(n_warm: int, n: int, once) -> tuple[list[int], int]:
-    """``once(i)`` n_warm times untimed, then n times timed (ns), as the anchors do."""
-    for i in range(n_warm):
-        once(i)
-    mark_started()
-    lat = [0] * n
-    pc = time.perf_counter_ns
-    t_start = pc()
-    for i in range(n):
-        t0 = pc()
-        once(n_warm + i)
-        lat[i] = pc() - t0
-    return lat, pc() - t_start
 
 
 def mac(i: int) -> bytes:
@@ -121,7 +107,7 @@ class BenchParent(ParentModel):
         def once(i):
             if call(ev, ResetWarn(reset_type=func)) is not None:
                 raise RuntimeError("RESET_WARN has no reply payload")
-        lat, total = rt_loop(self.warm, self.n, once)
+        lat, total = rt_loop(self.warm, self.n, once, mark_started)
         write_result("parent.json", {"lat": lat, "total_ns": total, "stats": self.rt.stats_summary()})
 
     def _async(self, adev: ParentDevice) -> None:
@@ -186,7 +172,7 @@ class BenchDriver(AuxDriver):
             reply = call(ev, SetMac(addr=mac(i)))
             if reply.filter_id != i & 0xFFFF:
                 raise RuntimeError(f"SET_MAC reply {reply} does not match call {i}")
-        lat, total = rt_loop(self.warm, self.n, once)
+        lat, total = rt_loop(self.warm, self.n, once, mark_started)
         write_result("child.json", {"lat": lat, "total_ns": total, "stats": adev.rt.stats_summary()})
 
     @handler(Event.RESET_WARN)
