@@ -36,7 +36,7 @@ NOBLOCK = int(zmq.NOBLOCK)
 
 log = logging.getLogger("auxipc.broker")
 
-MAX_MSG = E.MAX_FRAME * 3 + 4096
+MAX_MSG = E.MAX_MSG + 4096   # the message frame and room for the routing id
 
 
 class Broker:
@@ -192,7 +192,7 @@ class Broker:
     @staticmethod
     def _guess_r(body: list[bytes]) -> int:
         try:
-            head = E.unpackb(body[1], "$.header")
+            head = E.unpackb(body[0][4:], "$.header")
             r = head.get("r", 0)
             return r if type(r) is int and 0 <= r <= 2**53 else 0
         except (ProtocolError, IndexError, AttributeError):

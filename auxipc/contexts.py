@@ -18,6 +18,8 @@ import zmq
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import Context, EventSpec
+
+_ATOMIC = Context.ATOMIC
 from .faults import SIGNALS
 
 log = logging.getLogger("auxipc.peer")
@@ -80,22 +82,11 @@ class Contexts:
                         log.warning("unlock %s: %s", name, result.m)
                 self._drain_deferred()
 
-    @contextlib.contextmanager
-    def atomic(self, what: str) -> Iterator[None]:
-        """Run ``what`` in atomic context: sleeping (a sync call, a lock) is a BUG."""
-        outer, self._atomic = self._atomic, what
-        t0 = time.monotonic()
-        try:
-            yield
-        finally:
-            self._atomic = outer
-            took = time.monotonic() - t0
-            if took > self.atomic_budget:
-                self.stats["atomic_overrun"] += 1
-                log.warning("BUG: %s ran %.1f ms in atomic context (budget %.1f ms)", what, took * 1000,
-                            self.atomic_budget * 1000)
-                self.report("ATOMIC_OVERRUN", what=what, ms=round(took * 1000, 3),
-                            budget_ms=self.atomic_budget * 1000)
+    def _overrun(self, what: str, took: float) -> None:
+        self.stats["atomic_overrun"] += 1
+        log.warning("BUG: %s ran %.1f ms in atomic context (budget %.1f ms)", what, took * 1000,
+                    self.atomic_budget * 1000)
+        self.report("ATOMIC_OVERRUN", what=what, ms=round(took * 1000, 3), budget_ms=self.atomic_budget * 1000)
 
     def might_sleep(self, what: str) -> None:
         """The kernel's might_sleep(): refuse to block in atomic context."""
@@ -153,14 +144,24 @@ class Contexts:
             self._drain_deferred()
 
     def _invoke(self, spec, fn, adev, value, who):
+        """Run a handler in its event's context: atomic (sleeping is a BUG, time budget
+        reported) or may-sleep. Plain try/finally: this runs once an event."""
         if self.faults:
             injected = self._handler_fault(spec)
             if injected is not None:
                 return injected
-        if spec.context is Context.ATOMIC:
-            with self.atomic(f"{spec.name} handler of {who}"):
-                return fn(adev, value)
-        return fn(adev, value)
+        if spec.context is not _ATOMIC:
+            return fn(adev, value)
+        outer = self._atomic
+        self._atomic = what = f"{spec.name} handler of {who}"
+        t0 = time.monotonic()
+        try:
+            return fn(adev, value)
+        finally:
+            self._atomic = outer
+            took = time.monotonic() - t0
+            if took > self.atomic_budget:
+                self._overrun(what, took)
 
     def report(self, record: str, /, **detail) -> None:
         """Publish a trace record (topic ``trace``, action ``record``) about this process."""
@@ -169,6 +170,6 @@ class Contexts:
         head = {"t": E.Msg.UEVENT, "seq": 0, "action": record, "dev": "", "driver": "",
                 "detail": {"peer": f"{self.role} {self.name}#{self.inc}", "task": self.task, **detail}}
         try:
-            self.sk.pub.send_multipart([b"trace", E.MAGIC, E.packb(head)], zmq.NOBLOCK)
+            self.sk.pub.send_multipart([b"trace", E.MAGIC + E.packb(head)], zmq.NOBLOCK)
         except zmq.Again:
             self.stats["trace_dropped"] += 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 
+from proto import envelope as E
 from proto.errno import AuxError, Errno
 
 KINDS = {"kill": {"point": ("probe", "remove", "request", "send", "reset")},
@@ -123,7 +124,17 @@ class FaultPlan:
 
 
 def corrupt(data: bytes, rng: random.Random) -> bytes:
-    """Flip a few bytes (never returns the input unchanged)."""
+    """Flip a few bytes (never returns the input unchanged). Of a whole message, the
+    payload's bytes are flipped when it has one: its header still names the request,
+    so the receiver can answer it (-EINVAL naming the payload field)."""
+    if data[:4] == E.MAGIC:
+        try:
+            head = E.unpackb(data[4:], "$.header")
+        except AuxError:
+            head = None
+        if type(head) is dict and type(head.get("p")) is bytes:
+            head["p"] = corrupt(head["p"], rng)
+            return E.MAGIC + E.packb(head)
     if not data:
         return b"\xc1"
     buf = bytearray(data)

@@ -30,7 +30,7 @@ import zmq
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
-from proto.events import CATALOG, Catalog
+from proto.events import CATALOG, Catalog, decode_payload
 from .contexts import Contexts
 from .faults import FaultPlan, FaultRule
 from .publishing import Publishing
@@ -79,6 +79,7 @@ class Runtime(Contexts, Publishing):
         self._stopping = False
         self._hello = False
         self._seq_out: dict = {}
+        self._batches: dict = {}      # topic -> [dev, first seq, packed events, bytes, timeout]: queued async
         self._seq_in: dict = {}
         self._last_state: dict = {}   # topic -> {event code: wire}: the state-like events sent last
         self._tasks: list[str] = []       # the task stack: top is what runs now
@@ -106,8 +107,8 @@ class Runtime(Contexts, Publishing):
     def on_notice(self, msg: E.Header) -> None:
         log.info("ignored %s", msg)
 
-    def on_async(self, topic: bytes, msg: E.AsyncEvent, payload: bytes | None) -> None:
-        pass
+    def on_async(self, topic: bytes, msg: E.AsyncEvent, items: list) -> None:
+        """Deliver a batch of async events: ``items`` alternates event code and payload map."""
 
     def on_registered(self) -> None:
         """Runs after each registration (drivers are declared, devices created here)."""
@@ -172,6 +173,7 @@ class Runtime(Contexts, Publishing):
         if self.sk is not None:
             self.sk.close(linger_ms=0)
             self.sk = None
+        self._discard_batches()
         self._results.clear()
         self._deferred.clear()
         self._seq_in.clear()
@@ -215,6 +217,7 @@ class Runtime(Contexts, Publishing):
                 if self.hb is not None and self.hb.lost is None:
                     self.on_close()
                     self.request(lambda r: E.Unregister(r=r), timeout=1.0, what="unregister")
+                    self.flush_events()
             except AuxError as exc:
                 log.warning("while closing: %s", exc)
             if self.hb is not None:
@@ -266,6 +269,8 @@ class Runtime(Contexts, Publishing):
         """Wait up to ``timeout`` seconds for messages and dispatch what arrived."""
         if self.hb is not None and self.hb.lost:
             raise BrokerLost(self.hb.lost)
+        if self._batches:
+            self.flush_events()
         events = dict(self._poller.poll(math.ceil(timeout * 1000))) if timeout > 0 or not self._soon else {}
         if self.sk.dealer in events:
             for frames in drain(self.sk.dealer):
@@ -313,6 +318,8 @@ class Runtime(Contexts, Publishing):
         self.might_sleep(what)
         r = next(self._r)
         msg = make(r)
+        if self._batches:
+            self.flush_events()    # events published before the request leave before it
         send_frames(self.sk.dealer, msg if isinstance(msg, list) else E.encode(msg, payload))
         if after_send is not None:
             after_send()
@@ -351,7 +358,7 @@ class Runtime(Contexts, Publishing):
                 e, m = 0, ""
             except AuxError as exc:
                 e, m = exc.code, exc.message
-            self.sk.dealer.send_multipart(E.encode(E.Result(r=msg.r, e=e, m=m)))
+            send_frames(self.sk.dealer, E.encode(E.Result(r=msg.r, e=e, m=m)))
         elif isinstance(msg, (E.Request, E.Probe, E.Remove, E.Shutdown, E.Pm, E.Inject)):
             self._deliver(("req", msg, payload))
         elif isinstance(msg, E.Reregister):
@@ -368,25 +375,60 @@ class Runtime(Contexts, Publishing):
             return
         try:
             msg, payload = E.decode(frames[1:])
+            if not isinstance(msg, E.AsyncEvent):
+                return
+            items = E.decode_events(payload)
         except AuxError as exc:
             self.stats["async_malformed"] += 1
             log.warning("dropped a malformed async message on %r: %s", topic, exc)
             return
-        if not isinstance(msg, E.AsyncEvent):
-            return
         key = (topic, msg.epoch, msg.inc)
         last = self._seq_in.get(key, 0)
-        if msg.seq <= last:
-            self.stats["async_duplicate"] += 1
-            return
-        if last and msg.seq > last + 1:
-            self.stats["async_lost"] += msg.seq - last - 1
+        first, end = msg.seq, msg.seq + len(items) // 2 - 1
+        if first <= last:
+            seen = min(end, last) - first + 1
+            self.stats["async_duplicate"] += seen
+            if end <= last:
+                return
+            items, first = items[2 * seen:], last + 1
+        elif last and first > last + 1:
+            self.stats["async_lost"] += first - last - 1
             log.warning("lost %d async events on %r (seq %d -> %d): asking for a resync",
-                        msg.seq - last - 1, topic, last, msg.seq)
+                        first - last - 1, topic, last, first)
             self.stats["resync_requested"] += 1
-            self.sk.dealer.send_multipart(E.encode(E.Resync(dev=msg.dev)))
-        self._seq_in[key] = msg.seq
-        self._deliver(("ev", msg, payload, topic))
+            send_frames(self.sk.dealer, E.encode(E.Resync(dev=msg.dev)))
+        self._seq_in[key] = end
+        self._deliver(("ev", msg, items, topic))
+
+    def run_async(self, adev, items: list, handlers: dict, who: str, still_bound: Callable[[], bool]) -> None:
+        """Run the handlers of a batch of async events for one device, each as if it had
+        come alone: a bad payload or a failing handler is counted or logged and the next
+        event runs; once ``still_bound()`` is false (a handler unbound the device) the
+        rest are skipped like events for an unbound device."""
+        catalog, stats = self.catalog, self.stats
+        for i in range(0, len(items), 2):
+            if not still_bound():
+                stats["async_unbound"] += (len(items) - i) // 2
+                return
+            spec = catalog.get(items[i])
+            fn = handlers.get(items[i]) if spec is not None else None
+            if fn is None:
+                stats["async_unhandled"] += 1
+                continue
+            try:
+                value = decode_payload(spec, items[i + 1])
+            except AuxError as exc:
+                stats["async_invalid"] += 1
+                log.warning("%s on %s: %s (event dropped)", spec.name, adev.name, exc)
+                continue
+            try:
+                self._invoke(spec, fn, adev, value, who)
+            except AuxError as exc:
+                log.warning("%s", exc)
+            except Exception:
+                log.error("%s handler of %s failed:\n%s", spec.name, who, traceback.format_exc())
+            else:
+                stats["async_delivered"] += 1
 
     def _must_wait(self, item: tuple) -> bool:
         """Whether a delivery has to wait for a frame on this stack: the device's lock
@@ -402,7 +444,7 @@ class Runtime(Contexts, Publishing):
         return False
 
     def _deliver(self, item: tuple) -> None:
-        if item[0] == "req":
+        if item[0] == "req" and log.isEnabledFor(logging.DEBUG):
             log.debug("deliver %s r=%d dev=%s (depth %d, locked %s)", item[1].TYPE.name, item[1].r,
                       getattr(item[1], "dev", "-"), self._depth, dict(self._locked))
         if self._must_wait(item):
@@ -435,18 +477,23 @@ class Runtime(Contexts, Publishing):
 
     def _serve(self, msg, payload) -> None:
         reply = None
-        task = getattr(msg, "task", "") or self.new_task("x")
+        tasks = self._tasks
+        tasks.append(getattr(msg, "task", "") or self.new_task("x"))
         try:
-            with self.in_task(task):
-                e, m, reply = self.serve(msg, payload)
+            e, m, reply = self.serve(msg, payload)
         except AuxError as exc:
             e, m = exc.code, exc.message
         except Exception as exc:
             log.error("handler for %s raised:\n%s", msg.TYPE.name, traceback.format_exc())
             e, m = -Errno.EIO, f"handler raised {type(exc).__name__}: {exc}"
+        finally:
+            tasks.pop()
         if self.sk is None:
             return
-        log.debug("answered %s r=%d: %d %s (depth %d)", msg.TYPE.name, msg.r, e, m, self._depth)
+        if self._batches:
+            self.flush_events()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("answered %s r=%d: %d %s (depth %d)", msg.TYPE.name, msg.r, e, m, self._depth)
         send_frames(self.sk.dealer, E.fast(E.Result, reply, r=msg.r, e=max(e, -4095), m=m[:4000]))
 
     def stats_summary(self) -> dict:

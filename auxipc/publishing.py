@@ -1,10 +1,20 @@
 """Sending events: sync calls through the broker, async events on pub/sub with
 per-device sequences, state-like events kept for a replay, and message faults.
 
+Async events are batched per device: ``publish_event`` queues an event and
+returns its sequence number; the queue leaves as one EVENT message when the
+runtime next waits (``pump``), before it sends a request or a reply, when 64
+events or 64 KiB are queued for the device, or on ``flush_events()``. Every
+per-message cost of ZeroMQ and the broker's proxy is then paid once a batch,
+not once an event; order per device is kept. A queued event is delivered as if
+sent alone: each handler runs under device_lock, with its own checks.
+
 A mixin of ``Runtime`` (peer.py).
 """
 
 from __future__ import annotations
+
+import logging
 
 import zmq
 
@@ -12,6 +22,11 @@ from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import EventSpec, encode_payload
 from .faults import FaultRule, corrupt
+
+log = logging.getLogger("auxipc.peer")
+
+BATCH_EVENTS = 64          # events queued for one device before they leave at once
+BATCH_BYTES = 1 << 16      # payload bytes likewise
 
 
 class Publishing:
@@ -40,8 +55,9 @@ class Publishing:
         return spec.reply.from_wire(E.decode_payload_frame(reply, "$.reply"), "$.reply")
 
     def publish_event(self, dev_id: int, topic: bytes, spec: EventSpec, payload, timeout: float = 1.0) -> int:
-        """Publish an async event; returns its sequence number. Back-pressure blocks up to
-        ``timeout`` (the PUB never drops silently), then -EAGAIN and the drop is counted."""
+        """Queue an async event (see the module's doc) and return its sequence number.
+        Back-pressure blocks up to ``timeout`` (the PUB never drops silently), then
+        -EAGAIN and the drop is counted."""
         if spec.sync:
             raise AuxError(Errno.EINVAL, f"{spec.name} is sync: use call()")
         wire = payload if isinstance(payload, bytes) else E.packb(encode_payload(spec, payload))
@@ -50,18 +66,50 @@ class Publishing:
         if spec.state:
             self._last_state.setdefault(topic, {})[spec.code] = wire
         seq = self._seq_out[topic] = self._seq_out.get(topic, 0) + 1
-        head = E.packb({"t": E.Msg.EVENT, "dev": dev_id, "ev": spec.code, "seq": seq, "inc": self.inc,
-                        "epoch": self.epoch})
-        frames = [topic, E.MAGIC, head, wire]
         if self.faults:
             rule = self.faults.find("message", self.name, spec.name)
-            if rule is not None and self._async_fault(rule, frames, spec.name):
+            if rule is not None:
+                self._flush_topic(topic)           # what was queued before goes first
+                code = E.packb(spec.code)
+                self._async_fault(rule, topic, spec.name, wire, lambda w: E.event_frame(
+                    dev_id, seq, self.inc, self.epoch, [code + w]))
                 return seq
-        held, self._held_back = self._held_back, []
-        self._publish(frames, spec, timeout)
-        for frames in held:
-            self._publish(frames, spec, timeout)
+        batch = self._batches.get(topic)
+        if batch is None or batch[0] != dev_id:
+            if batch is not None:
+                self._flush_topic(topic)
+            self._batches[topic] = [dev_id, seq, [E.packb(spec.code) + wire], len(wire), timeout]
+            return seq
+        packed = batch[2]
+        packed.append(E.packb(spec.code) + wire)
+        batch[3] += len(wire)
+        if (len(packed) >= BATCH_EVENTS or batch[3] >= BATCH_BYTES) and not self._flush_topic(topic):
+            raise AuxError(Errno.EAGAIN, f"{spec.name}: publish queue full for {timeout:.1f} s (subscribers "
+                           f"are not keeping up); {len(packed)} events dropped and counted")
         return seq
+
+    def flush_events(self) -> None:
+        """Send every queued async event now."""
+        for topic in list(self._batches):
+            self._flush_topic(topic)
+
+    def _flush_topic(self, topic: bytes) -> bool:
+        """Send the events queued for a topic as one message; False if they were dropped."""
+        batch = self._batches.pop(topic, None)
+        if batch is None or self.sk is None:
+            return True
+        dev_id, seq, packed, _, timeout = batch
+        ok = self._send_pub([topic, E.event_frame(dev_id, seq, self.inc, self.epoch, packed)], len(packed), timeout)
+        if self._held_back:
+            held, self._held_back = self._held_back, []
+            for frames in held:
+                self._send_pub(frames, 1, timeout)
+        return ok
+
+    def _discard_batches(self) -> None:
+        """The sockets are going away without a broker: queued events are lost, and counted."""
+        self.stats["async_dropped_disconnect"] += sum(len(b[2]) for b in self._batches.values())
+        self._batches.clear()
 
     def topic_for(self, dev_id: int) -> bytes | None:
         """The topic this process publishes on for a device (None if it has no such device)."""
@@ -79,31 +127,33 @@ class Publishing:
         self.stats["state_replayed"] += n
         return n
 
-    def _async_fault(self, rule: FaultRule, frames: list, event: str) -> bool:
-        """Apply a message fault to an async event; True when it took the event over."""
+    def _async_fault(self, rule: FaultRule, topic: bytes, event: str, wire: bytes, frame_of) -> None:
+        """Apply a message fault to an async event, which travels alone (``frame_of(payload)``)."""
         self.report("FAULT", rule=rule.id, kind="message", action=rule.action, event=event)
+        frames = [topic, frame_of(wire)]
         if rule.action == "drop":
             self.stats["async_dropped_by_fault"] += 1
-            return True
-        if rule.action == "delay":
-            self.call_later(rule.delay_ms / 1000, lambda: self.sk and self.sk.pub.send_multipart(frames))
-            return True
-        if rule.action == "reorder":
-            self._held_back.append(frames)
-            return True
-        if rule.action == "duplicate":
-            self.sk.pub.send_multipart(frames)
-            return False
-        frames[3] = corrupt(frames[3], rule._rng)
-        return False
+        elif rule.action == "delay":
+            self.call_later(rule.delay_ms / 1000, lambda: self.sk and self._send_pub(frames, 1, 1.0))
+        elif rule.action == "reorder":
+            self._held_back.append(frames)      # sent after the next message on any topic
+        elif rule.action == "duplicate":
+            self._send_pub(frames, 1, 1.0)
+            self._send_pub(frames, 1, 1.0)
+        else:
+            frames[1] = frame_of(corrupt(wire, rule._rng))
+            self._send_pub(frames, 1, 1.0)
 
-    def _publish(self, frames: list, spec: EventSpec, timeout: float) -> None:
+    def _send_pub(self, frames: list, n: int, timeout: float) -> bool:
+        pub = self.sk.pub
         try:
-            self.sk.pub.send_multipart(frames, zmq.NOBLOCK)
+            pub.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
-            if not self.sk.pub.poll(timeout * 1000, zmq.POLLOUT):
-                self.stats["async_dropped_hwm"] += 1
-                raise AuxError(Errno.EAGAIN, f"{spec.name}: publish queue full for {timeout:.1f} s "
-                               "(subscribers are not keeping up); event dropped and counted") from None
-            self.sk.pub.send_multipart(frames, zmq.NOBLOCK)
-        self.stats["async_sent"] += 1
+            if not pub.poll(timeout * 1000, zmq.POLLOUT):
+                self.stats["async_dropped_hwm"] += n
+                log.warning("publish queue full for %.1f s (subscribers are not keeping up): "
+                            "%d async events dropped and counted", timeout, n)
+                return False
+            pub.send_multipart(frames, zmq.NOBLOCK)
+        self.stats["async_sent"] += n
+        return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 
 import zmq
 
@@ -60,6 +61,7 @@ class Watcher:
             pub.close(linger=0)
         self.sub.setsockopt(zmq.UNSUBSCRIBE, hello)
         self.t0 = time.monotonic()
+        self._queued: deque = deque()     # records of a message not yet returned (a batch of events)
 
     def close(self) -> None:
         self.sub.close(linger=0)
@@ -73,13 +75,15 @@ class Watcher:
 
     def next(self, timeout: float) -> dict | None:
         """The next record, or None after ``timeout`` seconds."""
-        if not self.sub.poll(timeout * 1000):
-            return None
-        frames = self.sub.recv_multipart()
-        try:
-            return self.record(frames)
-        except AuxError as exc:
-            return {"kind": "malformed", "ts": time.monotonic() - self.t0, "error": str(exc)}
+        if not self._queued:
+            if not self.sub.poll(timeout * 1000):
+                return None
+            frames = self.sub.recv_multipart()
+            try:
+                self._queued.extend(self.records(frames))
+            except AuxError as exc:
+                return {"kind": "malformed", "ts": time.monotonic() - self.t0, "error": str(exc)}
+        return self._queued.popleft()
 
     def until(self, *preds, timeout: float, on_record=None) -> list[dict]:
         """Read records (passing each to ``on_record``) until every predicate has been
@@ -103,34 +107,38 @@ class Watcher:
                     break
         return matched
 
-    def record(self, frames: list[bytes]) -> dict:
+    def records(self, frames: list[bytes]) -> list[dict]:
+        """The records of one message: one, or one per event of a batch."""
         topic = frames[0]
         msg, payload = E.decode(frames[1:])
         ts = time.monotonic() - self.t0
         if isinstance(msg, E.Uevent) and topic == b"bus":
-            return {"kind": "bus", "ts": ts, "seq": msg.seq, "action": msg.action, "dev": msg.dev,
-                    "driver": msg.driver, "detail": msg.detail}
+            return [{"kind": "bus", "ts": ts, "seq": msg.seq, "action": msg.action, "dev": msg.dev,
+                     "driver": msg.driver, "detail": msg.detail}]
         if isinstance(msg, E.Uevent) and msg.action != "CALL":
             # Faults, lockdep reports, atomic-context BUGs: from the broker or a runtime.
-            return {"kind": "trace", "ts": ts, "action": msg.action, "dev": msg.dev, "detail": msg.detail}
+            return [{"kind": "trace", "ts": ts, "action": msg.action, "dev": msg.dev, "detail": msg.detail}]
         if isinstance(msg, E.Uevent):
             d = msg.detail
-            return {"kind": "call", "ts": ts, "dev": msg.dev, "event": d.get("event"), "from": d.get("from"),
-                    "to": d.get("to"), "errno": d.get("errno", 0), "error": errno_name(d["errno"])
-                    if d.get("errno") else None, "us": d.get("us")}
+            return [{"kind": "call", "ts": ts, "dev": msg.dev, "event": d.get("event"), "from": d.get("from"),
+                     "to": d.get("to"), "errno": d.get("errno", 0), "error": errno_name(d["errno"])
+                     if d.get("errno") else None, "us": d.get("us")}]
         if isinstance(msg, E.AsyncEvent):
-            spec = self.catalog.get(msg.ev)
-            body = E.decode_payload_frame(payload)
-            if spec is not None:
-                try:
-                    body = spec.payload.from_wire(body).to_json()
-                except AuxError:
-                    pass
-            return {"kind": "event", "ts": ts, "dev": topic[2:].decode(errors="replace"),
-                    "direction": "parent->child" if topic[:1] == b"C" else "child->parent",
-                    "event": spec.name if spec else str(msg.ev), "seq": msg.seq, "inc": msg.inc,
-                    "payload": body}
-        return {"kind": "other", "ts": ts, "type": msg.TYPE.name}
+            items = E.decode_events(payload)
+            return [self._event(topic, msg, ts, msg.seq + i // 2, items[i], items[i + 1])
+                    for i in range(0, len(items), 2)]
+        return [{"kind": "other", "ts": ts, "type": msg.TYPE.name}]
+
+    def _event(self, topic: bytes, msg: E.AsyncEvent, ts: float, seq: int, ev: int, body: dict) -> dict:
+        spec = self.catalog.get(ev)
+        if spec is not None:
+            try:
+                body = spec.payload.from_wire(body).to_json()
+            except AuxError:
+                pass
+        return {"kind": "event", "ts": ts, "dev": topic[2:].decode(errors="replace"),
+                "direction": "parent->child" if topic[:1] == b"C" else "child->parent",
+                "event": spec.name if spec else str(ev), "seq": seq, "inc": msg.inc, "payload": body}
 
 
 def format_record(rec: dict) -> str:

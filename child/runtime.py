@@ -286,21 +286,11 @@ class ChildRuntime(Runtime):
         seq = adev.notify(spec, obj)
         return 0, f"published as seq {seq}", None
 
-    def on_async(self, topic, msg: E.AsyncEvent, payload):
+    def on_async(self, topic, msg: E.AsyncEvent, items):
         adev = self.devices.get(msg.dev)
         if adev is None or topic[2:] != adev.name.encode():
-            self.stats["async_unbound"] += 1    # skipped like the kernel skips an unbound device
+            self.stats["async_unbound"] += len(items) // 2   # skipped like the kernel skips an unbound device
             return
-        spec = self.catalog.get(msg.ev)
-        fn = self.handlers[adev.driver.name].get(msg.ev) if spec else None
-        if fn is None:
-            self.stats["async_unhandled"] += 1
-            return
-        try:
-            value = decode_payload(spec, E.decode_payload_frame(payload))
-        except AuxError as exc:
-            self.stats["async_invalid"] += 1
-            log.warning("%s on %s: %s (event dropped)", spec.name, adev.name, exc)
-            return
-        self._invoke(spec, fn, adev, value, adev.driver.name)
-        self.stats["async_delivered"] += 1
+        devices, dev_id = self.devices, msg.dev
+        self.run_async(adev, items, self.handlers[adev.driver.name], adev.driver.name,
+                       lambda: devices.get(dev_id) is adev)

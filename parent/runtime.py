@@ -219,14 +219,14 @@ class ParentRuntime(Runtime):
                 early, adev.early = adev.early, []
                 self.model.on_bind(adev)
                 self.replay_state(adev.dev_id)     # the new driver gets the current link state first
-                for topic, ev, payload in early:
-                    self.on_async(topic, ev, payload)
+                for topic, ev, items in early:
+                    self.on_async(topic, ev, items)
             case E.Unbind():
                 if adev.driver is None:     # never bound: matching refused it (schema majors differ)
                     log.warning("%s: %s", adev.name, msg.reason)
                     adev.last_error = msg.reason
                 adev.driver, adev.child_handles = None, frozenset()
-                self.stats["async_unbound"] += len(adev.early)
+                self.stats["async_unbound"] += sum(len(items) // 2 for _, _, items in adev.early)
                 adev.early = []
                 self.model.on_unbind(adev, msg.reason)
             case E.Release():
@@ -262,30 +262,20 @@ class ParentRuntime(Runtime):
                 return 0, f"published as seq {adev.notify(spec, obj)}", None
         return super().serve(msg, payload)
 
-    def on_async(self, topic, msg: E.AsyncEvent, payload):
+    def on_async(self, topic, msg: E.AsyncEvent, items):
         adev = self.devices.get(msg.dev)
         if adev is None or topic[2:] != adev.name.encode():
-            self.stats["async_unbound"] += 1
+            self.stats["async_unbound"] += len(items) // 2
             return
         if adev.driver is None:
             if adev.state == "added" and len(adev.early) < 1024:
-                adev.early.append((topic, msg, payload))   # replayed when BIND arrives
+                adev.early.append((topic, msg, items))   # replayed when BIND arrives
             else:
-                self.stats["async_unbound"] += 1
+                self.stats["async_unbound"] += len(items) // 2
             return
         if msg.inc != adev.child_inc or msg.epoch != self.epoch:
-            self.stats["async_stale"] += 1     # from an earlier incarnation of the child
+            self.stats["async_stale"] += len(items) // 2     # from an earlier incarnation of the child
             return
-        spec = self.catalog.get(msg.ev)
-        fn = self.handlers.get(msg.ev) if spec else None
-        if fn is None:
-            self.stats["async_unhandled"] += 1
-            return
-        try:
-            value = decode_payload(spec, E.decode_payload_frame(payload))
-        except AuxError as exc:
-            self.stats["async_invalid"] += 1
-            log.warning("%s from %s: %s (event dropped)", spec.name, adev.name, exc)
-            return
-        self._invoke(spec, fn, adev, value, self.name)
-        self.stats["async_delivered"] += 1
+        inc = msg.inc
+        self.run_async(adev, items, self.handlers, self.name,
+                       lambda: adev.driver is not None and adev.child_inc == inc)

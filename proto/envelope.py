@@ -1,16 +1,18 @@
 """The message envelope: message types, their headers, and frames <-> typed messages.
 
-A message is a list of ZeroMQ frames (the ROUTER's routing-id frame, added and
-removed by ZeroMQ, is not part of it)::
+A message is one ZeroMQ frame (the ROUTER's routing-id frame, added and removed
+by ZeroMQ, is not part of it; on pub/sub a topic frame comes first)::
 
-    [MAGIC] [header] [payload]?          request/reply channel (DEALER <-> ROUTER)
-    [topic] [MAGIC] [header] [payload]?  pub/sub channel
+    [MAGIC + header]           request/reply channel (DEALER <-> ROUTER)
+    [topic] [MAGIC + header]   pub/sub channel
 
-``MAGIC`` is ``b"AUX1"``: protocol tag and major version. ``header`` is a msgpack
-map whose key ``t`` is the message type (``Msg``) and whose other keys are that
-type's declared fields. ``payload``, present on event-carrying messages, is the
-msgpack map of the event's payload (or reply) type, kept as a separate frame so
-the broker can forward it untouched. See docs/protocol.md.
+``MAGIC`` is ``b"AUX1"``: protocol tag and major version, the frame's first four
+bytes. ``header`` is a msgpack map whose key ``t`` is the message type (``Msg``)
+and whose other keys are that type's declared fields. ``p``, present on
+event-carrying messages, is a msgpack ``bin`` holding the msgpack map of the
+event's payload (or reply) type: the broker checks it and forwards the bytes
+untouched. One frame a message because every extra frame costs a send, a receive
+and a ``RCVMORE`` query on each of the four hops of a call. See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from .schema import Array, Bool, Int, Map, Payload, Str
 
 MAGIC = b"AUX1"
 PROTOCOL_VERSION = 1
-MAX_FRAME = 1 << 20  # bytes; the broker's MAXMSGSIZE is a little above this
+MAX_FRAME = 1 << 20  # bytes: the largest payload
+MAX_MSG = MAX_FRAME + 4096   # bytes: the largest message frame (payload + header); MAXMSGSIZE
 
 U32 = dict(min=0, max=2**32 - 1)
 REQ_ID = Int(0, 2**53)
@@ -223,7 +226,7 @@ class UnlockReq(Header):
 
 @header(Msg.CALL)
 class Call(Header):
-    """A sync event from parent or child; the payload frame follows."""
+    """A sync event from parent or child; `p` holds the payload."""
     r = REQ_ID
     dev = Int(0, 2**53)
     ev = Int(0, 2**31 - 1)
@@ -243,7 +246,7 @@ class Ctl(Header):
 
 @header(Msg.REQUEST)
 class Request(Header):
-    """A sync event delivered to its handler side; the payload frame follows."""
+    """A sync event delivered to its handler side; `p` holds the payload."""
     r = REQ_ID
     dev = Int(0, 2**53)
     ev = Int(0, 2**31 - 1)
@@ -256,7 +259,7 @@ class Request(Header):
 @header(Msg.RESULT)
 class Result(Header):
     """The answer to any request, both ways. ``e`` is 0 or a negative errno;
-    a sync event's reply payload, if any, follows as a frame."""
+    a sync event's reply payload, if any, is in `p`."""
     r = REQ_ID
     e = Int(-4095, 0, default=0)
     m = Str(max_len=4096, default="")
@@ -352,10 +355,12 @@ class Resync(Header):
 
 @header(Msg.EVENT)
 class AsyncEvent(Header):
-    """An async event; topic ``C:<device>`` (to the child) or ``P:<device>``."""
+    """Async events for one device, in order: ``p`` packs an array that alternates
+    event code and payload map (``[ev, {..}, ev, {..}, ...]``); the first has sequence
+    ``seq``, the next ``seq + 1`` and so on. Topic ``C:<device>`` (to the child) or
+    ``P:<device>`` (to the parent)."""
     dev = Int(0, 2**53)
-    ev = Int(0, 2**31 - 1)
-    seq = Int(0, 2**63 - 1, doc="per (device, direction, sender incarnation), from 1")
+    seq = Int(1, 2**63 - 1, doc="of the first event; per (device, direction, sender incarnation), from 1")
     inc = Int(0, 2**53, doc="sender's incarnation")
     epoch = Int(0, 2**63 - 1, default=0, doc="the broker epoch the sender registered in")
 
@@ -390,12 +395,10 @@ def encode(msg: Header, payload: dict | bytes | None = None, topic: bytes | None
     """Frames for a message; ``payload`` is a wire map or already-packed bytes."""
     head = msg.to_wire()
     head["t"] = int(msg.TYPE)
-    frames = [MAGIC, packb(head)]
     if payload is not None:
-        frames.append(payload if isinstance(payload, bytes) else packb(payload))
-    if topic is not None:
-        frames.insert(0, topic)
-    return frames
+        head["p"] = payload if isinstance(payload, bytes) else packb(payload)
+    frame = MAGIC + packb(head)
+    return [frame] if topic is None else [topic, frame]
 
 
 def fast(cls: type[Header], payload: dict | bytes | None = None, **fields) -> list[bytes]:
@@ -405,10 +408,9 @@ def fast(cls: type[Header], payload: dict | bytes | None = None, **fields) -> li
     head = dict(_wire_defaults(cls))
     head.update(fields)
     head["t"] = cls.TYPE
-    frames = [MAGIC, packb(head)]
     if payload is not None:
-        frames.append(payload if isinstance(payload, bytes) else packb(payload))
-    return frames
+        head["p"] = payload if isinstance(payload, bytes) else packb(payload)
+    return [MAGIC + packb(head)]
 
 
 _DEFAULTS: dict = {}
@@ -423,25 +425,62 @@ def _wire_defaults(cls: type[Header]) -> dict:
 
 
 def decode(frames: list[bytes]) -> tuple[Header, bytes | None]:
-    """Typed header and raw payload frame from ``[MAGIC, header, payload?]``.
+    """Typed header and raw payload (the ``p`` bytes, or None) from ``[MAGIC + header]``.
 
     Raises ProtocolError (EPROTO) for framing faults and AuxError(EINVAL) naming
     the header field for a bad field."""
-    if not frames or frames[0] != MAGIC:
-        got = frames[0][:8] if frames else b""
-        raise ProtocolError(f"$.magic: expected {MAGIC!r}, got {bytes(got)!r}")
-    if len(frames) not in (2, 3):
-        raise ProtocolError(f"$: expected 2 or 3 frames after the routing id, got {len(frames)}")
-    if any(len(f) > MAX_FRAME for f in frames):
-        raise ProtocolError(f"$: frame over {MAX_FRAME} bytes", Errno.EMSGSIZE)
-    head = unpackb(frames[1], "$.header")
-    if not isinstance(head, dict):
+    if len(frames) != 1:
+        raise ProtocolError(f"$: expected 1 frame after the routing id, got {len(frames)}")
+    frame = frames[0]
+    if frame[:4] != MAGIC:
+        raise ProtocolError(f"$.magic: expected {MAGIC!r}, got {bytes(frame[:8])!r}")
+    return decode_frame(frame)
+
+
+def decode_frame(frame: bytes) -> tuple[Header, bytes | None]:
+    """``decode`` for one frame whose MAGIC the caller has checked."""
+    if len(frame) > MAX_MSG:
+        raise ProtocolError(f"$: message of {len(frame)} bytes, over {MAX_MSG}", Errno.EMSGSIZE)
+    head = unpackb(frame[4:], "$.header")
+    if type(head) is not dict:
         raise ProtocolError("$.header: expected map")
     t = head.pop("t", None)
     cls = _HEADERS.get(t) if type(t) is int else None
     if cls is None:
         raise ProtocolError(f"$.header.t: unknown message type {t!r}")
-    return cls.from_wire(head, "$.header"), (frames[2] if len(frames) == 3 else None)
+    payload = head.pop("p", None)
+    if payload is not None:
+        if type(payload) is not bytes:
+            raise ProtocolError(f"$.header.p: expected bin (the packed payload), got {type(payload).__name__}")
+        if len(payload) > MAX_FRAME:
+            raise ProtocolError(f"$.header.p: payload over {MAX_FRAME} bytes", Errno.EMSGSIZE)
+    return cls.from_wire(head, "$.header"), payload
+
+
+_ARRAY = msgpack.Packer(use_bin_type=True)
+
+
+def pack_events(packed: list[bytes]) -> bytes:
+    """An EVENT's ``p`` from events packed one by one (``packb(ev) + payload bytes``
+    each): the payloads are spliced in as they are, never re-encoded."""
+    return _ARRAY.pack_array_header(2 * len(packed)) + b"".join(packed)
+
+
+def event_frame(dev: int, seq: int, inc: int, epoch: int, packed: list[bytes]) -> bytes:
+    """The frame of an EVENT message carrying ``packed`` (see ``pack_events``)."""
+    return MAGIC + packb({"t": Msg.EVENT, "dev": dev, "seq": seq, "inc": inc, "epoch": epoch,
+                          "p": pack_events(packed)})
+
+
+def decode_events(data: bytes | None) -> list:
+    """The ``[ev, payload, ev, payload, ...]`` array of an EVENT message, checked for shape."""
+    items = unpackb(data, "$.header.p") if data is not None else None
+    if type(items) is not list or not items or len(items) % 2:
+        raise ProtocolError("$.header.p: expected a non-empty array of event code, payload map pairs")
+    for i in range(0, len(items), 2):
+        if type(items[i]) is not int or type(items[i + 1]) is not dict:
+            raise ProtocolError(f"$.header.p[{i}]: expected an event code and a payload map")
+    return items
 
 
 def decode_payload_frame(data: bytes | None, what: str = "$.payload"):

@@ -136,31 +136,60 @@ def test_envelope_with_topic():
     assert msg.action == "ADD"
 
 
+def test_envelope_is_one_frame_with_the_payload_inside():
+    frames = E.encode(E.Call(r=7, dev=3, ev=76, timeout_ms=100), {"addr": b"\x02" * 6})
+    assert len(frames) == 1 and frames[0][:4] == E.MAGIC
+    head = E.unpackb(frames[0][4:], "$")
+    assert head["t"] == E.Msg.CALL and E.unpackb(head["p"], "$.p") == {"addr": b"\x02" * 6}
+    fast = E.fast(E.Call, {"addr": b"\x02" * 6}, r=7, dev=3, ev=76, timeout_ms=100)
+    assert E.unpackb(fast[0][4:], "$") == head
+
+
+M = E.MAGIC
+
+
 @pytest.mark.parametrize("frames, message", [
-    ([], "EPROTO: $.magic: expected b'AUX1', got b''"),
-    ([b"XXXX", b"\x80"], "EPROTO: $.magic: expected b'AUX1', got b'XXXX'"),
-    ([E.MAGIC], "EPROTO: $: expected 2 or 3 frames after the routing id, got 1"),
-    ([E.MAGIC, b"\xc1"], "EPROTO: $.header: undecodable msgpack (FormatError)"),
-    ([E.MAGIC, E.packb([1, 2])], "EPROTO: $.header: expected map"),
-    ([E.MAGIC, E.packb({"t": 999})], "EPROTO: $.header.t: unknown message type 999"),
-    ([E.MAGIC, E.packb({"t": 30, "r": 1, "dev": "a", "ev": 1, "timeout_ms": 5})],
+    ([], "EPROTO: $: expected 1 frame after the routing id, got 0"),
+    ([b"XXXX\x80"], "EPROTO: $.magic: expected b'AUX1', got b'XXXX\\x80'"),
+    ([M, b"\x80"], "EPROTO: $: expected 1 frame after the routing id, got 2"),
+    ([M + b"\xc1"], "EPROTO: $.header: undecodable msgpack (FormatError)"),
+    ([M + E.packb([1, 2])], "EPROTO: $.header: expected map"),
+    ([M + E.packb({"t": 999})], "EPROTO: $.header.t: unknown message type 999"),
+    ([M + E.packb({"t": 30, "r": 1, "dev": "a", "ev": 1, "timeout_ms": 5})],
      "EINVAL: $.header.dev: expected int, got str"),
-    ([E.MAGIC, E.packb({"t": 30, "r": 1, "dev": 1, "ev": 1, "timeout_ms": 0})],
+    ([M + E.packb({"t": 30, "r": 1, "dev": 1, "ev": 1, "timeout_ms": 0})],
      "EINVAL: $.header.timeout_ms: 0 out of range 1..3600000"),
+    ([M + E.packb({"t": 30, "r": 1, "dev": 1, "ev": 1, "timeout_ms": 5, "p": {"addr": 1}})],
+     "EPROTO: $.header.p: expected bin (the packed payload), got dict"),
 ])
 def test_envelope_rejections(frames, message):
     rejects(lambda: E.decode(frames), message)
 
 
 def test_envelope_oversize():
-    err = rejects(lambda: E.decode([E.MAGIC, b"\x80", b"x" * (E.MAX_FRAME + 1)]),
-                  f"EMSGSIZE: $: frame over {E.MAX_FRAME} bytes")
+    err = rejects(lambda: E.decode([M + E.packb({"t": 50, "r": 1, "op": "ping", "p": b"x" * (E.MAX_FRAME + 1)})]),
+                  f"EMSGSIZE: $.header.p: payload over {E.MAX_FRAME} bytes")
+    assert err.errno == Errno.EMSGSIZE
+    err = rejects(lambda: E.decode([M + b"\x80" + b"x" * E.MAX_MSG]),
+                  f"EMSGSIZE: $: message of {E.MAX_MSG + 5} bytes, over {E.MAX_MSG}")
     assert err.errno == Errno.EMSGSIZE
 
 
 def test_deep_nesting_is_a_protocol_error():
     data = b"\x91" * 5000 + b"\x80"
-    rejects(lambda: E.decode([E.MAGIC, data]), "EPROTO: $.header: undecodable msgpack (StackError)")
+    rejects(lambda: E.decode([M + data]), "EPROTO: $.header: undecodable msgpack (StackError)")
+
+
+def test_event_batch_round_trip_and_rejections():
+    frame = E.event_frame(4, 10, 2, 7, [E.packb(1) + E.packb({"up": True}), E.packb(2) + E.packb({})])
+    msg, p = E.decode([frame])
+    assert isinstance(msg, E.AsyncEvent) and (msg.dev, msg.seq, msg.inc, msg.epoch) == (4, 10, 2, 7)
+    assert E.decode_events(p) == [1, {"up": True}, 2, {}]
+    message = "EPROTO: $.header.p: expected a non-empty array of event code, payload map pairs"
+    for bad in (None, E.packb([]), E.packb([1]), E.packb({"a": 1})):
+        rejects(lambda: E.decode_events(bad), message)
+    rejects(lambda: E.decode_events(E.packb([1, {}, "x", {}])),
+            "EPROTO: $.header.p[2]: expected an event code and a payload map")
 
 
 # ---- errno -----------------------------------------------------------------------------
