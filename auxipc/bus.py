@@ -53,7 +53,12 @@ def device_name(modname: str, name: str, dev_id: int) -> str:
     return f"{modname}.{name}.{signed}"
 
 
-@dataclass(eq=False)
+# Enum members looked up as class attributes cost a metaclass call each time; the
+# hot path compares with module constants.
+ALIVE = PeerState.ALIVE
+
+
+@dataclass(eq=False, slots=True)
 class Peer:
     ident: bytes
     role: str
@@ -77,10 +82,10 @@ class Peer:
 
     @property
     def alive(self) -> bool:
-        return self.machine.state is PeerState.ALIVE
+        return self.machine.state is ALIVE
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Driver:
     name: str
     peer: Peer
@@ -90,7 +95,7 @@ class Driver:
     has_shutdown: bool
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Device:
     dev_id: int
     parent: Peer
@@ -112,14 +117,16 @@ class Device:
         return sum(self.refs.values())
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Pending:
-    """A request the broker sent to a peer and still owes an answer for."""
+    """A request the broker sent to a peer and still owes an answer for. ``what``
+    describes it in error messages: a string, or an object formatted only when one
+    is written (a sync call describes itself, saving a string per call)."""
     rid: int
     callee: Peer
     deadline: float
     on_result: Callable[[int, str, bytes | None, dict], None]
-    what: str
+    what: object
     sent: float
     timer: list | None = None
 
@@ -149,12 +156,24 @@ class Bus(Binding, Calls):
         self.tracing = True     # the broker clears it while nobody subscribes to 'trace'
         self._held_back: dict[bytes, list] = {}    # reorder faults: frames held until the next send
         self.lock_ops: dict = {}      # (task, lock name) -> LockedOp of a granted or queued LOCK
+        self._hb_echo = E.encode(E.Heartbeat(epoch=epoch))    # the same frames every time
+        self._hb_due = 0.0            # no peer's heartbeat can expire before this time
+        self._handlers = {            # message type -> handler(peer, msg); RESULT and CALL come first
+            E.DrvRegister: self.driver_register, E.DrvUnregister: self.driver_unregister,
+            E.DevInit: self.dev_init, E.DevAdd: self.dev_add, E.DevDelete: self.dev_delete,
+            E.DevUninit: self.dev_uninit, E.DevGet: self.dev_get, E.DevPut: self.dev_put, E.DevPm: self.dev_pm,
+            E.LockReq: self.lock_req, E.Resync: self.resync, E.UnlockReq: self.unlock_req,
+            E.Unregister: self.unregister,
+        }
 
     # ---- plumbing ---------------------------------------------------------------
 
     def send(self, ident: bytes, msg: E.Header, payload=None) -> None:
-        self.outbox.append((ident, E.encode(msg, payload)))
-        held = self._held_back.pop(ident, None)
+        self._send_frames(ident, E.encode(msg, payload))
+
+    def _send_frames(self, ident: bytes, frames: list[bytes]) -> None:
+        self.outbox.append((ident, frames))
+        held = self._held_back.pop(ident, None) if self._held_back else None
         if held:
             self.outbox.extend(held)     # a reordered message goes out after the next one
 
@@ -228,9 +247,15 @@ class Bus(Binding, Calls):
         peer that does not name tasks never has two requests in one task)."""
         return msg.task or f"{peer.name}#{peer.inc}/r{msg.r}"
 
-    def later(self, delay: float, fn: Callable[[], None]) -> list:
-        """Run ``fn`` after ``delay`` seconds; returns a handle for ``cancel``."""
-        timer = [self.clock() + delay, next(self._tseq), fn]
+    def later(self, delay: float, fn: Callable[..., None], *args) -> list:
+        """Run ``fn(*args)`` after ``delay`` seconds; returns a handle for ``cancel``."""
+        timer = [self.clock() + delay, next(self._tseq), fn, args]
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def at(self, when: float, fn: Callable[..., None], *args) -> list:
+        """Run ``fn(*args)`` at clock time ``when``; returns a handle for ``cancel``."""
+        timer = [when, next(self._tseq), fn, args]
         heapq.heappush(self._timers, timer)
         return timer
 
@@ -247,15 +272,28 @@ class Bus(Binding, Calls):
 
     def tick(self) -> None:
         now = self.clock()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, fn = heapq.heappop(self._timers)
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, fn, args = heapq.heappop(timers)
             if fn is not None:
-                fn()
+                fn(*args)
+        if now >= self._hb_due:
+            self._check_heartbeats(now)
+
+    def _check_heartbeats(self, now: float) -> None:
+        """Declare dead the peers silent past their liveness; note when the next can be.
+        (``last_seen`` only grows, and a new peer expires no earlier than ``now + limit``.)"""
         limit = self.hb_ivl * self.hb_liveness
+        due = now + limit
         for peer in list(self.peers.values()):
-            if peer.alive and now - peer.last_seen > limit:
+            if not peer.alive:
+                continue
+            if now - peer.last_seen > limit:
                 self.peer_died(peer, f"no heartbeat for {now - peer.last_seen:.2f} s "
                                      f"(interval {self.hb_ivl} s x {self.hb_liveness})")
+            else:
+                due = min(due, peer.last_seen + limit)
+        self._hb_due = due
 
     def request(self, peer: Peer, msg_for: Callable[[int], E.Header], payload, timeout: float,
                 what: str, on_result: Callable[[int, str, bytes | None, dict], None],
@@ -263,28 +301,35 @@ class Bus(Binding, Calls):
         """Send a request that the peer answers with RESULT; ``on_result`` runs exactly once.
         A sync event (``event``) to the peer may meet a message fault on the way."""
         rid = next(self._ids)
+        if not peer.alive:
+            return self.expect(peer, rid, None, timeout, what, on_result)
+        msg = msg_for(rid)
+        frames = msg if isinstance(msg, list) else E.encode(msg, payload)
+        return self.expect(peer, rid, frames, timeout, what, on_result, event)
+
+    def expect(self, peer: Peer, rid: int, frames: list[bytes] | None, timeout: float, what: object,
+               on_result: Callable[[int, str, bytes | None, dict], None], event: str = "") -> Pending:
+        """``request`` for frames already built with request id ``rid`` (from ``self._ids``)."""
         now = self.clock()
         p = Pending(rid, peer, now + timeout, on_result, what, now)
         if not peer.alive:      # never wait for an answer from the dead
-            self.later(0, lambda: on_result(-Errno.ENODEV, f"{what}: {peer.label} is gone", None, {}))
+            self.later(0, on_result, -Errno.ENODEV, f"{what}: {peer.label} is gone", None, {})
             return p
         self.pending[rid] = p
-        msg = msg_for(rid)
-        frames = msg if isinstance(msg, list) else E.encode(msg, payload)
         rule = self.faults.find("message", peer.name, event) if event and self.faults else None
         if rule is None:
             self.outbox.append((peer.ident, frames))
         else:
-            self.message_fault(rule, peer, frames, what)
-
-        def expire():
-            if self.pending.pop(rid, None) is not None:
-                self.stats["timeouts"] += 1
-                peer.slow_calls += 1
-                on_result(-Errno.ETIMEDOUT, f"{what}: no answer from {peer.label} within "
-                          f"{timeout * 1000:.0f} ms (the process is alive: a slow handler)", None, {})
-        p.timer = self.later(timeout, expire)
+            self.message_fault(rule, peer, frames, str(what))
+        p.timer = self.at(p.deadline, self._expire, p)
         return p
+
+    def _expire(self, p: Pending) -> None:
+        if self.pending.pop(p.rid, None) is not None:
+            self.stats["timeouts"] += 1
+            p.callee.slow_calls += 1
+            p.on_result(-Errno.ETIMEDOUT, f"{p.what}: no answer from {p.callee.label} within "
+                        f"{(p.deadline - p.sent) * 1000:.0f} ms (the process is alive: a slow handler)", None, {})
 
     def settle(self, rid: int) -> Pending | None:
         """Take a pending request off the table (answered or its callee gone)."""
@@ -301,15 +346,16 @@ class Bus(Binding, Calls):
         if hb_peer is not None:
             if hb_peer.alive:
                 hb_peer.last_seen = now
-                self.send(ident, E.Heartbeat(epoch=self.epoch))
+                self._send_frames(ident, self._hb_echo)
             return
-        if isinstance(msg, E.Heartbeat):
+        kind = type(msg)
+        if kind is E.Heartbeat:
             # A heartbeat socket the bus does not know (a peer of a former broker).
             self.send(ident, E.Reregister(reason=f"unknown heartbeat socket; broker epoch {self.epoch}"))
             return
-        if isinstance(msg, E.Register):
+        if kind is E.Register:
             return self.register(ident, msg)
-        if isinstance(msg, E.Ctl):
+        if kind is E.Ctl:
             return  # control queries are answered by the broker process (control.py)
         peer = self.peers.get(ident)
         if peer is None or not peer.alive:
@@ -318,43 +364,18 @@ class Bus(Binding, Calls):
                                                  f"(epoch {self.epoch}); send REGISTER first"))
             return
         peer.last_seen = now
-        r = getattr(msg, "r", 0)
         try:
-            match msg:
-                case E.Result():
-                    self.on_result(peer, msg, payload)
-                case E.Call():
-                    self.call(peer, msg, payload)
-                case E.DrvRegister():
-                    self.driver_register(peer, msg)
-                case E.DrvUnregister():
-                    self.driver_unregister(peer, msg)
-                case E.DevInit():
-                    self.dev_init(peer, msg)
-                case E.DevAdd():
-                    self.dev_add(peer, msg)
-                case E.DevDelete():
-                    self.dev_delete(peer, msg)
-                case E.DevUninit():
-                    self.dev_uninit(peer, msg)
-                case E.DevGet():
-                    self.dev_get(peer, msg)
-                case E.DevPut():
-                    self.dev_put(peer, msg)
-                case E.DevPm():
-                    self.dev_pm(peer, msg)
-                case E.LockReq():
-                    self.lock_req(peer, msg)
-                case E.Resync():
-                    self.resync(peer, msg)
-                case E.UnlockReq():
-                    self.unlock_req(peer, msg)
-                case E.Unregister():
-                    self.unregister(peer, msg)
-                case _:
+            if kind is E.Result:
+                self.on_result(peer, msg, payload)
+            elif kind is E.Call:
+                self.call(peer, msg, payload)
+            else:
+                handler = self._handlers.get(kind)
+                if handler is None:
                     raise AuxError(Errno.EPROTO, f"$.header.t: {msg.TYPE.name} is not sent to the broker")
+                handler(peer, msg)
         except AuxError as exc:
-            self.reply(ident, r, exc.errno, exc.message)
+            self.reply(ident, getattr(msg, "r", 0), exc.errno, exc.message)
 
     # ---- peers ----------------------------------------------------------------------
 

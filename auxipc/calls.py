@@ -11,7 +11,7 @@ for lockdep.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
@@ -23,6 +23,134 @@ if TYPE_CHECKING:
     from .bus import Device, Driver, Peer
 
 log = logging.getLogger("auxipc.broker")
+
+
+# Enum members looked up as class attributes cost a metaclass call each time; the
+# hot path compares with module constants (a tuple: an Enum's hash is a Python call).
+ADDED = DeviceState.ADDED
+BOUND, REMOVING = BindState.BOUND, BindState.REMOVING
+CHILD_MAY_CALL = (BindState.BOUND, BindState.PROBING, BindState.REMOVING)
+
+
+class SyncCall:
+    """One checked CALL on its way to the callee: parent->child under the device's lock,
+    an rtnl event under rtnl, then a request answered exactly once. Its steps are
+    methods of one object rather than closures made for every call; once delivered,
+    it is also the request's description (``Pending.what``), formatted only if an
+    error message needs it."""
+
+    __slots__ = ("bus", "caller", "msg", "payload", "callee", "dev", "drv", "spec", "task", "deadline",
+                 "dev_op", "rtnl_op", "timer", "sent")
+
+    def __init__(self, bus, caller: "Peer", msg: E.Call, payload, callee: "Peer", dev: "Device",
+                 drv: "Driver | None", spec, task: str, deadline: float):
+        self.bus, self.caller, self.msg, self.payload, self.callee = bus, caller, msg, payload, callee
+        self.dev, self.drv, self.spec, self.task, self.deadline = dev, drv, spec, task, deadline
+        self.dev_op: LockedOp | None = None     # device_lock, held from delivery to the answer
+        self.rtnl_op: LockedOp | None = None    # rtnl, taken here for an rtnl event
+        self.timer = None                       # the deadline of a wait for a lock
+        self.sent = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.spec.name} on {self.dev.name}"
+
+    # ---- parent->child: device_lock ----------------------------------------------------
+
+    def take_device_lock(self) -> None:
+        dev = self.dev
+        op = self.dev_op = LockedOp(f"{self.spec.name} to {dev.name}", self.device_locked,
+                                    self.device_lock_dropped, self.task)
+        dev.lock.run(op)
+        if not op.started:
+            self.timer = self.bus.at(self.deadline, dev.lock.cancel, op, "deadline")
+
+    def device_locked(self, op: LockedOp) -> None:
+        self.bus.cancel(self.timer)      # from here the request's own deadline applies
+        self.timer = None
+        caller, dev = self.caller, self.dev
+        if not caller.alive or dev.driver is not self.drv or dev.bind.state is not BOUND:
+            dev.lock.release(op)
+            if caller.alive:
+                self.bus.reply(caller.ident, self.msg.r, Errno.ENODEV, f"{dev.name} was unbound before delivery")
+            return
+        self.forward()
+
+    def device_lock_dropped(self, reason: str) -> None:
+        caller, dev = self.caller, self.dev
+        if not caller.alive:
+            return
+        if reason == "deadline":
+            holder = dev.lock.owner.what if dev.lock.owner else "-"
+            self.bus.reply(caller.ident, self.msg.r, Errno.ETIMEDOUT, f"{self.spec.name} on {dev.name}: "
+                           f"deadline passed waiting for device_lock (held by: {holder})")
+        else:
+            self.bus.reply(caller.ident, self.msg.r, Errno.ENODEV, f"{self.spec.name}: {reason}")
+
+    # ---- rtnl ---------------------------------------------------------------------------
+
+    def forward(self) -> None:
+        """Deliver to the handler side. An event the kernel sends under rtnl first takes
+        rtnl for the task (unless the task holds it), here in the broker: the handler
+        runs with it held and no extra round trip."""
+        bus, spec = self.bus, self.spec
+        if not spec.rtnl or bus.lockdep.holds(self.task, "rtnl"):
+            return self.deliver(spec.rtnl)
+        lock = bus.lockdep.lock("rtnl")
+        op = self.rtnl_op = LockedOp(f"{spec.name} to {self.dev.name} under rtnl", self.rtnl_locked,
+                                     self.rtnl_dropped, self.task)
+        try:
+            lock.run(op)
+        except AuxError as exc:
+            if self.caller.alive:
+                bus.reply(self.caller.ident, self.msg.r, exc.errno, exc.message)
+            self.finish()
+            return
+        if not op.started:
+            self.timer = bus.at(max(self.deadline, bus.clock()), lock.cancel, op, "deadline")
+
+    def rtnl_locked(self, _op: LockedOp) -> None:
+        self.bus.cancel(self.timer)
+        self.timer = None
+        self.deliver(True)
+
+    def rtnl_dropped(self, reason: str) -> None:
+        if self.caller.alive:
+            lock = self.bus.lockdep.lock("rtnl")
+            holder = lock.owner.task if lock.owner else "-"
+            self.bus.reply(self.caller.ident, self.msg.r, Errno.ETIMEDOUT if reason == "deadline" else Errno.ENODEV,
+                           f"{self.spec.name} on {self.dev.name}: waited for rtnl ({reason}; held by {holder})")
+        self.finish()
+
+    # ---- the request ----------------------------------------------------------------------
+
+    def deliver(self, rtnl: bool) -> None:
+        bus, msg = self.bus, self.msg
+        self.sent = now = bus.clock()
+        remaining = max(self.deadline - now, 0.0)
+        rid = next(bus._ids)
+        frames = E.fast(E.Request, self.payload, r=rid, dev=msg.dev, ev=msg.ev, task=self.task, rtnl=rtnl,
+                        timeout_ms=int(remaining * 1000), inc=self.caller.inc)
+        bus.expect(self.callee, rid, frames, remaining, self, self.answered, self.spec.name)
+
+    def answered(self, e: int, m: str, reply_payload: bytes | None, _d: dict) -> None:
+        bus, caller = self.bus, self.caller
+        bus.stats["calls"] += 1
+        if e:
+            bus.stats[f"calls_{errno_name(e)}"] += 1
+        if caller.alive:
+            bus.reply(caller.ident, self.msg.r, e, m, payload=reply_payload)
+        if bus.tracing:
+            bus.published.append([b"trace", *E.fast(E.Uevent, seq=0, action="CALL", dev=self.dev.name, detail={
+                "event": self.spec.name, "from": caller.label, "to": self.callee.label, "errno": e,
+                "task": self.task, "us": int((bus.clock() - self.sent) * 1e6)})])
+        self.finish()
+
+    def finish(self) -> None:
+        """Release what the call holds: rtnl, then device_lock (either may not be held)."""
+        if self.rtnl_op is not None:
+            self.bus.lockdep.lock("rtnl").release(self.rtnl_op)
+        if self.dev_op is not None:
+            self.dev.lock.release(self.dev_op)
 
 
 class Calls:
@@ -37,122 +165,29 @@ class Calls:
             raise AuxError(Errno.ENODEV, f"device #{msg.dev} does not exist")
         decode_payload(spec, E.decode_payload_frame(payload))
         task = self.task_of(peer, msg)
+        deadline = self.clock() + msg.timeout_ms / 1000
+        drv = dev.driver
         if peer.role == "parent":
             if dev.parent is not peer:
                 raise AuxError(Errno.EPERM, f"{dev.name} belongs to {dev.parent.label}")
-            bound = dev.life.state is DeviceState.ADDED and dev.bind.state is BindState.BOUND
-            if not bound and dev.bind.state is not BindState.REMOVING:
-                raise AuxError(Errno.ENODEV, f"{dev.name} is {dev.life.state.value}, {dev.bind.state.value}: "
+            state = dev.bind.state
+            if state is not REMOVING and (state is not BOUND or dev.life.state is not ADDED):
+                raise AuxError(Errno.ENODEV, f"{dev.name} is {dev.life.state.value}, {state.value}: "
                                "no driver to deliver to")
             # While remove() runs the call waits for device_lock, as the kernel's sender
             # blocks in device_lock(); it then finds no driver (-ENODEV). Lockdep sees the wait.
-            drv = dev.driver
             if spec.code not in drv.handles:
                 raise AuxError(Errno.EOPNOTSUPP, f"driver {drv.name} has no handler for {spec.name}")
-            self._call_child(peer, msg, payload, dev, drv, spec.name, task)
+            SyncCall(self, peer, msg, payload, drv.peer, dev, drv, spec, task, deadline).take_device_lock()
         else:
-            drv = dev.driver
-            if drv is None or drv.peer is not peer or dev.bind.state not in (
-                    BindState.BOUND, BindState.PROBING, BindState.REMOVING):
+            if drv is None or drv.peer is not peer or dev.bind.state not in CHILD_MAY_CALL:
                 raise AuxError(Errno.ENODEV, f"{dev.name} is not bound to {peer.label}")
             parent = dev.parent
             if not parent.alive:
                 raise AuxError(Errno.ENODEV, f"{dev.name}: parent {parent.label} is gone")
             if spec.code not in parent.handles:
                 raise AuxError(Errno.EOPNOTSUPP, f"parent {parent.name} has no handler for {spec.name}")
-            self._forward(peer, msg, payload, parent, dev, spec.name, self.clock() + msg.timeout_ms / 1000, task)
-
-    def _forward(self, caller: "Peer", msg: E.Call, payload, callee: "Peer", dev: "Device", ev_name: str,
-                 deadline: float, task: str, after: Callable[[], None] | None = None) -> None:
-        """Deliver a checked call to its handler side. An event the kernel sends under rtnl
-        first takes rtnl for the task (unless the task holds it), here in the broker: the
-        handler runs with it held and no extra round trip."""
-        spec = self.catalog.lookup(msg.ev)
-        if not spec.rtnl or self.lockdep.holds(task, "rtnl"):
-            return self._deliver(caller, msg, payload, callee, dev, ev_name, deadline, task, after, spec.rtnl)
-        lock = self.lockdep.lock("rtnl")
-
-        def granted(op: LockedOp):
-            self.cancel(timer)
-
-            def done():
-                lock.release(op)
-                if after:
-                    after()
-            self._deliver(caller, msg, payload, callee, dev, ev_name, deadline, task, done, True)
-
-        def cancelled(reason: str):
-            if caller.alive:
-                holder = lock.owner.task if lock.owner else "-"
-                self.reply(caller.ident, msg.r, Errno.ETIMEDOUT if reason == "deadline" else Errno.ENODEV,
-                           f"{ev_name} on {dev.name}: waited for rtnl ({reason}; held by {holder})")
-            if after:
-                after()
-
-        op = LockedOp(f"{ev_name} to {dev.name} under rtnl", granted, cancelled, task)
-        timer = None
-        try:
-            lock.run(op)
-        except AuxError as exc:
-            if caller.alive:
-                self.reply(caller.ident, msg.r, exc.errno, exc.message)
-            if after:
-                after()
-            return
-        if not op.started:
-            timer = self.later(max(deadline - self.clock(), 0.0), lambda: lock.cancel(op, "deadline"))
-
-    def _deliver(self, caller: "Peer", msg: E.Call, payload, callee: "Peer", dev: "Device", ev_name: str,
-                 deadline: float, task: str, after: Callable[[], None] | None, rtnl: bool) -> None:
-        remaining = max(deadline - self.clock(), 0.0)
-        started = self.clock()
-
-        def answered(e: int, m: str, reply_payload: bytes | None, _d: dict):
-            self.stats["calls"] += 1
-            if e:
-                self.stats[f"calls_{errno_name(e)}"] += 1
-            if caller.alive:
-                self.reply(caller.ident, msg.r, e, m, payload=reply_payload)
-            if self.tracing:
-                self.published.append([b"trace", E.MAGIC, E.packb({
-                    "t": E.Msg.UEVENT, "seq": 0, "action": "CALL", "dev": dev.name, "driver": "",
-                    "detail": {"event": ev_name, "from": caller.label, "to": callee.label, "errno": e, "task": task,
-                               "us": int((self.clock() - started) * 1e6)}})])
-            if after:
-                after()
-        self.request(callee, lambda rid: E.fast(E.Request, payload, r=rid, dev=msg.dev, ev=msg.ev, task=task,
-                                                rtnl=rtnl, timeout_ms=int(remaining * 1000), inc=caller.inc),
-                     payload, remaining, f"{ev_name} on {dev.name}", answered, event=ev_name)
-
-    def _call_child(self, caller: "Peer", msg: E.Call, payload, dev: "Device", drv: "Driver", ev_name: str,
-                    task: str) -> None:
-        deadline = self.clock() + msg.timeout_ms / 1000
-
-        def start(op: LockedOp):
-            self.cancel(deadline_timer)      # from here the request's own deadline applies
-            if not caller.alive or dev.driver is not drv or dev.bind.state is not BindState.BOUND:
-                dev.lock.release(op)
-                if caller.alive:
-                    self.reply(caller.ident, msg.r, Errno.ENODEV, f"{dev.name} was unbound before delivery")
-                return
-            self._forward(caller, msg, payload, drv.peer, dev, ev_name, deadline, task,
-                          lambda: dev.lock.release(op))
-
-        def cancel(reason: str):
-            if not caller.alive:
-                return
-            if reason == "deadline":
-                holder = dev.lock.owner.what if dev.lock.owner else "-"
-                self.reply(caller.ident, msg.r, Errno.ETIMEDOUT, f"{ev_name} on {dev.name}: deadline passed "
-                           f"waiting for device_lock (held by: {holder})")
-            else:
-                self.reply(caller.ident, msg.r, Errno.ENODEV, f"{ev_name}: {reason}")
-
-        op = LockedOp(f"{ev_name} to {dev.name}", start, cancel, task)
-        deadline_timer = None
-        dev.lock.run(op)
-        if not op.started:
-            deadline_timer = self.later(msg.timeout_ms / 1000, lambda: dev.lock.cancel(op, "deadline"))
+            SyncCall(self, peer, msg, payload, parent, dev, drv, spec, task, deadline).forward()
 
     def on_result(self, peer: "Peer", msg: E.Result, payload: bytes | None) -> None:
         p = self.pending.get(msg.r)
@@ -160,7 +195,8 @@ class Calls:
             self.stats["late_replies"] += 1
             log.info("dropped a late or foreign reply r=%d from %s", msg.r, peer.label)
             return
-        self.settle(msg.r)
+        del self.pending[msg.r]
+        self.cancel(p.timer)
         p.on_result(msg.e, msg.m, payload, msg.d)
 
     # ---- named locks -----------------------------------------------------------------------
@@ -193,7 +229,7 @@ class Calls:
         except AuxError:
             self.lock_ops.pop(key, None)
             raise
-        self.later(msg.timeout_ms / 1000, lambda: lock.cancel(op, "timeout"))
+        self.later(msg.timeout_ms / 1000, lock.cancel, op, "timeout")
 
     def unlock_req(self, peer: "Peer", msg: E.UnlockReq) -> None:
         op = self.lock_ops.get((msg.task, msg.name))

@@ -46,10 +46,11 @@ class LockedOp:
 
 
 class Lock:
-    __slots__ = ("name", "dep", "owner", "queue", "_kicking")
+    __slots__ = ("name", "cls", "dep", "owner", "queue", "_kicking")
 
     def __init__(self, name: str, dep: "LockDep | None" = None):
         self.name, self.dep = name, dep
+        self.cls = lock_class(name)
         self.owner: LockedOp | None = None
         self.queue: deque[LockedOp] = deque()
         self._kicking = False
@@ -135,7 +136,8 @@ class LockDep:
     # ---- bookkeeping driven by Lock --------------------------------------------------
 
     def wait(self, task: str, lock: Lock, stack=()) -> None:
-        self._order(task, lock)
+        if task in self.held:
+            self._order(task, lock)
         if lock.owner is None and not lock.queue:
             return
         ahead = [op for op in ([lock.owner] if lock.owner else []) + list(lock.queue) if not op.cancelled]
@@ -179,7 +181,10 @@ class LockDep:
             del self.waiting[task]
 
     def holds(self, task: str, name: str) -> bool:
-        return any(lock.name == name for lock in self.held.get(task, ()))
+        for lock in self.held.get(task, ()):
+            if lock.name == name:
+                return True
+        return False
 
     # ---- the checks --------------------------------------------------------------------
 
@@ -202,9 +207,9 @@ class LockDep:
         return None
 
     def _order(self, task: str, lock: Lock) -> None:
-        new = lock_class(lock.name)
+        new = lock.cls
         for held in self.held.get(task, ()):
-            old = lock_class(held.name)
+            old = held.cls
             if old == new or new in self.order[old]:
                 continue
             here = f"{task} holds {held.name} and takes {lock.name}"

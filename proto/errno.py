@@ -58,19 +58,18 @@ ERRNO_TABLE: dict[Errno, tuple[str, str]] = {
 }
 
 
+# By number: a dict lookup instead of constructing the enum member (a slow call).
+_NAMES = {int(e): e.name for e in Errno}
+_STRERROR = {int(e): text for e, (text, _) in ERRNO_TABLE.items()}
+
+
 def errno_name(code: int) -> str:
     """Name of an errno given as a positive or negative integer ('E123' if unknown)."""
-    try:
-        return Errno(abs(code)).name
-    except ValueError:
-        return f"E{abs(code)}"
+    return _NAMES.get(abs(code)) or f"E{abs(code)}"
 
 
 def strerror(code: int) -> str:
-    try:
-        return ERRNO_TABLE[Errno(abs(code))][0]
-    except (ValueError, KeyError):
-        return f"Unknown error {abs(code)}"
+    return _STRERROR.get(abs(code)) or f"Unknown error {abs(code)}"
 
 
 class AuxError(Exception):

@@ -36,9 +36,10 @@ class Direction(Enum):
 
     def allows(self, sender_role: str) -> bool:
         """Whether a peer of ``sender_role`` ('parent' or 'child') may send it."""
-        if self is Direction.BOTH:
+        # The module's constants: an enum member looked up on its class costs a metaclass call.
+        if self is BOTH:
             return True
-        return (self is Direction.TO_CHILD) == (sender_role == "parent")
+        return (self is P2C) == (sender_role == "parent")
 
 
 class Delivery(Enum):
@@ -102,7 +103,7 @@ class EventSpec:
 
     @property
     def sync(self) -> bool:
-        return self.delivery is Delivery.SYNC
+        return self.delivery is SYNC
 
     def describe(self) -> dict:
         return {
@@ -113,7 +114,7 @@ class EventSpec:
         }
 
 
-P2C, C2P = Direction.TO_CHILD, Direction.TO_PARENT
+P2C, C2P, BOTH = Direction.TO_CHILD, Direction.TO_PARENT, Direction.BOTH
 SYNC, ASYNC = Delivery.SYNC, Delivery.ASYNC
 ATOMIC = Context.ATOMIC
 E = Event
@@ -215,6 +216,10 @@ class Catalog:
 
     def lookup(self, event: int | str) -> EventSpec:
         """The spec of an event given by code, enum member or name; -EOPNOTSUPP if unknown."""
+        if type(event) is int:      # a code off the wire: the common case, one dict lookup
+            spec = self._by_code.get(event)
+            if spec is not None:
+                return spec
         try:
             if isinstance(event, str) and not event.isdigit():
                 return self._by_name[event.upper()]
