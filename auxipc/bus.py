@@ -249,9 +249,7 @@ class Bus(Binding, Calls):
 
     def later(self, delay: float, fn: Callable[..., None], *args) -> list:
         """Run ``fn(*args)`` after ``delay`` seconds; returns a handle for ``cancel``."""
-        timer = [self.clock() + delay, next(self._tseq), fn, args]
-        heapq.heappush(self._timers, timer)
-        return timer
+        return self.at(self.clock() + delay, fn, *args)
 
     def at(self, when: float, fn: Callable[..., None], *args) -> list:
         """Run ``fn(*args)`` at clock time ``when``; returns a handle for ``cancel``."""

@@ -67,7 +67,8 @@ class Lock:
             self.owner = None
             if self.dep is not None:
                 self.dep.released(op.task, self)
-            self._kick()
+            if self.queue:
+                self._kick()
 
     def cancel_queued(self, reason: str, keep: Callable[[LockedOp], bool] = lambda op: False) -> None:
         """Drop every queued (not started) op, telling each why, except those ``keep`` spares."""
@@ -171,10 +172,14 @@ class LockDep:
 
     def released(self, task: str, lock: Lock) -> None:
         locks = self.held.get(task)
-        if locks and lock in locks:
+        if not locks:
+            return
+        if locks[-1] is lock:       # the usual order: the last taken is released first
+            locks.pop()
+        elif lock in locks:
             locks.remove(lock)
-            if not locks:
-                del self.held[task]
+        if not locks:
+            del self.held[task]
 
     def stop_waiting(self, task: str, lock: Lock) -> None:
         if self.waiting.get(task) is lock:
