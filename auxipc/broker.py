@@ -30,7 +30,7 @@ from proto.events import CATALOG, Catalog
 from . import control
 from .bus import Bus
 from .runtime_dir import SOCKETS, BrokerLock, endpoints, process_start_time
-from .transport import drain, send_frames
+from .transport import recv_ready, send_frames
 
 NOBLOCK = int(zmq.NOBLOCK)
 
@@ -150,10 +150,13 @@ class Broker:
         timeout = bus.hb_ivl if nxt is None else max(0.0, min(nxt - time.monotonic(), bus.hb_ivl))
         events = dict(poller.poll(math.ceil(timeout * 1000)))
         if self.router in events:
-            for frames in drain(self.router, 256):
+            frames = recv_ready(self.router)
+            if frames is not None:
                 self.on_frames(frames)
         if self.notify in events:
-            for (sub,) in drain(self.notify, 256):
+            sub = recv_ready(self.notify)
+            if sub is not None and len(sub) == 1:
+                sub = sub[0]
                 topic = sub[1:]
                 self.subscriptions[topic] += 1 if sub[:1] == b"\x01" else -1
                 if self.subscriptions[topic] <= 0:

@@ -146,7 +146,7 @@ class Contexts:
     def _invoke(self, spec, fn, adev, value, who):
         """Run a handler in its event's context: atomic (sleeping is a BUG, time budget
         reported) or may-sleep. Plain try/finally: this runs once an event."""
-        if self.faults:
+        if self.faults.rules:
             injected = self._handler_fault(spec)
             if injected is not None:
                 return injected

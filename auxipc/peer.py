@@ -35,7 +35,7 @@ from .contexts import Contexts
 from .faults import FaultPlan, FaultRule
 from .publishing import Publishing
 from .runtime_dir import endpoints, process_start_time
-from .transport import Heartbeat, Sockets, drain, peer_ident, send_frames
+from .transport import Heartbeat, Sockets, peer_ident, recv_ready, send_frames
 
 log = logging.getLogger("auxipc.peer")
 
@@ -79,6 +79,7 @@ class Runtime(Contexts, Publishing):
         self._stopping = False
         self._hello = False
         self._seq_out: dict = {}
+        self._send_specs: dict = {}   # event (member, code, name) -> its spec, for this side
         self._batches: dict = {}      # topic -> [dev, first seq, packed events, bytes, timeout]: queued async
         self._seq_in: dict = {}
         self._last_state: dict = {}   # topic -> {event code: wire}: the state-like events sent last
@@ -273,10 +274,12 @@ class Runtime(Contexts, Publishing):
             self.flush_events()
         events = dict(self._poller.poll(math.ceil(timeout * 1000))) if timeout > 0 or not self._soon else {}
         if self.sk.dealer in events:
-            for frames in drain(self.sk.dealer):
+            frames = recv_ready(self.sk.dealer)
+            if frames is not None:
                 self._on_dealer(frames)
-        if self.sk.sub in events:
-            for frames in drain(self.sk.sub):
+        if self.sk is not None and self.sk.sub in events:
+            frames = recv_ready(self.sk.sub)
+            if frames is not None:
                 self._on_sub(frames)
         if self.sk.monitor in events:
             while self.sk.monitor.poll(0):

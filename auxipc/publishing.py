@@ -29,11 +29,28 @@ BATCH_EVENTS = 64          # events queued for one device before they leave at o
 BATCH_BYTES = 1 << 16      # payload bytes likewise
 
 
+_CODES: dict[int, bytes] = {}
+
+
+def _code(code: int) -> bytes:
+    """An event code, packed (cached: it starts every event of a batch)."""
+    packed = _CODES.get(code)
+    if packed is None:
+        packed = _CODES[code] = E.packb(code)
+    return packed
+
+
 class Publishing:
     def spec_to_send(self, event) -> EventSpec:
+        """The spec of an event this side may send (by spec, enum member, code or name)."""
+        spec = self._send_specs.get(event) if type(event) is not EventSpec else None
+        if spec is not None:
+            return spec
         spec = event if isinstance(event, EventSpec) else self.catalog.lookup(event)
         if not spec.direction.allows(self.role):
             raise AuxError(Errno.EINVAL, f"{spec.name} goes {spec.direction.value}; a {self.role} cannot send it")
+        if type(event) is not EventSpec:
+            self._send_specs[event] = spec     # the catalog and the role never change
         return spec
 
     def call_event(self, dev_id: int, spec: EventSpec, payload, timeout: float):
@@ -48,7 +65,7 @@ class Publishing:
         result, reply = self.request(lambda r: E.fast(E.Call, wire, r=r, dev=dev_id, ev=spec.code,
                                                       timeout_ms=ms, task=task),
                                      wire, timeout, f"{spec.name} call",
-                                     after_send=(lambda: self._sent_fault(spec.name)) if self.faults else None)
+                                     after_send=(lambda: self._sent_fault(spec.name)) if self.faults.rules else None)
         self.check(result, spec.name)
         if reply is None:
             return None
@@ -60,17 +77,21 @@ class Publishing:
         -EAGAIN and the drop is counted."""
         if spec.sync:
             raise AuxError(Errno.EINVAL, f"{spec.name} is sync: use call()")
-        wire = payload if isinstance(payload, bytes) else E.packb(encode_payload(spec, payload))
+        if type(payload) is spec.payload:
+            # A payload of scalars keeps exactly its wire map as __dict__ (enums pack as ints).
+            wire = E.packb(payload.__dict__ if payload._flat else payload.to_wire())
+        else:
+            wire = payload if isinstance(payload, bytes) else E.packb(encode_payload(spec, payload))
         if len(wire) > E.MAX_FRAME:
             raise AuxError(Errno.EMSGSIZE, f"$.payload: {len(wire)} bytes exceed the bus maximum {E.MAX_FRAME}")
         if spec.state:
             self._last_state.setdefault(topic, {})[spec.code] = wire
         seq = self._seq_out[topic] = self._seq_out.get(topic, 0) + 1
-        if self.faults:
+        if self.faults.rules:
             rule = self.faults.find("message", self.name, spec.name)
             if rule is not None:
                 self._flush_topic(topic)           # what was queued before goes first
-                code = E.packb(spec.code)
+                code = _code(spec.code)
                 self._async_fault(rule, topic, spec.name, wire, lambda w: E.event_frame(
                     dev_id, seq, self.inc, self.epoch, [code + w]))
                 return seq
@@ -78,10 +99,10 @@ class Publishing:
         if batch is None or batch[0] != dev_id:
             if batch is not None:
                 self._flush_topic(topic)
-            self._batches[topic] = [dev_id, seq, [E.packb(spec.code) + wire], len(wire), timeout]
+            self._batches[topic] = [dev_id, seq, [_code(spec.code) + wire], len(wire), timeout]
             return seq
         packed = batch[2]
-        packed.append(E.packb(spec.code) + wire)
+        packed.append(_code(spec.code) + wire)
         batch[3] += len(wire)
         if (len(packed) >= BATCH_EVENTS or batch[3] >= BATCH_BYTES) and not self._flush_topic(topic):
             raise AuxError(Errno.EAGAIN, f"{spec.name}: publish queue full for {timeout:.1f} s (subscribers "

@@ -20,34 +20,32 @@ from proto import envelope as E
 from .runtime_dir import Endpoints
 
 HWM = 100_000
-_POLLIN, _SNDMORE, _NOBLOCK = int(zmq.POLLIN), int(zmq.SNDMORE), int(zmq.NOBLOCK)
-_EVENTS, _RCVMORE = int(zmq.EVENTS), int(zmq.RCVMORE)
+_SNDMORE, _NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 # The Cython methods under pyzmq's Python wrappers: the wrappers' argument handling
 # costs about as much as the call itself, four times on each hop of a call.
-_send, _recv, _get = zmq.backend.Socket.send, zmq.backend.Socket.recv, zmq.backend.Socket.get
+_send, _recv = zmq.backend.Socket.send, zmq.backend.Socket.recv
 
 
 def recv_frames(sock: zmq.Socket) -> list[bytes]:
-    """One queued message, all its frames (raises zmq.Again when there is none)."""
-    frames = [_recv(sock, _NOBLOCK)]
-    while _get(sock, _RCVMORE):
-        frames.append(_recv(sock, _NOBLOCK))
+    """One queued message, all its frames (raises zmq.Again when there is none).
+    Frames, not bytes, come out of the receive: a frame knows whether more follow,
+    which saves a ZMQ_RCVMORE query (pyzmq's getsockopt builds an enum each time)."""
+    frame = _recv(sock, _NOBLOCK, False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, _NOBLOCK, False)
+        frames.append(frame.bytes)
     return frames
 
 
-def drain(sock: zmq.Socket, limit: int = 1000):
-    """Receive what is queued on ``sock`` (at most ``limit`` messages), after a poll said
-    POLLIN: the first receive needs no check; then ZMQ_EVENTS says when the queue is
-    empty, so no zmq.Again is raised at the end. (A nested pump may have emptied the
-    queue meanwhile: then the first receive finds nothing.)"""
+def recv_ready(sock: zmq.Socket) -> list[bytes] | None:
+    """The next message of a socket a poll found readable, or None if a nested pump
+    took it meanwhile. One message a poll: asking ZMQ_EVENTS whether more are queued
+    costs as much as the next poll, which returns at once while they are."""
     try:
-        yield recv_frames(sock)
+        return recv_frames(sock)
     except zmq.Again:
-        return
-    for _ in range(limit - 1):
-        if not _get(sock, _EVENTS) & _POLLIN:
-            return
-        yield recv_frames(sock)
+        return None
 
 
 def send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -242,8 +243,10 @@ def test_run_reports_pass_fail_with_the_trace_of_the_failing_step(tmp_path, fres
     assert lines[1].startswith("PASS   1  wait bound ixd.eth.0 — ixd.eth.0 is added, bound to idpf_eth")
     assert lines[2].startswith("FAIL   2  wrong expectation: send SET_MAC on ixd.eth.0 from child — "
                                "expected error EINVAL, got 0")
-    assert lines[3] == "      trace during step 2 (1 records):"
-    assert "call   SET_MAC" in lines[4] and "child idpf_eth -> parent ixd" in lines[4]
+    # The step's trace has the call; async events of the bind (the link state replayed to
+    # the new driver) may land in it too, depending on timing.
+    n = int(re.fullmatch(r"      trace during step 2 \((\d+) records\):", lines[3]).group(1))
+    assert any("call   SET_MAC" in x and "child idpf_eth -> parent ixd" in x for x in lines[4:4 + n]), lines
     fail3 = next(x for x in lines if x.startswith("FAIL   3"))
     assert "no uevent BIND nope.0 within 0.2 s" in fail3
     assert any(x.startswith("PASS   4  kill eth (SIGCONT)") for x in lines)
