@@ -88,13 +88,18 @@ class Contexts:
                     self.atomic_budget * 1000)
         self.report("ATOMIC_OVERRUN", what=what, ms=round(took * 1000, 3), budget_ms=self.atomic_budget * 1000)
 
+    def atomic_context(self) -> str | None:
+        """What runs in atomic context now (``<EVENT> handler of <who>``), if anything."""
+        return None if self._atomic is None else f"{self._atomic[0].name} handler of {self._atomic[1]}"
+
     def might_sleep(self, what: str) -> None:
         """The kernel's might_sleep(): refuse to block in atomic context."""
         if self._atomic is not None:
             self.stats["sleep_in_atomic"] += 1
-            msg = f"BUG: sleeping function called from invalid context: {what} in {self._atomic}"
+            context = self.atomic_context()
+            msg = f"BUG: sleeping function called from invalid context: {what} in {context}"
             log.error("%s", msg)
-            self.report("SLEEP_IN_ATOMIC", what=what, context=self._atomic)
+            self.report("SLEEP_IN_ATOMIC", what=what, context=context)
             raise AuxError(Errno.EAGAIN, msg)
 
     def fault_point(self, point: str, event: str = "") -> None:
@@ -152,16 +157,15 @@ class Contexts:
                 return injected
         if spec.context is not _ATOMIC:
             return fn(adev, value)
-        outer = self._atomic
-        self._atomic = what = f"{spec.name} handler of {who}"
+        outer, self._atomic = self._atomic, (spec, who)    # named only if a BUG is reported
         t0 = time.monotonic()
         try:
             return fn(adev, value)
         finally:
-            self._atomic = outer
             took = time.monotonic() - t0
             if took > self.atomic_budget:
-                self._overrun(what, took)
+                self._overrun(self.atomic_context(), took)
+            self._atomic = outer
 
     def report(self, record: str, /, **detail) -> None:
         """Publish a trace record (topic ``trace``, action ``record``) about this process."""

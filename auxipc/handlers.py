@@ -47,5 +47,7 @@ def normalize_result(spec: EventSpec | None, result) -> tuple[int, dict | None]:
     if isinstance(result, (Payload, dict)):
         if spec is None or not spec.sync:
             raise AuxError(Errno.EINVAL, "handler returned a reply for an event that has none")
+        if type(result) is spec.reply and result._flat:
+            return 0, result.__dict__     # a payload of scalars: its __dict__ is its wire map, packed next
         return 0, encode_payload(spec, result, reply=True)
     raise AuxError(Errno.EINVAL, f"handler returned {type(result).__name__}; expected None, an errno or a reply")

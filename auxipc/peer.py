@@ -27,17 +27,19 @@ from collections import Counter, deque
 from typing import Callable
 
 import zmq
+from zmq.backend import zmq_poll
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
-from proto.events import CATALOG, Catalog, decode_payload
+from proto.events import CATALOG, Catalog
 from .contexts import Contexts
 from .faults import FaultPlan, FaultRule
 from .publishing import Publishing
 from .runtime_dir import endpoints, process_start_time
-from .transport import Heartbeat, Sockets, peer_ident, recv_ready, send_frames
+from .transport import WAKE, Heartbeat, Sockets, peer_ident, recv_ready, send_frames
 
 log = logging.getLogger("auxipc.peer")
+_POLLIN = int(zmq.POLLIN)
 
 GRACE = 1.0          # seconds a caller waits past its deadline for the broker's answer
 ATOMIC_BUDGET = 0.005  # an atomic-context handler running longer than this is reported
@@ -86,13 +88,13 @@ class Runtime(Contexts, Publishing):
         self._tasks: list[str] = []       # the task stack: top is what runs now
         self._held_here: dict[str, list[str]] = {}   # lock name -> tasks on this stack holding it
         self._task_ids = itertools.count(1)
-        self._atomic: str | None = None   # the atomic-context handler running, if any
+        self._atomic: tuple | None = None   # (spec, who) of the atomic-context handler running, if any
         self.atomic_budget = ATOMIC_BUDGET
         self.faults = FaultPlan()
         self._held_back: list = []        # an async event a reorder fault holds until the next one
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self._poller: zmq.Poller | None = None
+        self._poll_items: list = []
 
     # ---- subclass hooks -------------------------------------------------------------
 
@@ -141,11 +143,10 @@ class Runtime(Contexts, Publishing):
     def _connect(self, timeout: float) -> None:
         """Fresh sockets, REGISTER, the pub/sub hello, and the heartbeat thread."""
         self.sk = Sockets(self.ctx, self.ep, peer_ident(self.role, self.name))
-        self._poller = zmq.Poller()
-        self._poller.register(self.sk.dealer, zmq.POLLIN)
-        self._poller.register(self.sk.sub, zmq.POLLIN)
-        self._poller.register(self.sk.monitor, zmq.POLLIN)
-        self._poller.register(self._wake_r, zmq.POLLIN)
+        # The socket monitor is watched by the heartbeat thread: one poll item less here.
+        # Until the heartbeat thread runs, the wake pipe is polled here; then that thread
+        # relays it (and watches the socket monitor): one poll item a pump less.
+        self._poll_items = [(self.sk.dealer, _POLLIN), (self.sk.sub, _POLLIN), (self._wake_r, _POLLIN)]
         start = process_start_time(os.getpid()) or 0
         restore = self.restore_state()
         result, _ = self.request(lambda r: E.Register(
@@ -156,12 +157,13 @@ class Runtime(Contexts, Publishing):
         w = self.welcome = result.d
         self.inc, self.epoch = w["inc"], w["epoch"]
         self.faults.set([FaultRule.from_dict(r) for r in w.get("faults", ())])
-        for topic in [b"hello:" + self.sk.ident, *self.subscriptions()]:
+        for topic in [WAKE, b"hello:" + self.sk.ident, *self.subscriptions()]:
             self.sk.sub.setsockopt(zmq.SUBSCRIBE, topic)
         self._await_hello(timeout)
         self.hb = Heartbeat(self.ctx, self.ep, self.sk.ident, w["hb_ivl_ms"] / 1000, w["hb_liveness"],
-                            self.epoch, self.wake)
+                            self.epoch, self.wake, self.sk.monitor, self._wake_r, self.sk.wake)
         self.hb.start()
+        self._poll_items = self._poll_items[:2]
         self._connected = True
         log.info("registered as %s", w["peer"])
 
@@ -272,7 +274,7 @@ class Runtime(Contexts, Publishing):
             raise BrokerLost(self.hb.lost)
         if self._batches:
             self.flush_events()
-        events = dict(self._poller.poll(math.ceil(timeout * 1000))) if timeout > 0 or not self._soon else {}
+        events = dict(zmq_poll(self._poll_items, math.ceil(timeout * 1000))) if timeout > 0 or not self._soon else {}
         if self.sk.dealer in events:
             frames = recv_ready(self.sk.dealer)
             if frames is not None:
@@ -281,12 +283,6 @@ class Runtime(Contexts, Publishing):
             frames = recv_ready(self.sk.sub)
             if frames is not None:
                 self._on_sub(frames)
-        if self.sk.monitor in events:
-            while self.sk.monitor.poll(0):
-                self.sk.monitor.recv_multipart()
-            if self.hb is not None:
-                self.hb.lose("the broker's socket disconnected")
-                raise BrokerLost(self.hb.lost)
         if self._wake_r in events:
             os.read(self._wake_r, 4096)
         if self._depth == 0 and self._connected:
@@ -373,6 +369,8 @@ class Runtime(Contexts, Publishing):
 
     def _on_sub(self, frames: list) -> None:
         topic = frames[0]
+        if topic == WAKE:
+            return
         if topic.startswith(b"hello:"):
             self._hello = True
             return
@@ -407,31 +405,38 @@ class Runtime(Contexts, Publishing):
         """Run the handlers of a batch of async events for one device, each as if it had
         come alone: a bad payload or a failing handler is counted or logged and the next
         event runs; once ``still_bound()`` is false (a handler unbound the device) the
-        rest are skipped like events for an unbound device."""
-        catalog, stats = self.catalog, self.stats
-        for i in range(0, len(items), 2):
-            if not still_bound():
-                stats["async_unbound"] += (len(items) - i) // 2
-                return
-            spec = catalog.get(items[i])
-            fn = handlers.get(items[i]) if spec is not None else None
-            if fn is None:
-                stats["async_unhandled"] += 1
-                continue
-            try:
-                value = decode_payload(spec, items[i + 1])
-            except AuxError as exc:
-                stats["async_invalid"] += 1
-                log.warning("%s on %s: %s (event dropped)", spec.name, adev.name, exc)
-                continue
-            try:
-                self._invoke(spec, fn, adev, value, who)
-            except AuxError as exc:
-                log.warning("%s", exc)
-            except Exception:
-                log.error("%s handler of %s failed:\n%s", spec.name, who, traceback.format_exc())
-            else:
-                stats["async_delivered"] += 1
+        rest are skipped like events for an unbound device. Per event this is the hot
+        path of async delivery: counters are summed per batch."""
+        spec_of, stats = self.catalog.get, self.stats
+        delivered = unhandled = 0
+        try:
+            for i in range(0, len(items), 2):
+                if not still_bound():
+                    stats["async_unbound"] += (len(items) - i) // 2
+                    return
+                spec = spec_of(items[i])
+                fn = handlers.get(items[i]) if spec is not None else None
+                if fn is None:
+                    unhandled += 1
+                    continue
+                try:
+                    value = spec.payload.from_wire(items[i + 1])
+                except AuxError as exc:
+                    stats["async_invalid"] += 1
+                    log.warning("%s on %s: %s (event dropped)", spec.name, adev.name, exc)
+                    continue
+                try:
+                    self._invoke(spec, fn, adev, value, who)
+                except AuxError as exc:
+                    log.warning("%s", exc)
+                except Exception:
+                    log.error("%s handler of %s failed:\n%s", spec.name, who, traceback.format_exc())
+                else:
+                    delivered += 1
+        finally:
+            stats["async_delivered"] += delivered
+            if unhandled:
+                stats["async_unhandled"] += unhandled
 
     def _must_wait(self, item: tuple) -> bool:
         """Whether a delivery has to wait for a frame on this stack: the device's lock

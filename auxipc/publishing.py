@@ -85,7 +85,10 @@ class Publishing:
         if len(wire) > E.MAX_FRAME:
             raise AuxError(Errno.EMSGSIZE, f"$.payload: {len(wire)} bytes exceed the bus maximum {E.MAX_FRAME}")
         if spec.state:
-            self._last_state.setdefault(topic, {})[spec.code] = wire
+            last = self._last_state.get(topic)
+            if last is None:
+                last = self._last_state[topic] = {}
+            last[spec.code] = wire
         seq = self._seq_out[topic] = self._seq_out.get(topic, 0) + 1
         if self.faults.rules:
             rule = self.faults.find("message", self.name, spec.name)
@@ -99,10 +102,11 @@ class Publishing:
         if batch is None or batch[0] != dev_id:
             if batch is not None:
                 self._flush_topic(topic)
-            self._batches[topic] = [dev_id, seq, [_code(spec.code) + wire], len(wire), timeout]
+            self._batches[topic] = [dev_id, seq, [(_CODES.get(spec.code) or _code(spec.code)) + wire],
+                                    len(wire), timeout]
             return seq
         packed = batch[2]
-        packed.append(_code(spec.code) + wire)
+        packed.append((_CODES.get(spec.code) or _code(spec.code)) + wire)
         batch[3] += len(wire)
         if (len(packed) >= BATCH_EVENTS or batch[3] >= BATCH_BYTES) and not self._flush_topic(topic):
             raise AuxError(Errno.EAGAIN, f"{spec.name}: publish queue full for {timeout:.1f} s (subscribers "

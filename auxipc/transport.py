@@ -20,6 +20,7 @@ from proto import envelope as E
 from .runtime_dir import Endpoints
 
 HWM = 100_000
+WAKE = b"\0wake"     # topic of the heartbeat thread's wake-ups, on the runtime's SUB
 _SNDMORE, _NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 # The Cython methods under pyzmq's Python wrappers: the wrappers' argument handling
 # costs about as much as the call itself, four times on each hop of a call.
@@ -85,6 +86,12 @@ class Sockets:
         s.setsockopt(zmq.RCVHWM, HWM)
         s.setsockopt(zmq.RECONNECT_IVL, 50)
         s.connect(ep.sub)
+        # The heartbeat thread wakes the runtime through its SUB (one poll item less than a
+        # pipe of its own): this PUB is bound here and handed over to that thread.
+        w = self.wake = ctx.socket(zmq.PUB)
+        w.setsockopt(zmq.LINGER, 0)
+        w.bind(f"inproc://auxipc-wake-{ident.hex()}")
+        s.connect(f"inproc://auxipc-wake-{ident.hex()}")
 
     def close(self, linger_ms: int = 200) -> None:
         self.dealer.disable_monitor()
@@ -92,18 +99,24 @@ class Sockets:
         self.dealer.close(linger=linger_ms)
         self.pub.close(linger=linger_ms)
         self.sub.close(linger=0)
+        self.wake.close(linger=0)
 
 
 class Heartbeat(threading.Thread):
     """Beats every ``ivl`` seconds on its own DEALER (``<ident>#hb``) and watches
     the broker's answers. ``lost`` is set (and ``wake`` called) when the broker
-    is silent for ``liveness`` intervals or answers from another epoch."""
+    is silent for ``liveness`` intervals, answers from another epoch, or the main
+    socket's ``monitor`` reports a disconnect. With ``wake_fd`` and ``wake_pub``
+    it relays the runtime's wake-ups: a byte on the pipe becomes a WAKE message on
+    the runtime's SUB. ``monitor`` and ``wake_pub`` are handed over to this thread."""
 
     def __init__(self, ctx: zmq.Context, ep: Endpoints, ident: bytes, ivl: float, liveness: int,
-                 epoch: int, wake):
+                 epoch: int, wake, monitor: zmq.Socket | None = None, wake_fd: int | None = None,
+                 wake_pub: zmq.Socket | None = None):
         super().__init__(name="auxipc-heartbeat", daemon=True)
         self.ctx, self.ep, self.hb_ident = ctx, ep, ident + b"#hb"
-        self.ivl, self.liveness, self.epoch, self.wake = ivl, liveness, epoch, wake
+        self.ivl, self.liveness, self.epoch, self.wake, self.monitor = ivl, liveness, epoch, wake, monitor
+        self.wake_fd, self.wake_pub = wake_fd, wake_pub
         self.lost: str | None = None
         self._halt = threading.Event()
         self.last_answer = time.monotonic()
@@ -115,6 +128,12 @@ class Heartbeat(threading.Thread):
         sock.setsockopt(zmq.SNDHWM, 10)
         sock.connect(self.ep.bus)
         beat = E.encode(E.Heartbeat(epoch=self.epoch))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        if self.monitor is not None:
+            poller.register(self.monitor, zmq.POLLIN)
+        if self.wake_fd is not None:
+            poller.register(self.wake_fd, zmq.POLLIN)
         try:
             next_beat = 0.0
             while not self._halt.is_set():
@@ -125,7 +144,15 @@ class Heartbeat(threading.Thread):
                     except zmq.Again:
                         pass
                     next_beat = now + self.ivl
-                if sock.poll(math.ceil(max(0.0, next_beat - now) * 1000)):
+                ready = dict(poller.poll(math.ceil(max(0.0, next_beat - now) * 1000)))
+                if self.wake_fd is not None and self.wake_fd in ready:
+                    os.read(self.wake_fd, 4096)
+                    self.wake_pub.send(WAKE)
+                if self.monitor is not None and self.monitor in ready:
+                    while self.monitor.poll(0):
+                        self.monitor.recv_multipart()
+                    self.lose("the broker's socket disconnected")
+                if sock in ready:
                     msg, _ = E.decode(sock.recv_multipart())
                     self.last_answer = time.monotonic()
                     if isinstance(msg, E.Heartbeat) and msg.epoch != self.epoch:

@@ -34,7 +34,7 @@ class Watcher:
         self.sub.connect(self.ep.sub)       # async events, runtimes' trace records
         self.sub.connect(self.ep.notify)    # the broker's notifications and call trace
         hello = b"hello:watch:" + os.urandom(4).hex().encode()
-        for t in (hello, *topics):
+        for t in (*topics, hello):    # hello last: its echo proves the others are in place
             self.sub.setsockopt(zmq.SUBSCRIBE, t)
         # Both paths proven before returning: a hello published through the proxy, and
         # one the broker publishes on its own socket when asked (no slow joiner).

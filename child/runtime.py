@@ -48,6 +48,7 @@ class ChildDevice:
                  parent_handles, parent_schema):
         self.rt, self.dev_id, self.name, self.driver = rt, dev_id, name, driver
         self.match = name.rsplit(".", 1)[0]
+        self.topic = b"P:" + name.encode()     # where its async events go
         self.parent_handles = frozenset(parent_handles)
         self.parent_schema = tuple(parent_schema)
         self.bound = True
@@ -71,7 +72,7 @@ class ChildDevice:
             raise AuxError(Errno.ENODEV, f"{self.name} is not bound")
         if spec.code not in self.parent_handles:
             raise AuxError(Errno.EOPNOTSUPP, f"parent does not handle {spec.name}")
-        return self.rt.publish_event(self.dev_id, b"P:" + self.name.encode(), spec, payload)
+        return self.rt.publish_event(self.dev_id, self.topic, spec, payload)
 
     def get(self) -> int:
         result, _ = self.rt.request(lambda r: E.DevGet(r=r, dev=self.dev_id), what="get_device")

@@ -38,6 +38,7 @@ class ParentDevice:
         self.rt, self.short, self.id, self.release_cb = rt, name, id, release
         self.dev_id = 0
         self.name = ""            # full name, known after init
+        self.topic = b""
         self.state = "new"
         self.driver: str | None = None
         self.child_handles: frozenset = frozenset()
@@ -61,6 +62,7 @@ class ParentDevice:
         d = self._req(lambda r: E.DevInit(r=r, name=self.short, id=self.id, release=self.release_cb is not None),
                       "auxiliary_device_init")
         self.dev_id, self.name, self.state = d["dev"], d["name"], "initialized"
+        self.topic = b"C:" + self.name.encode()     # where its async events go
         self.rt.devices[self.dev_id] = self
 
     def add(self) -> str | None:
@@ -124,7 +126,7 @@ class ParentDevice:
             raise AuxError(Errno.ENODEV, f"{self.name or self.short} has no bound driver")
         if spec.code not in self.child_handles:
             raise AuxError(Errno.EOPNOTSUPP, f"driver {self.driver} has no handler for {spec.name}")
-        return self.rt.publish_event(self.dev_id, b"C:" + self.name.encode(), spec, payload)
+        return self.rt.publish_event(self.dev_id, self.topic, spec, payload)
 
     def __repr__(self):
         return f"<ParentDevice {self.name or self.short} #{self.dev_id} {self.state} driver={self.driver}>"

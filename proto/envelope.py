@@ -382,13 +382,11 @@ _packer_default = None
 
 _PACKER = msgpack.Packer(use_bin_type=True)
 
-
-def packb(obj) -> bytes:
-    """msgpack bytes of ``obj``. One shared Packer (a new one per call costs 3x the
-    packing): its ``pack`` is one C call that holds the GIL for plain data (maps,
-    lists, ints, strings, bytes; no ``default`` hook), and resets its buffer even
-    when it raises, so threads cannot interleave inside it."""
-    return _PACKER.pack(obj)
+# packb(obj) -> msgpack bytes. One shared Packer (a new one per call costs 3x the
+# packing): its ``pack`` is one C call that holds the GIL for plain data (maps,
+# lists, ints, strings, bytes; no ``default`` hook) and resets its buffer even when
+# it raises, so threads cannot interleave inside it.
+packb = _PACKER.pack
 
 
 def unpackb(data: bytes, what: str):

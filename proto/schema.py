@@ -492,6 +492,10 @@ def _compile(cls: type[Payload]):
         elif kind is Str:
             checks += [f"        if type(v) is not str or len(v) > {f.max_len}:", "            raise Slow"]
             wire.append(f"{name!r}: self.{name}")
+        elif kind is Bytes:
+            size = f"len(v) != {f.size}" if f.size is not None else f"len(v) > {f.max_len}"
+            checks += [f"        if type(v) is not bytes or {size}:", "            raise Slow"]
+            wire.append(f"{name!r}: self.{name}")
         elif kind is Enum:
             env[f"E{i}"] = f.enum._value2member_map_
             env[f"T{i}"] = f.enum
