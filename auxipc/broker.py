@@ -132,6 +132,7 @@ class Broker:
         self.notify.setsockopt(zmq.SNDHWM, 100000)
         self.notify.bind(self.ep.notify)
         self.subscriptions: Counter = Counter()
+        self.bus.on_output = self.flush
         self.bus.tracing = False
         for name in SOCKETS:
             os.chmod(self.ep.root / name, 0o600)
@@ -201,6 +202,7 @@ class Broker:
                     self._on_side(frames[1])
                 else:
                     self.on_frames(frames)
+                    self.flush()    # the answer first; timers and the rest after it
         if now >= self._subs_due:
             self._subs_due = now + bus.hb_ivl
             self.read_subscriptions()
@@ -282,9 +284,8 @@ class Broker:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
             self.bus.stats["send_unreachable"] += 1
-            peer = self.bus.peers.get(ident)
-            if peer is not None:
-                self.check_processes()
+            if ident in self.bus.peers:
+                self.bus.later(0, self.check_processes)   # not from inside a send (on_output)
 
     def check_processes(self) -> None:
         """After a disconnect: declare dead every peer whose process is gone."""

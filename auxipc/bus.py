@@ -143,6 +143,9 @@ class Bus(Binding, Calls):
         self.by_name: dict[str, Device] = {}        # added devices only
         self.pending: dict[int, Pending] = {}
         self.outbox: list[tuple[bytes, list[bytes]]] = []
+        # Called where an answer should leave before the bookkeeping that follows it
+        # (a call's locks released after its RESULT is out); the broker sends the outbox.
+        self.on_output: Callable[[], None] = lambda: None
         self.published: list[list[bytes]] = []
         self.uevents: deque = deque(maxlen=20000)
         self.stats = Counter()

@@ -139,6 +139,7 @@ class SyncCall:
             bus.stats[f"calls_{errno_name(e)}"] += 1
         if caller.alive:
             bus.reply(caller.ident, self.msg.r, e, m, payload=reply_payload)
+            bus.on_output()
         if bus.tracing:
             bus.published.append([b"trace", *E.fast(E.Uevent, seq=0, action="CALL", dev=self.dev.name, detail={
                 "event": self.spec.name, "from": caller.label, "to": self.callee.label, "errno": e,

@@ -146,7 +146,8 @@ class Contexts:
             return self._invoke(spec, fn, adev, value, who)
         finally:
             holders.remove(self.task)
-            self._drain_deferred()
+            if self._deferred:
+                self._drain_deferred()
 
     def _invoke(self, spec, fn, adev, value, who):
         """Run a handler in its event's context: atomic (sleeping is a BUG, time budget

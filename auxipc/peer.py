@@ -36,7 +36,7 @@ from .contexts import Contexts
 from .faults import FaultPlan, FaultRule
 from .publishing import Publishing
 from .runtime_dir import endpoints, process_start_time
-from .transport import WAKE, Heartbeat, Sockets, peer_ident, recv_ready, send_frames
+from .transport import WAKE, Heartbeat, Sockets, peer_ident, recv_frames, recv_ready, send_frames
 
 log = logging.getLogger("auxipc.peer")
 _POLLIN = int(zmq.POLLIN)
@@ -285,7 +285,8 @@ class Runtime(Contexts, Publishing):
                 self._on_sub(frames)
         if self._wake_r in events:
             os.read(self._wake_r, 4096)
-        if self._depth == 0 and self._connected:
+        if self._depth == 0 and self._connected and (
+                self._soon or (self._timers and self._timers[0][0] <= time.monotonic())):
             self._run_timers()
 
     def _run_timers(self) -> None:
@@ -323,6 +324,8 @@ class Runtime(Contexts, Publishing):
         if after_send is not None:
             after_send()
         deadline = time.monotonic() + timeout + GRACE
+        if self._connected:
+            self._await_dealer()
         while r not in self._results:
             if self._stopping and not self._connected:
                 raise BrokerLost("stopping while no broker is connected")
@@ -331,6 +334,17 @@ class Runtime(Contexts, Publishing):
                 raise AuxError(Errno.ETIMEDOUT, f"{what}: no answer from the broker within {timeout + GRACE:.1f} s")
             self.pump(remaining)
         return self._results.pop(r)
+
+    def _await_dealer(self) -> None:
+        """Wait for the next message on the DEALER alone, for at most DIRECT_WAIT_MS: a
+        call's answer usually comes within it, and a blocking receive of one socket costs
+        much less than a poll of all of them. Async events, thread work and wake-ups
+        arriving meanwhile wait that long at most; then the call pumps as usual."""
+        try:
+            frames = recv_frames(self.sk.dealer, 0)     # RCVTIMEO is DIRECT_WAIT_MS
+        except zmq.Again:
+            return
+        self._on_dealer(frames)
 
     @staticmethod
     def check(result: E.Result, what: str) -> E.Result:
@@ -473,7 +487,8 @@ class Runtime(Contexts, Publishing):
                 self._locked[dev] -= 1
                 if not self._locked[dev]:
                     del self._locked[dev]
-        self._drain_deferred()
+        if self._deferred:
+            self._drain_deferred()
 
     def _drain_deferred(self) -> None:
         for _ in range(len(self._deferred)):

@@ -20,6 +20,7 @@ from proto import envelope as E
 from .runtime_dir import Endpoints
 
 HWM = 100_000
+DIRECT_WAIT_MS = 2    # how long a sync call waits on its DEALER alone before polling everything
 WAKE = b"\0wake"     # topic of the heartbeat thread's wake-ups, on the runtime's SUB
 _SNDMORE, _NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 # The Cython methods under pyzmq's Python wrappers: the wrappers' argument handling
@@ -27,11 +28,12 @@ _SNDMORE, _NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 _send, _recv = zmq.backend.Socket.send, zmq.backend.Socket.recv
 
 
-def recv_frames(sock: zmq.Socket) -> list[bytes]:
-    """One queued message, all its frames (raises zmq.Again when there is none).
-    Frames, not bytes, come out of the receive: a frame knows whether more follow,
-    which saves a ZMQ_RCVMORE query (pyzmq's getsockopt builds an enum each time)."""
-    frame = _recv(sock, _NOBLOCK, False)
+def recv_frames(sock: zmq.Socket, flags: int = _NOBLOCK) -> list[bytes]:
+    """One message, all its frames: queued (raises zmq.Again when there is none), or
+    with ``flags`` 0 waiting up to the socket's RCVTIMEO. Frames, not bytes, come out
+    of the receive: a frame knows whether more follow, which saves a ZMQ_RCVMORE
+    query (pyzmq's getsockopt builds an enum each time)."""
+    frame = _recv(sock, flags, False)
     frames = [frame.bytes]
     while frame.more:
         frame = _recv(sock, _NOBLOCK, False)
@@ -73,6 +75,7 @@ class Sockets:
         d.setsockopt(zmq.SNDHWM, HWM)
         d.setsockopt(zmq.RCVHWM, HWM)
         d.setsockopt(zmq.RECONNECT_IVL, 50)
+        d.setsockopt(zmq.RCVTIMEO, DIRECT_WAIT_MS)     # only receives without NOBLOCK wait (peer._await_dealer)
         self.monitor = d.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         d.connect(ep.bus)
         p = self.pub = ctx.socket(zmq.PUB)

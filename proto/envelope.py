@@ -20,8 +20,9 @@ from __future__ import annotations
 from enum import IntEnum
 
 import msgpack
+from msgpack import unpackb as _unpackb
 
-from .errno import ProtocolError, Errno
+from .errno import AuxError, Errno, ProtocolError
 from .schema import Array, Bool, Int, Map, Payload, Str
 
 MAGIC = b"AUX1"
@@ -439,6 +440,21 @@ def decode(frames: list[bytes]) -> tuple[Header, bytes | None]:
     frame = frames[0]
     if frame[:4] != MAGIC:
         raise ProtocolError(f"$.magic: expected {MAGIC!r}, got {bytes(frame[:8])!r}")
+    if len(frame) <= MAX_MSG:
+        try:     # the common case in one call: a header map with a known type and a bin payload
+            head = _unpackb(frame[4:], raw=False, strict_map_key=True)
+            t = head["t"]
+            payload = head.get("p")
+            if type(t) is int and t in _HEADERS and (payload is None or (
+                    type(payload) is bytes and len(payload) <= MAX_FRAME)):
+                del head["t"]
+                if payload is not None:
+                    del head["p"]
+                return _HEADERS[t].from_wire(head, "$.header"), payload
+        except AuxError:
+            raise
+        except Exception:  # noqa: BLE001 - decode_frame below names the fault
+            pass
     return decode_frame(frame)
 
 
