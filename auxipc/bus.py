@@ -153,6 +153,7 @@ class Bus(Binding, Calls):
         self._incs = itertools.count(1)
         self._seq = itertools.count(1)
         self._timers: list = []
+        self._cancelled = 0     # cancelled timers still in the heap (a call's deadline, mostly)
         self._tseq = itertools.count()
         self.lockdep = LockDep(self._lockdep_report)
         self.faults = FaultPlan()
@@ -260,24 +261,36 @@ class Bus(Binding, Calls):
         heapq.heappush(self._timers, timer)
         return timer
 
-    @staticmethod
-    def cancel(timer: list | None) -> None:
-        """Cancel a timer: it never runs, and never wakes the broker."""
-        if timer is not None:
+    def cancel(self, timer: list | None) -> None:
+        """Cancel a timer: it never runs, and never wakes the broker. Nearly every call's
+        deadline is cancelled: once they are most of the heap it is rebuilt without them,
+        so it stays the size of what is live (pushes and pops stay cheap)."""
+        if timer is not None and timer[2] is not None:
             timer[2] = None
+            self._cancelled += 1
+            if self._cancelled > 64 and 2 * self._cancelled > len(self._timers):
+                self._timers = [t for t in self._timers if t[2] is not None]
+                heapq.heapify(self._timers)
+                self._cancelled = 0
 
     def next_timer(self) -> float | None:
-        while self._timers and self._timers[0][2] is None:
-            heapq.heappop(self._timers)
-        return self._timers[0][0] if self._timers else None
+        timers = self._timers
+        while timers and timers[0][2] is None:
+            heapq.heappop(timers)
+            self._cancelled -= 1
+        return timers[0][0] if timers else None
 
     def tick(self) -> None:
         now = self.clock()
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, fn, args = heapq.heappop(timers)
-            if fn is not None:
-                fn(*args)
+        # self._timers, not a local: a callback's cancel() may rebuild the heap.
+        while self._timers and self._timers[0][0] <= now:
+            timer = heapq.heappop(self._timers)
+            fn = timer[2]
+            if fn is None:
+                self._cancelled -= 1
+                continue
+            timer[2] = None      # fired: a later cancel() is a no-op
+            fn(*timer[3])
         if now >= self._hb_due:
             self._check_heartbeats(now)
 

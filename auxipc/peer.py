@@ -74,7 +74,7 @@ class Runtime(Contexts, Publishing):
         self._timers: list = []
         self._tseq = itertools.count()
         self._soon: deque = deque()
-        self._locked: Counter = Counter()
+        self._locked: dict = {}     # device id -> deliveries on this stack holding its lock
         self._deferred: deque = deque()
         self._depth = 0
         self._connected = False   # timers and thread-submitted work wait for a registered bus
@@ -458,7 +458,7 @@ class Runtime(Contexts, Publishing):
         Waiting here is what a second kernel thread would do; running it nested on top of
         the holder would deadlock the single thread."""
         msg = item[1]
-        if self.locks_devices and not isinstance(msg, E.Inject) and self._locked[getattr(msg, "dev", None)]:
+        if self.locks_devices and not isinstance(msg, E.Inject) and self._locked.get(getattr(msg, "dev", None)):
             return True
         if isinstance(msg, E.Request) and self._held_here.get("rtnl"):
             spec = self.catalog.get(msg.ev)
@@ -474,7 +474,7 @@ class Runtime(Contexts, Publishing):
             return
         dev = getattr(item[1], "dev", None) if self.locks_devices and not isinstance(item[1], E.Inject) else None
         if dev is not None:
-            self._locked[dev] += 1
+            self._locked[dev] = self._locked.get(dev, 0) + 1
         self._depth += 1
         try:
             if item[0] == "req":
@@ -484,8 +484,9 @@ class Runtime(Contexts, Publishing):
         finally:
             self._depth -= 1
             if dev is not None:
-                self._locked[dev] -= 1
-                if not self._locked[dev]:
+                if self._locked[dev] > 1:
+                    self._locked[dev] -= 1
+                else:
                     del self._locked[dev]
         if self._deferred:
             self._drain_deferred()

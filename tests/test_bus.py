@@ -406,3 +406,24 @@ def test_leaked_reference_after_delete_is_reported(h):
     h.answer(C, E.Remove)
     h.send(P, E.DevUninit(r=42, dev=dev))
     assert h.bus.leaks() == [{"dev": "ixd.eth.0", "holders": {h.bus.peers[C].label: 1}}]
+
+
+def test_timers_cancelled_en_masse_keep_the_heap_small_and_fire_once():
+    """Nearly every call's deadline is cancelled: the heap is rebuilt without them, a
+    timer fires once even when a callback rebuilds the heap, and cancelling a timer
+    that already fired changes nothing."""
+    clock = Clock()
+    bus = Bus(clock, epoch=1)
+    fired = []
+    keep = [bus.later(1.0 + i, fired.append, i) for i in range(3)]
+    for _ in range(1000):
+        bus.cancel(bus.later(5.0, fired.append, "cancelled"))
+    assert len(bus._timers) < 200
+    doomed = [bus.later(2.5, fired.append, f"doomed-{i}") for i in range(100)]
+    bus.later(0.5, lambda: [bus.cancel(t) for t in doomed])    # rebuilds the heap while tick runs
+    clock.t += 10
+    bus.tick()
+    assert fired == [0, 1, 2]
+    bus.cancel(keep[0])
+    bus.tick()
+    assert fired == [0, 1, 2] and bus.next_timer() is None
