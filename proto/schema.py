@@ -19,8 +19,6 @@ minor version apart interoperate.
 
 from __future__ import annotations
 
-import keyword
-
 from enum import IntEnum
 from typing import Any, ClassVar
 
@@ -460,93 +458,11 @@ class _Slow(Exception):
     """The compiled validator declines: the field-by-field path decides and explains."""
 
 
-_INLINE = (Int, Bool, Str, Enum, Bytes)    # kinds whose strict and lenient checks agree
-
-
 def _compile(cls: type[Payload]):
-    """Build ``cls._fill(self, obj)`` and ``cls._to_wire(self)``, and for payloads of
-    scalar fields a keyword constructor: the declaration's checks and conversions as
-    straight-line code, for valid input (about 5x faster than walking the fields).
-    Field kinds it does not inline call their own ``validate``; any doubt raises
-    _Slow, and the field-by-field path decides and names the fault. ``cls._flat``:
-    every field is a scalar, so the instance's ``__dict__`` is its wire map."""
-    env: dict[str, Any] = {"Slow": _Slow, "MISSING": MISSING, "AuxError": AuxError}
-    checks, wire = [], []
-    for i, (name, f) in enumerate(cls.fields.items()):
-        env[f"F{i}"] = f
-        env[f"D{i}"] = f.default
-        checks.append("    if v is MISSING:")
-        checks.append("        raise Slow" if f.required else f"        v = D{i}")
-        checks.append("    else:")
-        kind = type(f)
-        if kind is Int:
-            cond = f"type(v) is not int or not {f.min} <= v <= {f.max}"
-            if f.choices:
-                env[f"C{i}"] = frozenset(f.choices)
-                cond += f" or v not in C{i}"
-            checks += [f"        if {cond}:", "            raise Slow"]
-            wire.append(f"{name!r}: self.{name}")
-        elif kind is Bool:
-            checks += ["        if type(v) is not bool:", "            raise Slow"]
-            wire.append(f"{name!r}: self.{name}")
-        elif kind is Str:
-            checks += [f"        if type(v) is not str or len(v) > {f.max_len}:", "            raise Slow"]
-            wire.append(f"{name!r}: self.{name}")
-        elif kind is Bytes:
-            size = f"len(v) != {f.size}" if f.size is not None else f"len(v) > {f.max_len}"
-            checks += [f"        if type(v) is not bytes or {size}:", "            raise Slow"]
-            wire.append(f"{name!r}: self.{name}")
-        elif kind is Enum:
-            env[f"E{i}"] = f.enum._value2member_map_
-            env[f"T{i}"] = f.enum
-            checks += [f"        v = E{i}.get(v) if type(v) is int or type(v) is T{i} else None",
-                       "        if v is None:", "            raise Slow"]
-            wire.append(f"{name!r}: int(self.{name})")
-        else:
-            checks += ["        try:", f"            v = F{i}.validate(v, '', False)",
-                       "        except AuxError:", "            raise Slow from None"]
-            wire.append(f"{name!r}: F{i}.to_wire(self.{name})")
-        checks.append(f"    put({name!r}, v)")
-    names = list(cls.fields)
-    lines = ["def fill(self, obj):",
-             "    for k in obj:",
-             "        if type(k) is not str:",
-             "            raise Slow",
-             "    put = self.__dict__.__setitem__     # past the immutability guard, as _set does"]
-    for i, name in enumerate(names):
-        lines.append(f"    v = obj.get({name!r}, MISSING)")
-        lines += _field_block(checks, i)
-    lines.append("    return self")
-    lines += ["def to_wire(self):", f"    return {{{', '.join(wire)}}}"]
-    cls._flat = all(type(f) in _INLINE for f in cls.fields.values())
-    if cls._flat and names and all(n.isidentifier() and not keyword.iskeyword(n) and n != "self" for n in names):
-        params = "".join(f"{n}=MISSING, " for n in names)
-        given = ", ".join(f"({n!r}, {n})" for n in names)
-        lines += [f"def init(self, *, {params}**extra):",
-                  "    if not extra:",
-                  "        put = self.__dict__.__setitem__",
-                  "        try:"]
-        for i, name in enumerate(names):
-            lines.append(f"            v = {name}")
-            lines += ["        " + line for line in _field_block(checks, i)]
-        lines += ["            return",
-                  "        except Slow:",
-                  "            pass",
-                  f"    values = {{k: v for k, v in ({given}{',' if len(names) == 1 else ''}) if v is not MISSING}}",
-                  "    values.update(extra)",
-                  "    self._set(values, '$.payload', strict=True)"]
-    exec("\n".join(lines), env)
-    cls._fill, cls._to_wire = env["fill"], env["to_wire"]
-    if "init" in env:
-        cls.__init__ = env["init"]
-    return cls._fill
-
-
-def _field_block(checks: list[str], i: int) -> list[str]:
-    """The lines of ``checks`` that check and store field ``i`` (each block starts
-    with the MISSING test)."""
-    starts = [n for n, line in enumerate(checks) if line == "    if v is MISSING:"] + [len(checks)]
-    return checks[starts[i]:starts[i + 1]]
+    """Compile a payload type's validators (proto/compiled.py; imported here, once a
+    type is first used, because it builds on the field kinds above)."""
+    from .compiled import compile_payload
+    return compile_payload(cls)
 
 
 def _jsonable(value: Any) -> Any:
