@@ -37,11 +37,6 @@ from .lockdep import Lock, LockDep
 
 log = logging.getLogger("auxipc.broker")
 
-PROBE_TIMEOUT = 10.0
-REMOVE_TIMEOUT = 10.0
-DEFER_RETRY = (0.1, 5.0)   # first and longest deferred-probe retry interval, seconds
-
-
 def match_name(device_name: str) -> str:
     """The name a driver's id_table is compared with: the device name cut at its last '.'."""
     return device_name.rsplit(".", 1)[0]
