@@ -195,14 +195,13 @@ class Broker:
         nxt = bus.next_timer()
         now = time.monotonic()
         timeout = bus.hb_ivl if nxt is None else max(0.0, min(nxt - now, bus.hb_ivl))
-        if zmq_poll(self._poll_items, math.ceil(timeout * 1000)):
-            frames = recv_ready(self.router)
-            if frames is not None:
-                if frames[0] == self._side_ident:
-                    self._on_side(frames[1])
-                else:
-                    self.on_frames(frames)
-                    self.flush()    # the answer first; timers and the rest after it
+        frames = recv_ready(self.router) if zmq_poll(self._poll_items, math.ceil(timeout * 1000)) else None
+        if frames is not None:
+            if frames[0] == self._side_ident:
+                self._on_side(frames[1])
+            else:
+                self.on_frames(frames)
+                self.flush()    # the answer first; timers and the rest after it
         if now >= self._subs_due:
             self._subs_due = now + bus.hb_ivl
             self.read_subscriptions()

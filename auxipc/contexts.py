@@ -104,7 +104,7 @@ class Contexts:
 
     def fault_point(self, point: str, event: str = "") -> None:
         """A lifecycle point where a kill fault may strike this process."""
-        rule = self.faults.find("kill", self.name, event, point) if self.faults else None
+        rule = self.faults.find("kill", self.name, event, point) if self.faults.rules else None
         if rule is not None:
             self.report("FAULT", rule=rule.id, kind="kill", point=point, event=event, signal=rule.signal)
             log.warning("fault: SIG%s at %s %s", rule.signal, point, event)
@@ -119,7 +119,7 @@ class Contexts:
     def _handler_fault(self, spec: EventSpec):
         """Apply a handler fault for ``spec`` if one fires: returns a result to use instead
         of calling the handler, or None to call it (after an injected delay)."""
-        rule = self.faults.find("handler", self.name, spec.name) if self.faults else None
+        rule = self.faults.find("handler", self.name, spec.name) if self.faults.rules else None
         if rule is None:
             return None
         self.report("FAULT", rule=rule.id, kind="handler", action=rule.action, event=spec.name)
@@ -140,12 +140,15 @@ class Contexts:
         holds rtnl for the task while the handler runs (``rtnl_held``)."""
         if not rtnl_held:
             return self._invoke(spec, fn, adev, value, who)
-        holders = self._held_here.setdefault("rtnl", [])
-        holders.append(self.task)
+        holders = self._held_here.get("rtnl")
+        if holders is None:
+            holders = self._held_here["rtnl"] = []
+        task = self.task
+        holders.append(task)
         try:
             return self._invoke(spec, fn, adev, value, who)
         finally:
-            holders.remove(self.task)
+            holders.remove(task)
             if self._deferred:
                 self._drain_deferred()
 

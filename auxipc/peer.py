@@ -93,6 +93,7 @@ class Runtime(Contexts, Publishing, Dispatch):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._poll_items: list = []
+        self._sub_item: list = []
 
     # ---- subclass hooks -------------------------------------------------------------
 
@@ -145,6 +146,7 @@ class Runtime(Contexts, Publishing, Dispatch):
         # Until the heartbeat thread runs, the wake pipe is polled here; then that thread
         # relays it (and watches the socket monitor): one poll item a pump less.
         self._poll_items = [(self.sk.dealer, _POLLIN), (self.sk.sub, _POLLIN), (self._wake_r, _POLLIN)]
+        self._sub_item = [(self.sk.sub, _POLLIN)]
         start = process_start_time(os.getpid()) or 0
         restore = self.restore_state()
         result, _ = self.request(lambda r: E.Register(
@@ -336,13 +338,18 @@ class Runtime(Contexts, Publishing, Dispatch):
     def _await_dealer(self) -> None:
         """Wait for the next message on the DEALER alone, for at most DIRECT_WAIT_MS: a
         call's answer usually comes within it, and a blocking receive of one socket costs
-        much less than a poll of all of them. Async events, thread work and wake-ups
-        arriving meanwhile wait that long at most; then the call pumps as usual."""
+        much less than a poll of all of them. Async events and wake-ups (both on the SUB)
+        arriving meanwhile wait that long at most, and are taken right after, so a loop
+        of calls never starves them; then the call pumps as usual if it must."""
         try:
             frames = recv_frames(self.sk.dealer, 0)     # RCVTIMEO is DIRECT_WAIT_MS
         except zmq.Again:
             return
         self._on_dealer(frames)
+        if self.sk is not None and zmq_poll(self._sub_item, 0):
+            frames = recv_ready(self.sk.sub)
+            if frames is not None:
+                self._on_sub(frames)
 
     @staticmethod
     def check(result: E.Result, what: str) -> E.Result:

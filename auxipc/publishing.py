@@ -57,7 +57,10 @@ class Publishing:
         """Send a sync event and return its reply payload (or None); raises AuxError."""
         if not spec.sync:
             raise AuxError(Errno.EINVAL, f"{spec.name} is async: use notify()")
-        wire = payload if isinstance(payload, bytes) else E.packb(encode_payload(spec, payload))
+        if type(payload) is spec.payload:
+            wire = E.packb(payload.__dict__ if payload._flat else payload.to_wire())   # see publish_event
+        else:
+            wire = payload if isinstance(payload, bytes) else E.packb(encode_payload(spec, payload))
         if len(wire) > E.MAX_FRAME:
             raise AuxError(Errno.EMSGSIZE, f"$.payload: {len(wire)} bytes exceed the bus maximum {E.MAX_FRAME}")
         ms = max(1, int(timeout * 1000))
@@ -69,7 +72,7 @@ class Publishing:
         self.check(result, spec.name)
         if reply is None:
             return None
-        return spec.reply.from_wire(E.decode_payload_frame(reply, "$.reply"), "$.reply")
+        return spec.reply.from_wire(E.unpackb(reply, "$.reply"), "$.reply")
 
     def publish_event(self, dev_id: int, topic: bytes, spec: EventSpec, payload, timeout: float = 1.0) -> int:
         """Queue an async event (see the module's doc) and return its sequence number.

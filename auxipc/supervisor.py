@@ -139,8 +139,19 @@ class Supervisor:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(f"ipc://{root / 'up.sock'}")
 
+    def _close_control(self) -> None:
+        """Take no more requests: a client waiting on one sees ``up.sock`` go and stops
+        waiting (supervisor_client), instead of waiting out its timeout while we stop."""
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+            try:
+                (self.ep.root / "up.sock").unlink()
+            except FileNotFoundError:
+                pass
+
     def _release(self) -> None:
-        self.sock.close(linger=0)
+        self._close_control()
         self.ctx.term()
         for name in ("up.sock", "up.lock"):
             try:
@@ -301,6 +312,7 @@ class Supervisor:
                 self.reap()
                 self.restart_due()
         finally:
+            self._close_control()
             self.down()
             self._release()
         if self.gave_up:
@@ -334,8 +346,12 @@ def supervisor_client(runtime_dir, op: str, name: str = "", timeout: float = 30.
     try:
         sock.connect(f"ipc://{path}")
         sock.send_multipart(E.encode(E.Ctl(r=1, op=op, args={"name": name})))
-        if not sock.poll(timeout * 1000):
-            raise AuxError(Errno.ETIMEDOUT, f"the supervisor in {ep.root} did not answer '{op}'")
+        deadline = time.monotonic() + timeout
+        while not sock.poll(100):
+            if not path.exists():
+                raise AuxError(Errno.ESHUTDOWN, f"the supervisor in {ep.root} is shutting down")
+            if time.monotonic() > deadline:
+                raise AuxError(Errno.ETIMEDOUT, f"the supervisor in {ep.root} did not answer '{op}'")
         msg, _ = E.decode(sock.recv_multipart())
         if msg.e:
             raise AuxError(msg.e, msg.m)

@@ -188,7 +188,7 @@ class ChildRuntime(Runtime):
             case E.Request():
                 adev = self._bound(msg.dev)
                 spec, fn = self._handler(adev, msg.ev)
-                if self.faults:
+                if self.faults.rules:
                     self.fault_point("request", spec.name)
                     if spec.name == "RESET_WARN":
                         self.fault_point("reset", spec.name)
@@ -236,7 +236,7 @@ class ChildRuntime(Runtime):
                 self.stats["adopted"] += 1
                 log.info("%s: took %s back after the broker restart (no second probe)", drv.name, msg.name)
                 return 0, "adopted", None
-        if self.faults:
+        if self.faults.rules:
             self.fault_point("probe")
         adev = ChildDevice(self, msg.dev, msg.name, drv, msg.parent_handles, msg.parent_schema)
         self.devices[msg.dev] = adev     # probe may already call the parent
@@ -257,7 +257,7 @@ class ChildRuntime(Runtime):
         adev = self.devices.get(msg.dev)
         if adev is None:
             return 0, "", None
-        if self.faults:
+        if self.faults.rules:
             self.fault_point("remove")
         try:
             if callable(adev.driver.remove):

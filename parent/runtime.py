@@ -247,7 +247,7 @@ class ParentRuntime(Runtime):
                 fn = self.handlers.get(msg.ev)
                 if spec is None or fn is None:
                     raise AuxError(Errno.EOPNOTSUPP, f"parent {self.name} has no handler for event {msg.ev}")
-                if self.faults:
+                if self.faults.rules:
                     self.fault_point("request", spec.name)
                 value = decode_payload(spec, E.decode_payload_frame(payload))
                 e, reply = normalize_result(spec, self.invoke(spec, fn, adev, value, self.name, msg.rtnl))

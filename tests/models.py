@@ -20,6 +20,9 @@ process started by the fixtures (tests/conftest.py):
     blocked in a sync call does: requests for *other* devices are served).
 ``AXT_REMOVE_SLOW``
     Seconds ``remove()`` takes, pumping meanwhile (like GLOBAL above).
+``AXT_CALL_LOOP``
+    Rec: in a FUNC RESET_WARN, call SET_MAC back to back until a LINK_CHANGE arrives (at most
+    this many times), logging calls-start / calls-end.
 ``AXT_HOLD``
     Match names whose devices the driver takes a reference on in probe
     (``adev.get()``); every held reference is put by the next RESET_WARN.
@@ -43,7 +46,7 @@ import os
 import time
 
 from proto.errno import AuxError, Errno
-from proto.events import Event, ResetType, SetMacReply
+from proto.events import Event, ResetType, SetMac, SetMacReply
 from auxipc.handlers import handler
 from child.runtime import AuxDriver
 from parent.runtime import ParentModel
@@ -163,6 +166,8 @@ class Rec(AuxDriver):
         self.remove_slow = float(os.environ.get("AXT_REMOVE_SLOW", "0"))
         self.hold = set(_env_list("AXT_HOLD", default=""))
         self.held: list = []
+        self.call_loop = int(os.environ.get("AXT_CALL_LOOP", "0"))
+        self.links_seen = 0
 
     def probe(self, adev):
         log("probe", dev=adev.name, driver=self.name)
@@ -180,15 +185,28 @@ class Rec(AuxDriver):
 
     @handler(Event.LINK_CHANGE)
     def link_change(self, adev, link) -> None:
+        self.links_seen += 1
         log("LINK_CHANGE", dev=adev.name, up=link.up, speed_mbps=link.speed_mbps, duplex=link.duplex.name)
 
     @handler(Event.FW_EVENT)
     def fw_event(self, adev, ev) -> None:
         log("FW_EVENT", dev=adev.name, kind=ev.kind.name, state=ev.state)
 
+    def _call_loop(self, adev) -> None:
+        """$AXT_CALL_LOOP: back-to-back SET_MAC calls until a LINK_CHANGE arrives (at most
+        that many): async events must not starve behind a loop of sync calls."""
+        seen, calls = self.links_seen, 0
+        log("calls-start", dev=adev.name)
+        while self.links_seen == seen and calls < self.call_loop:
+            adev.call(Event.SET_MAC, SetMac(addr=bytes((2, 0, 0, 0, 0, calls % 250))))
+            calls += 1
+        log("calls-end", dev=adev.name, calls=calls, saw_link=self.links_seen > seen)
+
     @handler(Event.RESET_WARN)
     def reset_warn(self, adev, warn) -> int:
         log("enter", ev="RESET_WARN", dev=adev.name, reset_type=warn.reset_type.name)
+        if self.call_loop and warn.reset_type is ResetType.FUNC:
+            self._call_loop(adev)
         if warn.reset_type is ResetType.DEV:
             time.sleep(self.slow)
         elif warn.reset_type is ResetType.GLOBAL:

@@ -256,3 +256,22 @@ def test_handler_waiting_on_one_device_does_not_stall_another(bus):
     [r1] = child.records("remove-end", dev="tp.eth.0")
     [done] = parent.records("delete-done", dev="tp.eth.0")
     assert exit_["t"] <= r0["t"] <= r1["t"] <= done["t"]
+
+
+def test_async_events_are_not_starved_by_back_to_back_calls(bus):
+    """The RESET_WARN handler of tp.eth.0 makes SET_MAC calls back to back; a LINK_CHANGE
+    published meanwhile to tp.rdma.0 (another device: no device_lock between them)
+    reaches the child while the calls go on, not after them: a call that gets its
+    answer without polling still takes what waits on the SUB."""
+    bus.parent()
+    child = bus.child(AXT_CALL_LOOP="3000")
+    warn = bus.popen(*bus.send_args("tp.eth.0", "RESET_WARN", "parent", FUNC, 20))
+    child.wait_record("calls-start", dev="tp.eth.0")
+    out = bus.client.send_event("tp.rdma.0", "LINK_CHANGE", "parent", {"up": True, "speed_mbps": 7}, 5.0)
+    assert out["errno"] == 0, out
+    end = child.wait_record("calls-end", dev="tp.eth.0", timeout=20)
+    assert end["saw_link"] and end["calls"] < 3000, end
+    [link] = [r for r in child.records("LINK_CHANGE") if r["dev"] == "tp.rdma.0"]
+    assert link["t"] < end["t"]
+    rc, out = _json(warn)
+    assert (rc, out["errno"]) == (0, 0), out
