@@ -93,11 +93,11 @@ class Publishing:
                 last = self._last_state[topic] = {}
             last[spec.code] = wire
         seq = self._seq_out[topic] = self._seq_out.get(topic, 0) + 1
+        code = _CODES.get(spec.code) or _code(spec.code)
         if self.faults.rules:
             rule = self.faults.find("message", self.name, spec.name)
             if rule is not None:
                 self._flush_topic(topic)           # what was queued before goes first
-                code = _code(spec.code)
                 self._async_fault(rule, topic, spec.name, wire, lambda w: E.event_frame(
                     dev_id, seq, self.inc, self.epoch, [code + w]))
                 return seq
@@ -105,11 +105,10 @@ class Publishing:
         if batch is None or batch[0] != dev_id:
             if batch is not None:
                 self._flush_topic(topic)
-            self._batches[topic] = [dev_id, seq, [(_CODES.get(spec.code) or _code(spec.code)) + wire],
-                                    len(wire), timeout]
+            self._batches[topic] = [dev_id, seq, [code + wire], len(wire), timeout]
             return seq
         packed = batch[2]
-        packed.append((_CODES.get(spec.code) or _code(spec.code)) + wire)
+        packed.append(code + wire)
         batch[3] += len(wire)
         if (len(packed) >= BATCH_EVENTS or batch[3] >= BATCH_BYTES) and not self._flush_topic(topic):
             raise AuxError(Errno.EAGAIN, f"{spec.name}: publish queue full for {timeout:.1f} s (subscribers "
