@@ -257,7 +257,7 @@ def test_run_reports_pass_fail_with_the_trace_of_the_failing_step(tmp_path, fres
     assert r.exit_code == 1
     report = json.loads(r.output)
     assert (report["passed"], report["failed"], report["skipped"], report["ok"]) == (1, 1, 2, False)
-    assert report["steps"][1]["records"][0]["event"] == "SET_MAC"
+    assert any(rec["kind"] == "call" and rec["event"] == "SET_MAC" for rec in report["steps"][1]["records"])
 
 
 def test_run_invalid_file_is_a_usage_error_and_warnings_go_to_stderr(tmp_path):
