@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -70,26 +71,43 @@ def _broker_starter(root: str, env: dict):
             return ping()
 
         def get_lines(self, log_file):
-            # xprocess polls every 0.1 s and waits out its whole timeout if the process
-            # dies first: poll faster, and give up as soon as the broker has exited.
-            pidfile = Path(str(self.control_dir)) / "xprocess.PID"
-            deadline = time.monotonic() + START_TIMEOUT
-            while True:
-                line = log_file.readline()
-                if not line:
-                    if pidfile.exists() and not _running(int(pidfile.read_text())):
-                        line = log_file.readline()
-                        if not line:
-                            raise RuntimeError(f"auxipc broker exited before it was ready "
-                                               f"(log: {self.control_dir}/xprocess.log)")
-                    else:
-                        time.sleep(0.01)
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"auxipc broker not ready within {START_TIMEOUT} s")
-                yield line
+            return ready_lines(log_file, self.control_dir, time.monotonic() + START_TIMEOUT,
+                               lambda: f"auxipc broker exited before it was ready "
+                                       f"(log: {self.control_dir}/xprocess.log)",
+                               lambda: f"auxipc broker not ready within {START_TIMEOUT} s")
 
     BrokerStarter.env = env
     return BrokerStarter
+
+
+def ready_lines(log_file, control_dir, deadline: float, exited: Callable[[], str], late: Callable[[], str]):
+    """The lines of an xprocess log as they come, for a starter's ``get_lines``.
+    xprocess's own reader polls every 0.1 s and, if the process dies before its ready
+    line, waits out its whole timeout; this polls every 10 ms and raises RuntimeError
+    (``exited()``) as soon as the process is gone, TimeoutError (``late()``) at ``deadline``."""
+    pidfile = Path(str(control_dir)) / "xprocess.PID"
+    while True:
+        line = log_file.readline()
+        if not line:
+            if pidfile.exists() and process_gone(int(pidfile.read_text())):
+                line = log_file.readline()
+                if not line:
+                    raise RuntimeError(exited())
+            else:
+                time.sleep(0.01)
+        if time.monotonic() > deadline:
+            raise TimeoutError(late())
+        yield line
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (no such process, or a zombie not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
 
 
 def _running(pid: int) -> bool:

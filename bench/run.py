@@ -203,6 +203,20 @@ def cpu_per_op(before: dict, after: dict, n: int) -> dict:
 
 # ---- floor cases ----------------------------------------------------------------------------
 
+def _timed_client(procs, endpoint, svc, n, warm, stop, roles: dict) -> dict:
+    """Start the DEALER client on ``endpoint`` and measure its timed loop: its round
+    trips, and the CPU of the client (``caller``) and of ``roles`` (role -> index in
+    ``procs``) while it ran."""
+    rc, wc = SPAWN.Pipe(duplex=False)
+    started = SPAWN.Event()
+    procs.append(start(floors.dealer_client, endpoint, svc, warm, n, started, stop, wc))
+    wait_event(started, "DEALER client warm-up", step=0.002)
+    pids = {"caller": procs[-1].pid} | {role: procs[i].pid for role, i in roles.items()}
+    c0 = cpu_sample(pids)
+    res = collect(rc, "DEALER client")
+    return rt_stats(res) | {"cpu": cpu_per_op(c0, cpu_sample(pids), n)}
+
+
 def floor_direct(tmp, n, warm, cpu=None):
     ep = f"ipc://{tmp}/direct.ipc"
     ready, stop = SPAWN.Event(), SPAWN.Event()
@@ -211,18 +225,10 @@ def floor_direct(tmp, n, warm, cpu=None):
         try:
             procs.append(start(floors.router_echo, ep, ready, stop))
             wait_event(ready, "ROUTER echo")
-            rc, wc = SPAWN.Pipe(duplex=False)
-            started = SPAWN.Event()
-            procs.append(start(floors.dealer_client, ep, None, warm, n, started, stop, wc))
-            wait_event(started, "DEALER client warm-up", step=0.002)
-            pids = {"caller": procs[1].pid, "callee": procs[0].pid}
-            c0 = cpu_sample(pids)
-            res = collect(rc, "DEALER client")
-            c1 = cpu_sample(pids)
+            return _timed_client(procs, ep, None, n, warm, stop, {"callee": 0})
         finally:
             stop.set()
             finish(procs)
-    return rt_stats(res) | {"cpu": cpu_per_op(c0, c1, n)}
 
 
 def floor_forwarder(tmp, n, warm, cpu=None):
@@ -235,18 +241,10 @@ def floor_forwarder(tmp, n, warm, cpu=None):
             wait_event(bready, "forwarder")
             procs.append(start(floors.dealer_worker, back, b"echo", stop))
             wait_event(wready, "worker registration")
-            rc, wc = SPAWN.Pipe(duplex=False)
-            started = SPAWN.Event()
-            procs.append(start(floors.dealer_client, front, b"echo", warm, n, started, stop, wc))
-            wait_event(started, "DEALER client warm-up", step=0.002)
-            pids = {"caller": procs[2].pid, "broker": procs[0].pid, "callee": procs[1].pid}
-            c0 = cpu_sample(pids)
-            res = collect(rc, "DEALER client")
-            c1 = cpu_sample(pids)
+            return _timed_client(procs, front, b"echo", n, warm, stop, {"broker": 0, "callee": 1})
         finally:
             stop.set()
             finish(procs)
-    return rt_stats(res) | {"cpu": cpu_per_op(c0, c1, n)}
 
 
 def floor_pubsub(tmp, n, warm, via_proxy):

@@ -35,11 +35,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 from xprocess import ProcessStarter
 
 from auxipc.client import Client
+from auxipc.pytest_plugin import process_gone, ready_lines
 from proto.errno import AuxError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,13 +76,6 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in data.splitlines(keepends=True) if line.endswith("\n")]
 
 
-def _process_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def _label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80]
 
@@ -106,23 +99,12 @@ def _starter(argv: list[str], environ: dict, ready: str, check=None):
         terminate_on_interrupt = True
 
         def get_lines(self, log_file):
-            # xprocess's own reader polls every 0.1 s and, if the process dies before
-            # its ready line, waits out the whole timeout: poll faster and fail at once.
-            pidfile = Path(str(self.control_dir)) / "xprocess.PID"
-            while True:
-                line = log_file.readline()
-                if not line:
-                    if pidfile.exists() and _process_gone(int(pidfile.read_text())):
-                        line = log_file.readline()
-                        if not line:
-                            raise RuntimeError(f"{' '.join(argv[3:5])} exited before printing its ready "
-                                               f"line; its output:\n{_tail(self.control_dir)}")
-                    else:
-                        time.sleep(0.01)
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{' '.join(argv[3:5])} printed no line matching {ready!r} within "
-                                       f"{START_TIMEOUT} s; its output:\n{_tail(self.control_dir)}")
-                yield line
+            what = " ".join(argv[3:5])
+            return ready_lines(log_file, self.control_dir, deadline,
+                               lambda: f"{what} exited before printing its ready line; its output:\n"
+                                       f"{_tail(self.control_dir)}",
+                               lambda: f"{what} printed no line matching {ready!r} within {START_TIMEOUT} s; "
+                                       f"its output:\n{_tail(self.control_dir)}")
 
     if check is not None:
         Starter.startup_check = lambda self: check()
@@ -318,7 +300,7 @@ class Bus:
             problem = self._stop(name)
             if problem:
                 problems.append(problem)
-        left = [pid for pid in self.pids if not _process_gone(pid)]
+        left = [pid for pid in self.pids if not process_gone(pid)]
         if left:
             problems.append(f"processes left behind: {left}")
         socks = sorted(p.name for p in self.root.glob("*.sock")) if self.root.exists() else []
