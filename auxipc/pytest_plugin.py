@@ -1,7 +1,7 @@
 """The ``auxbus`` pytest fixture: a private auxipc bus per test, across real processes.
 
 Installed with auxipc (entry point ``pytest11``); needs pytest-xprocess
-(``pip install 'auxipc[test]'``). ::
+(``pip install 'auxipc[pytest]'``). ::
 
     def test_my_driver_binds(auxbus):
         auxbus.parent("ixd")                     # or "mypkg.models:MyParent"

@@ -1,6 +1,6 @@
 """Testing your own parent models and drivers across real processes with the
 ``auxbus`` fixture (installed with auxipc as a pytest plugin; needs the test
-extra: ``pip install 'auxipc[test]'``). Copy this file next to your code and run
+extra: ``pip install 'auxipc[pytest]'``). Copy this file next to your code and run
 ``pytest test_example.py``. See docs/testing.md.
 """
 
