@@ -1,3 +1,3 @@
-from .cli import main
+from auxipc.cli.main import main
 
 main(prog_name="auxipc")

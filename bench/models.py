@@ -29,7 +29,7 @@ import traceback
 
 from proto.errno import AuxError
 from proto.events import Duplex, Event, LinkChange, ResetType, ResetWarn, SetMac, SetMacReply
-from auxipc.handlers import handler
+from auxipc.runtime.handlers import handler
 from child.runtime import AuxDriver, ChildDevice
 from parent.runtime import ParentDevice, ParentModel
 from .floors import rt_loop

@@ -14,7 +14,7 @@ what the parent handles, and skips what it does not):
   netshaper and ethtool ops, forwarded to the parent (the broker holds rtnl
   around the events the kernel sends under it), remembered when accepted.
 
-What it knows is in ``adev.data`` and journalled (auxipc/journal.py): records
+What it knows is in ``adev.data`` and journalled (auxipc/runtime/journal.py): records
 ``probe``, ``queues`` (state, txq_start, errno), ``link``, ``reset``, ``tc``,
 ``caps``, ``op`` (a user request: event, errno, reply), ``remove``.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from proto.errno import AuxError
 from proto.events import EnableQueues, Event, PostConfig, QueueConfig
-from auxipc.handlers import handler
+from auxipc.runtime.handlers import handler
 from .reference import ReferenceDriver
 from .runtime import ChildDevice
 

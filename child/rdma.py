@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from proto.errno import AuxError
 from proto.events import Event, QsetParams
-from auxipc.handlers import handler
+from auxipc.runtime.handlers import handler
 from .reference import ReferenceDriver
 from .runtime import ChildDevice
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from proto.errno import AuxError, Errno
-from auxipc.journal import journal
+from auxipc.runtime.journal import journal
 from .runtime import AuxDriver, ChildDevice
 
 log = logging.getLogger("auxipc.child")

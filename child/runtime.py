@@ -22,8 +22,8 @@ import logging
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import EventSpec, decode_payload
-from auxipc.handlers import collect_handlers, normalize_result
-from auxipc.peer import Runtime
+from auxipc.runtime.handlers import collect_handlers, normalize_result
+from auxipc.runtime.peer import Runtime
 
 log = logging.getLogger("auxipc.child")
 

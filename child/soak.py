@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from proto.errno import AuxError
 from proto.events import Event, PostConfig, SetMac
-from auxipc.handlers import handler
-from auxipc.soak import Load
+from auxipc.runtime.handlers import handler
+from auxipc.testing.soak import Load
 from .runtime import AuxDriver
 
 PERIOD = 0.01

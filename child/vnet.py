@@ -8,8 +8,8 @@ virtqueues on detach (suspend) until attach (resume).
 from __future__ import annotations
 
 from proto.events import Event
-from auxipc.handlers import handler
-from auxipc.journal import journal
+from auxipc.runtime.handlers import handler
+from auxipc.runtime.journal import journal
 from .runtime import AuxDriver, ChildDevice
 
 

@@ -17,7 +17,7 @@ shuts the FW mailbox down at once, so a request waiting on it fails -ENXIO.
 Hardware events: the FW's link flaps (``link_flap`` in $AUXIPC_HW, or SIGUSR2
 for one flap now) go to the children as LINK_CHANGE; SIGUSR1 toggles a FW hang
 (mailbox requests then time out -ETIME, and the children get a health event).
-Every change is journalled (auxipc/journal.py) and, with ``report=1``, published
+Every change is journalled (auxipc/runtime/journal.py) and, with ``report=1``, published
 as a trace record ``HW <what>``.
 """
 
@@ -31,7 +31,7 @@ from typing import Callable
 from proto.errno import AuxError, Errno
 from proto.events import (DcbConfig, DetachReason, Ets, Event, FwEvent, FwEventKind, Pfc, PrepareDetach,
                           ResetComplete, ResetType, ResetWarn, Tsa)
-from auxipc.journal import _plain, journal
+from auxipc.runtime.journal import _plain, journal
 from .hw import Hardware, HwConfig
 from .hw.reset import HW_NAME, ResetState
 from .nic_ops import NicHandlers

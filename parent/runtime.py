@@ -25,8 +25,8 @@ from typing import Callable
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import decode_payload, encode_payload
-from auxipc.handlers import collect_handlers, normalize_result
-from auxipc.peer import Runtime
+from auxipc.runtime.handlers import collect_handlers, normalize_result
+from auxipc.runtime.peer import Runtime
 
 log = logging.getLogger("auxipc.parent")
 

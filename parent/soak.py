@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 
 from proto.events import Event, FwEvent, FwEventKind, ResetType, ResetWarn, SetMacReply
-from auxipc.handlers import handler
-from auxipc.soak import Load
+from auxipc.runtime.handlers import handler
+from auxipc.testing.soak import Load
 from .runtime import ParentModel
 
 PERIOD = 0.01

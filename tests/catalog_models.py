@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from auxipc.handlers import handler
+from auxipc.runtime.handlers import handler
 from auxipc.schemas import load_catalog
 from child.runtime import AuxDriver
 from parent.runtime import ParentModel

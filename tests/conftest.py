@@ -38,8 +38,8 @@ from pathlib import Path
 import pytest
 from xprocess import ProcessStarter
 
-from auxipc.client import Client
-from auxipc.pytest_plugin import process_gone, ready_lines
+from auxipc.observe.client import Client
+from auxipc.testing.pytest_plugin import process_gone, ready_lines
 from proto.errno import AuxError
 
 REPO = Path(__file__).resolve().parent.parent

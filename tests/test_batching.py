@@ -1,4 +1,4 @@
-"""Async events batched per device (auxipc/publishing.py), against a socket double:
+"""Async events batched per device (auxipc/runtime/publishing.py), against a socket double:
 what leaves, when and in which order. The wire form is checked by decoding it, as a
 receiver would (proto/envelope.py)."""
 
@@ -9,7 +9,7 @@ import pytest
 from proto import envelope as E
 from proto.events import CATALOG, Event, FwEvent, FwEventKind, LinkChange
 from auxipc.faults import FaultRule
-from auxipc.publishing import BATCH_EVENTS
+from auxipc.runtime.publishing import BATCH_EVENTS
 from parent.runtime import ParentModel, ParentRuntime
 
 LINK, FW = CATALOG.lookup(Event.LINK_CHANGE), CATALOG.lookup(Event.FW_EVENT)

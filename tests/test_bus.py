@@ -5,8 +5,8 @@ import pytest
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import Event
-from auxipc.bus import Bus, device_name, match_name
-from auxipc.lifecycle import (BindState, DeviceState, IllegalTransition, bind_machine, device_machine,
+from auxipc.broker.bus import Bus, device_name, match_name
+from auxipc.broker.lifecycle import (BindState, DeviceState, IllegalTransition, bind_machine, device_machine,
                               peer_machine)
 
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auxipc.cli import main
+from auxipc.cli.main import main
 from proto.errno import AuxError, Errno
 from proto.events import (CATALOG, Caps, Context, DcbConfig, Delivery, Direction, EnableQueues, Event,
                           EventSpec, MacFilter, Qos, ResetWarn, Virtchnl, VlanFilter, decode_payload,

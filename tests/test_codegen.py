@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from auxipc.cli import main
+from auxipc.cli.main import main
 from auxipc.schemas import load_catalog
 from proto import cheader, mddoc
 from proto.events import CATALOG, Delivery, Direction, EventSpec, ResetType

@@ -15,7 +15,7 @@ import msgpack
 import pytest
 import zmq
 
-from auxipc.client import Client
+from auxipc.observe.client import Client
 from auxipc.runtime_dir import process_start_time
 from proto import envelope as E
 from proto.events import Event

@@ -5,7 +5,7 @@ import pytest
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import Event
-from auxipc.lockdep import Lock, LockDep, LockedOp
+from auxipc.broker.lockdep import Lock, LockDep, LockedOp
 from tests.test_bus import C, Harness, P, bound
 
 

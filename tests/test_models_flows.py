@@ -3,7 +3,7 @@ idpf_eth), Model B (idpf + idpf_prime), mlx5_core with three children, ice + ird
 proposal's three pain points (DCB, netshaper, queue enable) with their error paths; resets
 in each parent's shape; the demos.
 
-What the processes did is read from their journals ($AXT_LOG, auxipc/journal.py); waiting
+What the processes did is read from their journals ($AXT_LOG, auxipc/runtime/journal.py); waiting
 is on those records and on bus state, never on sleep.
 """
 

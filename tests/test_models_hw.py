@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from auxipc.lifecycle import IllegalTransition
+from auxipc.broker.lifecycle import IllegalTransition
 from parent.hw import Hardware, HwConfig
 from parent.hw.caps import CapSet
 from parent.hw.dcb import DEFAULT, Dcb

@@ -20,10 +20,10 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from auxipc.cli import main
-from auxipc.diagram import to_html, to_markdown, to_mermaid
-from auxipc.render import render_tree
-from auxipc.trace import Filter, Lifelines, dumps, format_trace, format_udev, load, udev_event
+from auxipc.cli.main import main
+from auxipc.observe.diagram import to_html, to_markdown, to_mermaid
+from auxipc.observe.render import render_tree
+from auxipc.observe.trace import Filter, Lifelines, dumps, format_trace, format_udev, load, udev_event
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from auxipc.client import Client
-from auxipc.soak import Soak
+from auxipc.observe.client import Client
+from auxipc.testing.soak import Soak
 from proto.errno import Errno
 
 REPO = Path(__file__).resolve().parent.parent

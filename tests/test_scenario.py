@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from auxipc.cli import main
-from auxipc.scenario import (ExpectRecord, ExpectResult, ProcessSpec, SendSpec, SignalSpec, StartSpec, StopSpec,
+from auxipc.cli.main import main
+from auxipc.testing.scenario import (ExpectRecord, ExpectResult, ProcessSpec, SendSpec, SignalSpec, StartSpec, StopSpec,
                              WaitSpec, parse, subset_mismatch)
 from auxipc.runtime_dir import process_start_time
-from auxipc.scenario_run import run_scenario
-from auxipc.scenario import load
+from auxipc.testing.scenario_run import run_scenario
+from auxipc.testing.scenario import load
 from proto.errno import AuxError
 
 pytestmark = pytest.mark.timeout(30)

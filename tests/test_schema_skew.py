@@ -14,7 +14,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from auxipc.cli import main
+from auxipc.cli.main import main
 from auxipc.schemas import load_catalog
 from tests.conftest import wait_until
 

@@ -1,7 +1,7 @@
 """Emulated hardware behind a parent: plain state, changed only by the parent's handlers and FW events.
 
 Each piece is its own module and, where it has states, a table like
-``auxipc/lifecycle.py`` (an illegal event raises an AuxError naming the state
+``auxipc/broker/lifecycle.py`` (an illegal event raises an AuxError naming the state
 and the event):
 
 | module | what |

@@ -1,0 +1,466 @@
+"""The bus model the broker enforces, without I/O.
+
+``Bus`` takes decoded messages (``handle(ident, header, payload_frame)``) and the
+passage of time (``tick()``), and leaves what to send in ``outbox`` (to a routing
+id) and ``published`` (bus notifications). The broker process (``broker.py``)
+drives it with real sockets; unit tests drive it directly.
+
+Rules it enforces (see docs/protocol.md and kernel-semantics.md):
+- devices: init (name required) -> add (``<modname>.<name>.<id>``, -EEXIST on a
+  duplicate, binds at once) -> delete (unbinds synchronously) -> release at the
+  last put;
+- drivers: probe and id_table required, duplicate name -EBUSY, matching on the
+  name cut at its last '.', probe 0 binds, -ENODEV/-ENXIO reject silently,
+  -EPROBE_DEFER retried, other errors reported and the next driver tried;
+- sync calls: checked (schema, direction, binding, discovery, payload), then
+  delivered under the device's lock (parent->child) and answered exactly once:
+  by the callee, by its death (-ENODEV), or at the deadline (-ETIMEDOUT).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from proto import envelope as E
+from proto.errno import AuxError, Errno
+from proto.events import CATALOG, Catalog
+from auxipc.broker.binding import Binding
+from auxipc.broker.calls import Calls
+from auxipc.broker.lifecycle import PeerState, peer_machine
+from auxipc.faults import FaultPlan, FaultRule, corrupt
+from auxipc.broker.lockdep import Lock, LockDep
+
+log = logging.getLogger("auxipc.broker")
+
+def match_name(device_name: str) -> str:
+    """The name a driver's id_table is compared with: the device name cut at its last '.'."""
+    return device_name.rsplit(".", 1)[0]
+
+
+def device_name(modname: str, name: str, dev_id: int) -> str:
+    # auxiliary_device_add formats the id with %d: ids >= 2^31 print negative.
+    signed = dev_id - 2**32 if dev_id >= 2**31 else dev_id
+    return f"{modname}.{name}.{signed}"
+
+
+# Enum members looked up as class attributes cost a metaclass call each time; the
+# hot path compares with module constants.
+ALIVE = PeerState.ALIVE
+
+
+@dataclass(eq=False, slots=True)
+class Peer:
+    ident: bytes
+    role: str
+    name: str
+    pid: int
+    start_time: int
+    inc: int
+    schema: tuple
+    handles: frozenset
+    last_seen: float
+    machine: object = None
+    drivers: list = field(default_factory=list)
+    devices: list = field(default_factory=list)
+    holding: Counter = field(default_factory=Counter)
+    slow_calls: int = 0
+    adopt: dict = field(default_factory=dict)     # device name -> (driver, refs) held before a broker restart
+
+    @property
+    def label(self) -> str:
+        return f"{self.role} {self.name}[{self.pid}]#{self.inc}"
+
+    @property
+    def alive(self) -> bool:
+        return self.machine.state is ALIVE
+
+
+@dataclass(eq=False, slots=True)
+class Driver:
+    name: str
+    peer: Peer
+    id_table: tuple
+    handles: frozenset
+    has_remove: bool
+    has_shutdown: bool
+
+
+@dataclass(eq=False, slots=True)
+class Device:
+    dev_id: int
+    parent: Peer
+    short: str
+    id: int
+    name: str
+    has_release: bool
+    life: object
+    bind: object
+    lock: Lock = None
+    driver: Driver | None = None
+    refs: Counter = field(default_factory=Counter)
+    defer_delay: float = 0.0
+    last_error: str = ""
+    last_probe: int = 0
+
+    @property
+    def refcount(self) -> int:
+        return sum(self.refs.values())
+
+
+@dataclass(eq=False, slots=True)
+class Pending:
+    """A request the broker sent to a peer and still owes an answer for. ``what``
+    describes it in error messages: a string, or an object formatted only when one
+    is written (a sync call describes itself, saving a string per call)."""
+    rid: int
+    callee: Peer
+    deadline: float
+    on_result: Callable[[int, str, bytes | None, dict], None]
+    what: object
+    sent: float
+    timer: list | None = None
+
+
+class Bus(Binding, Calls):
+    def __init__(self, clock: Callable[[], float], epoch: int, catalog: Catalog = CATALOG,
+                 hb_ivl: float = 0.25, hb_liveness: int = 3):
+        self.clock, self.epoch, self.catalog = clock, epoch, catalog
+        self.hb_ivl, self.hb_liveness = hb_ivl, hb_liveness
+        self.peers: dict[bytes, Peer] = {}          # main routing id -> peer
+        self.hb_idents: dict[bytes, Peer] = {}      # heartbeat routing id -> peer
+        self.drivers: dict[str, Driver] = {}
+        self.devices: dict[int, Device] = {}
+        self.by_name: dict[str, Device] = {}        # added devices only
+        self.pending: dict[int, Pending] = {}
+        self.outbox: list[tuple[bytes, list[bytes]]] = []
+        # Called where an answer should leave before the bookkeeping that follows it
+        # (a call's locks released after its RESULT is out); the broker sends the outbox.
+        self.on_output: Callable[[], None] = lambda: None
+        self.published: list[list[bytes]] = []
+        self.uevents: deque = deque(maxlen=20000)
+        self.stats = Counter()
+        self._ids = itertools.count(1)
+        self._incs = itertools.count(1)
+        self._seq = itertools.count(1)
+        self._timers: list = []
+        self._cancelled = 0     # cancelled timers still in the heap (a call's deadline, mostly)
+        self._tseq = itertools.count()
+        self.lockdep = LockDep(self._lockdep_report)
+        self.faults = FaultPlan()
+        self.tracing = True     # the broker clears it while nobody subscribes to 'trace'
+        self._held_back: dict[bytes, list] = {}    # reorder faults: frames held until the next send
+        self.lock_ops: dict = {}      # (task, lock name) -> LockedOp of a granted or queued LOCK
+        self._hb_echo = E.encode(E.Heartbeat(epoch=epoch))    # the same frames every time
+        self._hb_due = 0.0            # no peer's heartbeat can expire before this time
+        self._handlers = {            # message type -> handler(peer, msg); RESULT and CALL come first
+            E.DrvRegister: self.driver_register, E.DrvUnregister: self.driver_unregister,
+            E.DevInit: self.dev_init, E.DevAdd: self.dev_add, E.DevDelete: self.dev_delete,
+            E.DevUninit: self.dev_uninit, E.DevGet: self.dev_get, E.DevPut: self.dev_put, E.DevPm: self.dev_pm,
+            E.LockReq: self.lock_req, E.Resync: self.resync, E.UnlockReq: self.unlock_req,
+            E.Unregister: self.unregister,
+        }
+
+    # ---- plumbing ---------------------------------------------------------------
+
+    def send(self, ident: bytes, msg: E.Header, payload=None) -> None:
+        self._send_frames(ident, E.encode(msg, payload))
+
+    def _send_frames(self, ident: bytes, frames: list[bytes]) -> None:
+        self.outbox.append((ident, frames))
+        held = self._held_back.pop(ident, None) if self._held_back else None
+        if held:
+            self.outbox.extend(held)     # a reordered message goes out after the next one
+
+    # ---- fault injection ----------------------------------------------------------------
+
+    def add_fault(self, rule: FaultRule) -> FaultRule:
+        rule.id = next(self._ids)
+        self.faults.rules.append(rule)
+        self.uevent("FAULT_ADD", rule=rule.to_dict())
+        self._push_faults()
+        return rule
+
+    def clear_faults(self, target: str = "") -> int:
+        before = len(self.faults.rules)
+        self.faults.rules = [r for r in self.faults.rules if target and r.target != target]
+        self._push_faults()
+        return before - len(self.faults.rules)
+
+    def _push_faults(self) -> None:
+        for peer in self.peers.values():
+            if peer.alive:
+                rules = [r.to_dict() for r in self.faults.rules if r.target in ("*", peer.name)]
+                self.request(peer, lambda rid, rules=rules: E.Fault(r=rid, rules=rules), None, 5.0,
+                             f"fault rules to {peer.label}", lambda *_: None)
+
+    def fault_applied(self, rule: FaultRule, **detail) -> None:
+        self.stats["faults_applied"] += 1
+        self.published.append(E.encode(E.Uevent(seq=0, action="FAULT", detail={
+            "rule": rule.id, "kind": rule.kind, "action": rule.action or rule.point, **detail}), topic=b"trace"))
+
+    def message_fault(self, rule: FaultRule, peer: Peer, frames: list[bytes], what: str) -> None:
+        self.fault_applied(rule, to=peer.label, what=what)
+        if rule.action == "drop":
+            self.stats["dropped_by_fault"] += 1
+        elif rule.action == "delay":
+            self.later(rule.delay_ms / 1000, lambda: self.outbox.append((peer.ident, frames)))
+        elif rule.action == "duplicate":
+            self.outbox.extend([(peer.ident, frames), (peer.ident, frames)])
+        elif rule.action == "reorder":
+            self._held_back.setdefault(peer.ident, []).append((peer.ident, frames))
+            self.later(0.5, lambda: self.outbox.extend(self._held_back.pop(peer.ident, [])))
+        elif rule.action == "corrupt":
+            self.outbox.append((peer.ident, [*frames[:-1], corrupt(frames[-1], rule._rng)]))
+
+    def reply(self, ident: bytes, r: int, errno: int = 0, message: str = "", data: dict | None = None,
+              payload: bytes | None = None) -> None:
+        self.outbox.append((ident, E.fast(E.Result, payload, r=r, e=-abs(errno), m=message[:4000], d=data or {})))
+        held = self._held_back.pop(ident, None) if self._held_back else None
+        if held:
+            self.outbox.extend(held)
+
+    def uevent(self, action: str, dev: str = "", driver: str = "", **detail) -> None:
+        seq = next(self._seq)
+        record = {"seq": seq, "ts": self.clock(), "action": action, "dev": dev, "driver": driver,
+                  "detail": detail}
+        self.uevents.append(record)
+        self.published.append(E.encode(E.Uevent(seq=seq, action=action, dev=dev, driver=driver,
+                                                detail=detail), topic=b"bus"))
+        log.info("uevent %s %s %s %s", action, dev, driver, detail or "")
+
+    def _lockdep_report(self, kind: str, detail: dict) -> None:
+        self.stats[f"lockdep_{kind}"] += 1
+        log.warning("lockdep: %s: %s", kind, detail)
+        self.uevent("LOCKDEP", kind=kind, **detail)
+        self.published.append(E.encode(E.Uevent(seq=0, action="LOCKDEP", detail={"kind": kind, **detail}),
+                                       topic=b"trace"))
+
+    @staticmethod
+    def task_of(peer: "Peer", msg) -> str:
+        """The task a request runs in: the one it names, else a task of its own (a
+        peer that does not name tasks never has two requests in one task)."""
+        return msg.task or f"{peer.name}#{peer.inc}/r{msg.r}"
+
+    def later(self, delay: float, fn: Callable[..., None], *args) -> list:
+        """Run ``fn(*args)`` after ``delay`` seconds; returns a handle for ``cancel``."""
+        return self.at(self.clock() + delay, fn, *args)
+
+    def at(self, when: float, fn: Callable[..., None], *args) -> list:
+        """Run ``fn(*args)`` at clock time ``when``; returns a handle for ``cancel``."""
+        timer = [when, next(self._tseq), fn, args]
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def cancel(self, timer: list | None) -> None:
+        """Cancel a timer: it never runs, and never wakes the broker. Nearly every call's
+        deadline is cancelled: once they are most of the heap it is rebuilt without them,
+        so it stays the size of what is live (pushes and pops stay cheap)."""
+        if timer is not None and timer[2] is not None:
+            timer[2] = None
+            self._cancelled += 1
+            if self._cancelled > 64 and 2 * self._cancelled > len(self._timers):
+                self._timers = [t for t in self._timers if t[2] is not None]
+                heapq.heapify(self._timers)
+                self._cancelled = 0
+
+    def next_timer(self) -> float | None:
+        timers = self._timers
+        while timers and timers[0][2] is None:
+            heapq.heappop(timers)
+            self._cancelled -= 1
+        return timers[0][0] if timers else None
+
+    def tick(self) -> None:
+        now = self.clock()
+        # self._timers, not a local: a callback's cancel() may rebuild the heap.
+        while self._timers and self._timers[0][0] <= now:
+            timer = heapq.heappop(self._timers)
+            fn = timer[2]
+            if fn is None:
+                self._cancelled -= 1
+                continue
+            timer[2] = None      # fired: a later cancel() is a no-op
+            fn(*timer[3])
+        if now >= self._hb_due:
+            self._check_heartbeats(now)
+
+    def _check_heartbeats(self, now: float) -> None:
+        """Declare dead the peers silent past their liveness; note when the next can be.
+        (``last_seen`` only grows, and a new peer expires no earlier than ``now + limit``.)"""
+        limit = self.hb_ivl * self.hb_liveness
+        due = now + limit
+        for peer in list(self.peers.values()):
+            if not peer.alive:
+                continue
+            if now - peer.last_seen > limit:
+                self.peer_died(peer, f"no heartbeat for {now - peer.last_seen:.2f} s "
+                                     f"(interval {self.hb_ivl} s x {self.hb_liveness})")
+            else:
+                due = min(due, peer.last_seen + limit)
+        self._hb_due = due
+
+    def request(self, peer: Peer, msg_for: Callable[[int], E.Header], payload, timeout: float,
+                what: str, on_result: Callable[[int, str, bytes | None, dict], None],
+                event: str = "") -> Pending:
+        """Send a request that the peer answers with RESULT; ``on_result`` runs exactly once.
+        A sync event (``event``) to the peer may meet a message fault on the way."""
+        rid = next(self._ids)
+        if not peer.alive:
+            return self.expect(peer, rid, None, timeout, what, on_result)
+        msg = msg_for(rid)
+        frames = msg if isinstance(msg, list) else E.encode(msg, payload)
+        return self.expect(peer, rid, frames, timeout, what, on_result, event)
+
+    def expect(self, peer: Peer, rid: int, frames: list[bytes] | None, timeout: float, what: object,
+               on_result: Callable[[int, str, bytes | None, dict], None], event: str = "") -> Pending:
+        """``request`` for frames already built with request id ``rid`` (from ``self._ids``)."""
+        now = self.clock()
+        p = Pending(rid, peer, now + timeout, on_result, what, now)
+        if not peer.alive:      # never wait for an answer from the dead
+            self.later(0, on_result, -Errno.ENODEV, f"{what}: {peer.label} is gone", None, {})
+            return p
+        self.pending[rid] = p
+        rule = self.faults.find("message", peer.name, event) if event and self.faults else None
+        if rule is None:
+            self.outbox.append((peer.ident, frames))
+        else:
+            self.message_fault(rule, peer, frames, str(what))
+        p.timer = self.at(p.deadline, self._expire, p)
+        return p
+
+    def _expire(self, p: Pending) -> None:
+        if self.pending.pop(p.rid, None) is not None:
+            self.stats["timeouts"] += 1
+            p.callee.slow_calls += 1
+            p.on_result(-Errno.ETIMEDOUT, f"{p.what}: no answer from {p.callee.label} within "
+                        f"{(p.deadline - p.sent) * 1000:.0f} ms (the process is alive: a slow handler)", None, {})
+
+    def settle(self, rid: int) -> Pending | None:
+        """Take a pending request off the table (answered or its callee gone)."""
+        p = self.pending.pop(rid, None)
+        if p is not None:
+            self.cancel(p.timer)
+        return p
+
+    # ---- entry point --------------------------------------------------------------
+
+    def handle(self, ident: bytes, msg: E.Header, payload: bytes | None) -> None:
+        now = self.clock()
+        hb_peer = self.hb_idents.get(ident)
+        if hb_peer is not None:
+            if hb_peer.alive:
+                hb_peer.last_seen = now
+                self._send_frames(ident, self._hb_echo)
+            return
+        kind = type(msg)
+        if kind is E.Heartbeat:
+            # A heartbeat socket the bus does not know (a peer of a former broker).
+            self.send(ident, E.Reregister(reason=f"unknown heartbeat socket; broker epoch {self.epoch}"))
+            return
+        if kind is E.Register:
+            return self.register(ident, msg)
+        if kind is E.Ctl:
+            return  # control queries are answered by the broker process (control.py)
+        peer = self.peers.get(ident)
+        if peer is None or not peer.alive:
+            self.stats["unregistered"] += 1
+            self.send(ident, E.Reregister(reason="not registered with this broker "
+                                                 f"(epoch {self.epoch}); send REGISTER first"))
+            return
+        peer.last_seen = now
+        try:
+            if kind is E.Result:
+                self.on_result(peer, msg, payload)
+            elif kind is E.Call:
+                self.call(peer, msg, payload)
+            else:
+                handler = self._handlers.get(kind)
+                if handler is None:
+                    raise AuxError(Errno.EPROTO, f"$.header.t: {msg.TYPE.name} is not sent to the broker")
+                handler(peer, msg)
+        except AuxError as exc:
+            self.reply(ident, getattr(msg, "r", 0), exc.errno, exc.message)
+
+    # ---- peers ----------------------------------------------------------------------
+
+    def register(self, ident: bytes, msg: E.Register) -> None:
+        old = self.peers.get(ident)
+        if old is not None and old.alive:
+            # A repeated REGISTER on the same socket (a retry): same incarnation.
+            return self.reply(ident, msg.r, data=self._welcome(old))
+        if msg.role not in ("parent", "child"):
+            return self.reply(ident, msg.r, Errno.EINVAL, f"$.header.role: {msg.role!r} is not 'parent' or 'child'")
+        if not msg.name:
+            return self.reply(ident, msg.r, Errno.EINVAL, "$.header.name: empty")
+        # Any schema major registers (the envelope is the same); matching never binds
+        # a driver and a device whose peers' majors differ (Binding._bind_refused).
+        for other in list(self.peers.values()):
+            if other.alive and other.pid == msg.pid and other.start_time == msg.start_time:
+                self.peer_died(other, f"re-registered on a new socket (pid {msg.pid})")
+        peer = Peer(ident, msg.role, msg.name, msg.pid, msg.start_time, next(self._incs),
+                    tuple(msg.schema), frozenset(msg.handles), self.clock())
+        peer.machine = peer_machine(peer.label)
+        if msg.role == "child":
+            for item in msg.restore.get("bound", ()):
+                if isinstance(item, dict) and isinstance(item.get("name"), str):
+                    peer.adopt[item["name"]] = (item.get("driver"), int(item.get("refs", 0) or 0))
+        self.peers[ident] = peer
+        self.hb_idents[ident + b"#hb"] = peer
+        self.uevent("REGISTER", role=msg.role, name=msg.name, pid=msg.pid, inc=peer.inc)
+        self.reply(ident, msg.r, data=self._welcome(peer))
+
+    def resync(self, peer: Peer, msg: E.Resync) -> None:
+        """Pass a receiver's gap report to the other side of the device (no answer)."""
+        dev = self.devices.get(msg.dev)
+        if dev is None or dev.driver is None:
+            return
+        other = dev.driver.peer if peer is dev.parent else dev.parent if dev.driver.peer is peer else None
+        if other is not None and other.alive:
+            self.stats["resyncs"] += 1
+            self.send(other.ident, E.Resync(dev=msg.dev))
+
+    def _welcome(self, peer: Peer) -> dict:
+        return {"peer": peer.label, "inc": peer.inc, "epoch": self.epoch,
+                "faults": [r.to_dict() for r in self.faults.rules if r.matches(peer.name) or r.target == "*"],
+                "hb_ivl_ms": int(self.hb_ivl * 1000), "hb_liveness": self.hb_liveness,
+                "schema": list(self.catalog.version)}
+
+    def unregister(self, peer: Peer, msg: E.Unregister) -> None:
+        self.reply(peer.ident, msg.r)
+        self._peer_gone(peer, "unregister", "unregistered")
+
+    def peer_died(self, peer: Peer, reason: str) -> None:
+        if peer.alive:
+            self.stats["peer_deaths"] += 1
+            self._peer_gone(peer, "crash", reason)
+
+    def _peer_gone(self, peer: Peer, event: str, reason: str) -> None:
+        peer.machine.fire(event)
+        log.log(logging.WARNING if event == "crash" else logging.INFO, "%s is %s: %s",
+                peer.label, peer.machine.state.value, reason)
+        self.uevent("PEER_DEAD" if event == "crash" else "UNREGISTER", name=peer.name, pid=peer.pid,
+                    inc=peer.inc, reason=reason)
+        # Unbind first: calls queued behind a device lock must fail now, not start
+        # towards the dead peer when the lock frees.
+        for drv in list(peer.drivers):
+            self._driver_gone(drv, f"driver {drv.name} died ({reason})" if event == "crash"
+                              else f"driver {drv.name} unregistered")
+        for rid, p in list(self.pending.items()):
+            if p.callee is peer:
+                self.settle(rid)
+                p.on_result(-Errno.ENODEV, f"{p.what}: {peer.label} is gone ({reason})", None, {})
+        self.locks_gone(peer)
+        for dev in list(peer.devices):
+            self._parent_gone(dev, reason)
+        for dev_id, n in list(peer.holding.items()):
+            dev = self.devices.get(dev_id)
+            if dev is not None:
+                for _ in range(n):
+                    self._put(dev, peer)
+        self.peers.pop(peer.ident, None)
+        self.hb_idents.pop(peer.ident + b"#hb", None)

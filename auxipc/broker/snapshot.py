@@ -1,0 +1,60 @@
+"""The bus as data: what ``auxipc ls --json`` prints."""
+
+from __future__ import annotations
+
+from proto.errno import AuxError
+from proto.events import negotiate
+from auxipc.broker.bus import Bus, match_name
+from auxipc.broker.lifecycle import DeviceState
+
+
+def _schemas(dev) -> dict:
+    """Both sides' schema versions and the contract they share (None when unbound)."""
+    v = lambda t: "%d.%d" % tuple(t)
+    parent, child = dev.parent.schema, dev.driver.peer.schema if dev.driver else None
+    shared = None
+    if child is not None:
+        try:
+            shared = v(negotiate(parent, child))
+        except AuxError:
+            pass
+    return {"parent": v(parent), "child": v(child) if child else None, "negotiated": shared}
+
+
+def snapshot(bus: Bus) -> dict:
+    now = bus.clock()
+    devices = []
+    for dev in sorted(bus.devices.values(), key=lambda d: d.dev_id):
+        child_handles = dev.driver.handles if dev.driver else frozenset()
+        events = []
+        for spec in bus.catalog:
+            receiver = child_handles if spec.direction.allows("parent") else dev.parent.handles
+            events.append({"event": spec.name, "code": int(spec.code), "direction": spec.direction.value,
+                           "delivery": spec.delivery.value, "context": spec.context.value, "rtnl": spec.rtnl,
+                           "since": "%d.%d" % tuple(spec.since),
+                           "parent": spec.code in dev.parent.handles, "child": spec.code in child_handles,
+                           "deliverable": bool(dev.driver) and spec.code in receiver})
+        devices.append({
+            "id": dev.dev_id, "name": dev.name, "match": match_name(dev.name),
+            "driver": dev.driver.name if dev.driver else None,
+            "state": dev.life.state.value, "bind": dev.bind.state.value,
+            "refcount": dev.refcount, "holders": dict(dev.refs),
+            "leak": dev.life.state is DeviceState.DELETED and dev.refcount > 0,
+            "parent": dev.parent.label, "locked_by": dev.lock.owner.what if dev.lock.owner else None,
+            "queued": len(dev.lock.queue), "last_error": dev.last_error, "schema": _schemas(dev),
+            "events": events})
+    drivers = [{"name": d.name, "id_table": list(d.id_table), "peer": d.peer.label,
+                "bound": [x.name for x in bus.devices.values() if x.driver is d],
+                "handles": sorted(bus.catalog.lookup(c).name for c in d.handles if bus.catalog.get(c))}
+               for d in bus.drivers.values()]
+    peers = [{"role": p.role, "name": p.name, "pid": p.pid, "inc": p.inc, "alive": p.alive,
+              "state": p.machine.state.value, "schema": ".".join(map(str, p.schema)),
+              "last_seen_ms": int((now - p.last_seen) * 1000), "slow_calls": p.slow_calls}
+             for p in bus.peers.values()]
+    locks = [{"name": lock.name, "holder": lock.owner.task if lock.owner else None,
+              "waiters": [op.task for op in lock.queue if not op.cancelled]}
+             for lock in bus.lockdep.named.values()]
+    return {"epoch": bus.epoch, "schema": bus.catalog.version_str, "devices": devices,
+            "drivers": drivers, "peers": peers, "pending": len(bus.pending), "locks": locks,
+            "lockdep": {"inversions": bus.lockdep.inversions, "deadlocks": bus.lockdep.deadlocks},
+            "stats": dict(bus.stats)}

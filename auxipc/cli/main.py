@@ -1,0 +1,268 @@
+"""The ``auxipc`` command line. Commands parse, call the library, print.
+
+Exit codes: 0 success; 1 the operation or event failed (the errno is printed);
+2 usage error. Long-running commands print one line containing ``ready`` once
+they serve, and stop cleanly on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+
+import click
+
+from proto.errno import AuxError, Errno
+from auxipc.schemas import schema_option
+
+RUNTIME_DIR = click.option("--runtime-dir", envvar="AUXIPC_RUNTIME_DIR", type=click.Path(file_okay=False),
+                           help="Bus runtime dir (default: $AUXIPC_RUNTIME_DIR, $XDG_RUNTIME_DIR/auxipc, "
+                                "/tmp/auxipc-$UID).")
+
+
+def fail(exc: AuxError, code: int = 1):
+    click.echo(f"auxipc: {exc}", err=True)
+    sys.exit(code)
+
+
+class Group(click.Group):
+    """Turns every AuxError escaping a command into one line and exit 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except AuxError as exc:
+            fail(exc, 2 if exc.errno == Errno.EINVAL and "usage" in exc.message else 1)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit,
+                KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a bug: one line, and the traceback with -v
+            logging.getLogger("auxipc").debug("internal error", exc_info=True)
+            click.echo(f"auxipc: internal error: {type(exc).__name__}: {exc} "
+                       "(run with -vv for the traceback, and please report it)", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@click.version_option(package_name="auxipc")
+def main(verbose):
+    """auxipc: a multi-process emulator of the Linux auxiliary bus with
+    bidirectional event handlers.
+
+    \b
+    Quick start:
+      auxipc demo                       # everything below, in one go
+      auxipc broker &                   # the bus
+      auxipc parent --model ixd &       # a PCI owner adding ixd.eth.0
+      auxipc child --driver idpf_eth &  # an aux driver binding it
+      auxipc ls
+      auxipc send ixd.eth.0 FW_EVENT --from parent --payload '{"kind": "HEALTH"}'
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+
+
+def _serve_until_signal(rt, ready_line) -> None:
+    from auxipc.runtime.peer import BrokerLost
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: rt.stop())
+    try:
+        rt.open()
+        click.echo(ready_line(rt), nl=True)
+        sys.stdout.flush()
+        rt.run()
+    except BrokerLost:
+        if not rt.stopping:
+            raise        # asked to stop while the broker was away: a clean exit
+    finally:
+        rt.close()
+
+
+@main.command()
+@RUNTIME_DIR
+@click.option("--hb-ivl", default=0.25, show_default=True, type=click.FloatRange(0.01, 60),
+              help="Heartbeat interval (seconds) every peer is told to use.")
+@click.option("--hb-liveness", default=3, show_default=True, type=click.IntRange(2, 100),
+              help="Missed heartbeats before a peer is declared dead.")
+@schema_option
+def broker(runtime_dir, hb_ivl, hb_liveness, catalog):
+    """Run the bus broker (one per runtime dir)."""
+    from auxipc.broker.server import serve
+    serve(runtime_dir, hb_ivl, hb_liveness, ready=lambda line: (click.echo(line), sys.stdout.flush()),
+          catalog=catalog)
+
+
+@main.command()
+@RUNTIME_DIR
+@click.option("--model", required=True,
+              help="Parent model: ixd (Model A), idpf (Model B), mlx5_core, ice, or module:Class. "
+                   "Their emulated hardware takes knobs from $AUXIPC_HW (docs/models.md).")
+@click.option("--devices", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="How many auxiliary devices the model adds (ids 0..N-1).")
+@schema_option
+def parent(runtime_dir, model, devices, catalog):
+    """Run a PCI-owner emulator process that adds auxiliary devices."""
+    from auxipc.registry import MODELS, load
+    from parent.runtime import ParentRuntime
+    cls = load(model, MODELS, "parent model")
+    try:
+        instance = cls(devices=devices)
+    except TypeError:
+        instance = cls()
+    rt = ParentRuntime(instance, runtime_dir=runtime_dir, catalog=catalog)
+    _serve_until_signal(rt, lambda rt: f"auxipc parent {rt.name} ready: "
+                        + (", ".join(d.name for d in rt.devices.values()) or "no devices"))
+
+
+@main.command()
+@RUNTIME_DIR
+@click.option("--driver", "drivers", multiple=True, required=True,
+              help="Auxiliary driver: idpf_eth, idpf_prime, mlx5e, irdma, mlx5_ib, mlx5_vdpa, "
+                   "or module:Class. Repeatable.")
+@schema_option
+def child(runtime_dir, drivers, catalog):
+    """Run an auxiliary-driver process."""
+    from auxipc.registry import DRIVERS, load
+    from child.runtime import ChildRuntime
+    rt = ChildRuntime([load(d, DRIVERS, "driver")() for d in drivers], runtime_dir=runtime_dir, catalog=catalog)
+    _serve_until_signal(rt, lambda rt: f"auxipc child {rt.name} ready: bound "
+                        + (", ".join(d.name for d in rt.devices.values()) or "nothing yet"))
+
+
+@main.command()
+@RUNTIME_DIR
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--tree/--table", "tree", default=True, show_default=True,
+              help="Parent -> device -> driver tree, or the flat tables.")
+def ls(runtime_dir, as_json, tree):
+    """Show devices, drivers and peers on the bus.
+
+    \b
+    Examples:
+      auxipc ls                        # parent process -> devices -> bound driver, refs, events
+      auxipc ls --table                # devices, drivers and peers as tables
+      auxipc ls --json | jq '.devices[] | {name, bind, driver}'
+    """
+    from auxipc.observe.client import Client
+    from auxipc.observe.render import render_ls, render_tree
+    with Client(runtime_dir) as c:
+        snap = c.query("ls")
+    click.echo(json.dumps(snap, indent=2) if as_json else render_tree(snap) if tree else render_ls(snap))
+
+
+@main.command()
+@RUNTIME_DIR
+@click.argument("device")
+@click.argument("event")
+@click.option("--from", "side", required=True, type=click.Choice(["parent", "child"]),
+              help="Which side's runtime sends the event.")
+@click.option("--payload", default="{}", help="The payload as a JSON object.")
+@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.001, 3600),
+              help="Deadline in seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print {errno, error, reply} as JSON.")
+@schema_option
+def send(runtime_dir, device, event, side, payload, timeout, as_json, catalog):
+    """Send EVENT on DEVICE through the parent's or the child's runtime.
+
+    \b
+    Examples:
+      auxipc send ixd.eth.0 FW_EVENT --from parent --payload '{"kind": "HEALTH", "state": 2}'
+      auxipc send ixd.eth.0 SET_MAC --from child --payload '{"addr": "02:00:00:00:00:01"}' --json
+    """
+    from auxipc.observe.client import Client
+    try:
+        obj = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    if not isinstance(obj, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--payload")
+    try:
+        spec = catalog.lookup(event)
+    except AuxError as exc:
+        raise click.BadParameter(str(exc), param_hint="EVENT") from None
+    with Client(runtime_dir) as c:
+        out = c.send_event(device, spec.name, side, obj, timeout, catalog=catalog)
+    if as_json:
+        click.echo(json.dumps({k: out[k] for k in ("errno", "error", "message", "reply")}))
+    elif out["errno"]:
+        click.echo(f"{spec.name} on {device}: {out['error']} ({out['errno']}): {out['message']}", err=True)
+    else:
+        reply = f" reply {json.dumps(out['reply'])}" if out["reply"] else ""
+        note = f" ({out['message']})" if out["message"] else ""
+        click.echo(f"{spec.name} on {device}: ok{reply}{note}")
+    sys.exit(1 if out["errno"] else 0)
+
+
+@main.command()
+@RUNTIME_DIR
+@click.argument("device")
+@click.argument("driver")
+def bind(runtime_dir, device, driver):
+    """Bind DEVICE to DRIVER, like writing to /sys/bus/auxiliary/drivers/DRIVER/bind.
+
+    Errors as the driver core's: unknown or non-matching device ENODEV, already
+    bound EBUSY, deferred probe EAGAIN, or the probe's own error.
+    """
+    from auxipc.observe.client import Client
+    with Client(runtime_dir, timeout=30.0) as c:
+        c.query("bind", device=device, driver=driver)
+    click.echo(f"{device}: bound to {driver}")
+
+
+@main.command()
+@RUNTIME_DIR
+@click.argument("device")
+def unbind(runtime_dir, device):
+    """Unbind DEVICE from its driver (its remove() runs), like sysfs unbind."""
+    from auxipc.observe.client import Client
+    with Client(runtime_dir, timeout=30.0) as c:
+        c.query("unbind", device=device)
+    click.echo(f"{device}: unbound")
+
+
+@main.command()
+@click.option("--runtime-dir", type=click.Path(file_okay=False),
+              help="Run in this (empty or new) dir instead of a fresh temporary one.")
+@click.option("--record", type=click.Path(dir_okay=False, writable=True),
+              help="Also write every trace record to FILE (JSON lines; draw it with "
+                   "'auxipc trace render FILE --mermaid OUT.md').")
+@click.argument("which", required=False, type=click.Choice(["model-a", "model-b"]))
+def demo(runtime_dir, record, which):
+    """Start a broker, the ixd parent and the idpf_eth child, play events both ways, stop.
+
+    \b
+    WHICH plays one of the proposal's diagrams instead, with emulated hardware behind the parent:
+      model-a   ixd (the foundational NIC) + IDPF: FW event down; DCB change and reset request up
+      model-b   idpf (PCI owner on an IPU) + IDPF': enable queues and post-config up; link change down
+    """
+    if which:
+        from auxipc.testing.demo_models import run_model_demo
+        sys.exit(run_model_demo(which, runtime_dir, record))
+    from auxipc.testing.demo import run_demo
+    sys.exit(run_demo(runtime_dir, record))
+
+
+from auxipc.cli.contract import events, proto  # noqa: E402
+main.add_command(proto)
+main.add_command(events)
+from auxipc.cli.observe import monitor, run, trace, wait  # noqa: E402
+main.add_command(monitor)
+main.add_command(trace)
+main.add_command(wait)
+main.add_command(run)
+
+from auxipc.cli.fault import fault  # noqa: E402
+
+main.add_command(fault)
+
+from auxipc.cli.up import COMMANDS as SUPERVISION  # noqa: E402
+
+for command in SUPERVISION:
+    main.add_command(command)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Start auxipc processes and stop them for good.
+
+``Proc`` launches ``python -u -m auxipc ...`` (never fork with live sockets),
+waits for its ``ready`` line, and stops it with SIGTERM, a grace period, then
+SIGKILL, always reaping it. Processes are told apart by pid *and* start time.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from proto.errno import AuxError, Errno
+from auxipc.runtime_dir import process_start_time
+
+
+def _die_with_launcher() -> None:
+    """In the child, before exec: SIGTERM when the process that launched us dies (Linux
+    PR_SET_PDEATHSIG), so a launcher killed with SIGKILL leaves nothing behind."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class Proc:
+    def __init__(self, name: str, args: list[str], env: dict | None = None, log_dir: str | None = None):
+        self.name, self.args = name, args
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.log_dir = log_dir or tempfile.gettempdir()
+        self.popen: subprocess.Popen | None = None
+        self.start_time: int | None = None
+        self.ready_line = ""
+        self.log_path = os.path.join(self.log_dir, f"{name}.log")
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def start(self, ready_timeout: float = 15.0) -> str:
+        self._log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen([sys.executable, "-u", "-m", "auxipc", *self.args], stdout=subprocess.PIPE,
+                                      stderr=self._log, stdin=subprocess.DEVNULL, env=self.env,
+                                      start_new_session=True, preexec_fn=_die_with_launcher)
+        self.start_time = process_start_time(self.popen.pid)
+        return self.wait_ready(ready_timeout)
+
+    def wait_ready(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        buf = b""
+        fd = self.popen.stdout.fileno()
+        while b"ready" not in buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.stop()
+                raise AuxError(Errno.ETIMEDOUT, f"{self.name} did not become ready within {timeout:.0f} s; "
+                               f"log: {self.tail()}")
+            r, _, _ = select.select([fd], [], [], remaining)
+            if r:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    code = self.popen.wait()
+                    raise AuxError(Errno.ESHUTDOWN, f"{self.name} exited with {code} before it was ready: "
+                                   f"{self.tail()}")
+                buf += chunk
+        self.ready_line = buf.decode(errors="replace").strip().splitlines()[-1]
+        return self.ready_line
+
+    def tail(self, lines: int = 8) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return " | ".join(f.read().decode(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def alive(self) -> bool:
+        return (self.popen is not None and self.popen.poll() is None
+                and process_start_time(self.popen.pid) == self.start_time)
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """SIGTERM, wait ``grace``, SIGKILL; always reaps. Returns the exit code."""
+        if self.popen is None:
+            return None
+        try:
+            if self.popen.poll() is None:
+                self.popen.send_signal(signal.SIGTERM)
+                try:
+                    self.popen.wait(grace)
+                except subprocess.TimeoutExpired:
+                    self.popen.kill()
+            return self.popen.wait()
+        finally:
+            self.popen.stdout.close()
+            self._log.close()

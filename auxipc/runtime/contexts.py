@@ -1,0 +1,183 @@
+"""Tasks, cross-process locks, handler contexts and fault points: the part of a
+peer runtime that says *in what context* code runs.
+
+A mixin of ``Runtime`` (peer.py): it uses the runtime's ``request``, ``report``
+and state (``_tasks``, ``_held_here``, ``_atomic``, ``faults``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import Iterator
+
+import zmq
+
+from proto import envelope as E
+from proto.errno import AuxError, Errno
+from proto.events import Context, EventSpec
+
+_ATOMIC = Context.ATOMIC
+from auxipc.faults import SIGNALS
+
+log = logging.getLogger("auxipc.peer")
+
+
+class Contexts:
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def task(self) -> str:
+        """The task running now: a handler runs in its caller's task (the chain crosses
+        processes, as a kernel call would); top-level code and each timer callback
+        (a workqueue item) have tasks of their own."""
+        return self._tasks[-1] if self._tasks else f"{self.name}#{self.inc}/main"
+
+    @contextlib.contextmanager
+    def in_task(self, task: str) -> Iterator[None]:
+        self._tasks.append(task)
+        try:
+            yield
+        finally:
+            self._tasks.pop()
+
+    def new_task(self, kind: str = "w") -> str:
+        return f"{self.name}#{self.inc}/{kind}{next(self._task_ids)}"
+
+    @contextlib.contextmanager
+    def lock(self, name: str, timeout: float = 5.0, ensure: bool = False) -> Iterator[None]:
+        """Hold a cross-process lock (``rtnl``, ``mutex:<name>``) for the current task.
+        -EDEADLK at once if waiting would deadlock (lockdep), -ETIMEDOUT at the deadline.
+        With ``ensure``, a lock the task already holds is fine (and stays held after)."""
+        task = self.task
+        ms = max(1, int(timeout * 1000))
+        below = tuple(t for t in self._tasks[:-1] if t != task)
+        holders = self._held_here.setdefault(name, [])
+        holders.append(task)      # from the request on: nested deliveries needing it wait
+        try:
+            result, _ = self.request(lambda r: E.LockReq(r=r, name=name, task=task, timeout_ms=ms,
+                                                         ensure=ensure, stack=below),
+                                     timeout=timeout, what=f"lock {name}")
+            self.check(result, f"lock {name}")
+        except BaseException:
+            holders.remove(task)
+            self._drain_deferred()
+            raise
+        already = result.d.get("held", False)
+        if already:
+            holders.remove(task)
+        try:
+            yield
+        finally:
+            if not already:
+                self._held_here[name].remove(task)
+                if self.sk is not None:
+                    result, _ = self.request(lambda r: E.UnlockReq(r=r, name=name, task=task),
+                                             what=f"unlock {name}")
+                    if result.e:
+                        log.warning("unlock %s: %s", name, result.m)
+                self._drain_deferred()
+
+    def _overrun(self, what: str, took: float) -> None:
+        self.stats["atomic_overrun"] += 1
+        log.warning("BUG: %s ran %.1f ms in atomic context (budget %.1f ms)", what, took * 1000,
+                    self.atomic_budget * 1000)
+        self.report("ATOMIC_OVERRUN", what=what, ms=round(took * 1000, 3), budget_ms=self.atomic_budget * 1000)
+
+    def atomic_context(self) -> str | None:
+        """What runs in atomic context now (``<EVENT> handler of <who>``), if anything."""
+        return None if self._atomic is None else f"{self._atomic[0].name} handler of {self._atomic[1]}"
+
+    def might_sleep(self, what: str) -> None:
+        """The kernel's might_sleep(): refuse to block in atomic context."""
+        if self._atomic is not None:
+            self.stats["sleep_in_atomic"] += 1
+            context = self.atomic_context()
+            msg = f"BUG: sleeping function called from invalid context: {what} in {context}"
+            log.error("%s", msg)
+            self.report("SLEEP_IN_ATOMIC", what=what, context=context)
+            raise AuxError(Errno.EAGAIN, msg)
+
+    def fault_point(self, point: str, event: str = "") -> None:
+        """A lifecycle point where a kill fault may strike this process."""
+        rule = self.faults.find("kill", self.name, event, point) if self.faults.rules else None
+        if rule is not None:
+            self.report("FAULT", rule=rule.id, kind="kill", point=point, event=event, signal=rule.signal)
+            log.warning("fault: SIG%s at %s %s", rule.signal, point, event)
+            time.sleep(0.02)   # let the I/O thread flush the FAULT record before we die
+            os.kill(os.getpid(), SIGNALS[rule.signal.upper()])
+
+    def _sent_fault(self, event: str) -> None:
+        self.fault_point("send", event)
+        if event == "RESET_WARN":
+            self.fault_point("reset", event)
+
+    def _handler_fault(self, spec: EventSpec):
+        """Apply a handler fault for ``spec`` if one fires: returns a result to use instead
+        of calling the handler, or None to call it (after an injected delay)."""
+        rule = self.faults.find("handler", self.name, spec.name) if self.faults.rules else None
+        if rule is None:
+            return None
+        self.report("FAULT", rule=rule.id, kind="handler", action=rule.action, event=spec.name)
+        if rule.action == "delay":
+            time.sleep(rule.delay_ms / 1000)
+            return None
+        if rule.action == "hang":
+            while not self._stopping:   # a wedged handler: heartbeats go on, callers time out
+                time.sleep(0.05)
+            return -Errno.ESHUTDOWN
+        if rule.action == "raise":
+            raise RuntimeError(f"injected fault in the {spec.name} handler (rule #{rule.id})")
+        raise AuxError(Errno[rule.errno.upper()], f"injected fault (rule #{rule.id})")
+
+    def invoke(self, spec: EventSpec, fn, adev, value, who: str, rtnl_held: bool = False):
+        """Call an event handler in the context its event declares: atomic (no sleeping,
+        time budget) or may-sleep. For events the kernel sends under rtnl the broker
+        holds rtnl for the task while the handler runs (``rtnl_held``)."""
+        if not rtnl_held:
+            return self._invoke(spec, fn, adev, value, who)
+        holders = self._held_here.get("rtnl")
+        if holders is None:
+            holders = self._held_here["rtnl"] = []
+        task = self.task
+        holders.append(task)
+        try:
+            return self._invoke(spec, fn, adev, value, who)
+        finally:
+            holders.remove(task)
+            if self._deferred:
+                self._drain_deferred()
+
+    def _invoke(self, spec, fn, adev, value, who):
+        """Run a handler in its event's context: atomic (sleeping is a BUG, time budget
+        reported) or may-sleep. Plain try/finally: this runs once an event."""
+        if self.faults.rules:
+            injected = self._handler_fault(spec)
+            if injected is not None:
+                return injected
+        if spec.context is not _ATOMIC:
+            return fn(adev, value)
+        outer, self._atomic = self._atomic, (spec, who)    # named only if a BUG is reported
+        t0 = time.monotonic()
+        try:
+            return fn(adev, value)
+        finally:
+            took = time.monotonic() - t0
+            if took > self.atomic_budget:
+                self._overrun(self.atomic_context(), took)
+            self._atomic = outer
+
+    def report(self, record: str, /, **detail) -> None:
+        """Publish a trace record (topic ``trace``, action ``record``) about this process."""
+        if self.sk is None:
+            return
+        head = {"t": E.Msg.UEVENT, "seq": 0, "action": record, "dev": "", "driver": "",
+                "detail": {"peer": f"{self.role} {self.name}#{self.inc}", "task": self.task, **detail}}
+        try:
+            self.sk.pub.send_multipart([b"trace", E.MAGIC + E.packb(head)], zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats["trace_dropped"] += 1

@@ -1,0 +1,179 @@
+"""Peer-side sockets: one DEALER for requests/replies, one PUB and one SUB for
+async events, and a heartbeat thread with a DEALER of its own.
+
+Socket options here answer the measured facts in shared/reference/zeromq.md:
+explicit linger, bounded queues, no fork with live sockets, heartbeats from a
+thread that a slow handler cannot starve (so a slow handler is never taken for
+a dead process, while a SIGSTOPped process still goes silent).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+
+import zmq
+
+from proto import envelope as E
+from auxipc.runtime_dir import Endpoints
+
+HWM = 100_000
+DIRECT_WAIT_MS = 2    # how long a sync call waits on its DEALER alone before polling everything
+WAKE = b"\0wake"     # topic of the heartbeat thread's wake-ups, on the runtime's SUB
+_SNDMORE, _NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
+# The Cython methods under pyzmq's Python wrappers: the wrappers' argument handling
+# costs about as much as the call itself, four times on each hop of a call.
+_send, _recv = zmq.backend.Socket.send, zmq.backend.Socket.recv
+
+
+def recv_frames(sock: zmq.Socket, flags: int = _NOBLOCK) -> list[bytes]:
+    """One message, all its frames: queued (raises zmq.Again when there is none), or
+    with ``flags`` 0 waiting up to the socket's RCVTIMEO. Frames, not bytes, come out
+    of the receive: a frame knows whether more follow, which saves a ZMQ_RCVMORE
+    query (pyzmq's getsockopt builds an enum each time)."""
+    frame = _recv(sock, flags, False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, _NOBLOCK, False)
+        frames.append(frame.bytes)
+    return frames
+
+
+def recv_ready(sock: zmq.Socket) -> list[bytes] | None:
+    """The next message of a socket a poll found readable, or None if a nested pump
+    took it meanwhile. One message a poll: asking ZMQ_EVENTS whether more are queued
+    costs as much as the next poll, which returns at once while they are."""
+    try:
+        return recv_frames(sock)
+    except zmq.Again:
+        return None
+
+
+def send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:
+    """send_multipart with plain int flags, through the Cython method."""
+    last = len(frames) - 1
+    for i in range(last):
+        _send(sock, frames[i], flags | _SNDMORE)
+    _send(sock, frames[last], flags)
+
+
+def peer_ident(role: str, name: str) -> bytes:
+    return f"{role[0]}:{name}:{os.getpid()}:{os.urandom(3).hex()}".encode()
+
+
+class Sockets:
+    """The sockets of one peer incarnation. Closed and recreated after broker loss,
+    so queued requests are never replayed to a new broker."""
+
+    def __init__(self, ctx: zmq.Context, ep: Endpoints, ident: bytes):
+        self.ident = ident
+        d = self.dealer = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.IDENTITY, ident)
+        d.setsockopt(zmq.LINGER, 200)
+        d.setsockopt(zmq.SNDHWM, HWM)
+        d.setsockopt(zmq.RCVHWM, HWM)
+        d.setsockopt(zmq.RECONNECT_IVL, 50)
+        d.setsockopt(zmq.RCVTIMEO, DIRECT_WAIT_MS)     # only receives without NOBLOCK wait (peer._await_dealer)
+        self.monitor = d.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        d.connect(ep.bus)
+        p = self.pub = ctx.socket(zmq.PUB)
+        p.setsockopt(zmq.LINGER, 200)
+        p.setsockopt(zmq.SNDHWM, HWM)
+        p.setsockopt(zmq.XPUB_NODROP, 1)
+        p.setsockopt(zmq.RECONNECT_IVL, 50)
+        p.connect(ep.pub)
+        s = self.sub = ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RCVHWM, HWM)
+        s.setsockopt(zmq.RECONNECT_IVL, 50)
+        s.connect(ep.sub)
+        # The heartbeat thread wakes the runtime through its SUB (one poll item less than a
+        # pipe of its own): this PUB is bound here and handed over to that thread.
+        w = self.wake = ctx.socket(zmq.PUB)
+        w.setsockopt(zmq.LINGER, 0)
+        w.bind(f"inproc://auxipc-wake-{ident.hex()}")
+        s.connect(f"inproc://auxipc-wake-{ident.hex()}")
+
+    def close(self, linger_ms: int = 200) -> None:
+        self.dealer.disable_monitor()
+        self.monitor.close(linger=0)
+        self.dealer.close(linger=linger_ms)
+        self.pub.close(linger=linger_ms)
+        self.sub.close(linger=0)
+        self.wake.close(linger=0)
+
+
+class Heartbeat(threading.Thread):
+    """Beats every ``ivl`` seconds on its own DEALER (``<ident>#hb``) and watches
+    the broker's answers. ``lost`` is set (and ``wake`` called) when the broker
+    is silent for ``liveness`` intervals, answers from another epoch, or the main
+    socket's ``monitor`` reports a disconnect. With ``wake_fd`` and ``wake_pub``
+    it relays the runtime's wake-ups: a byte on the pipe becomes a WAKE message on
+    the runtime's SUB. ``monitor`` and ``wake_pub`` are handed over to this thread."""
+
+    def __init__(self, ctx: zmq.Context, ep: Endpoints, ident: bytes, ivl: float, liveness: int,
+                 epoch: int, wake, monitor: zmq.Socket | None = None, wake_fd: int | None = None,
+                 wake_pub: zmq.Socket | None = None):
+        super().__init__(name="auxipc-heartbeat", daemon=True)
+        self.ctx, self.ep, self.hb_ident = ctx, ep, ident + b"#hb"
+        self.ivl, self.liveness, self.epoch, self.wake, self.monitor = ivl, liveness, epoch, wake, monitor
+        self.wake_fd, self.wake_pub = wake_fd, wake_pub
+        self.lost: str | None = None
+        self._halt = threading.Event()
+        self.last_answer = time.monotonic()
+
+    def run(self) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.hb_ident)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 10)
+        sock.connect(self.ep.bus)
+        beat = E.encode(E.Heartbeat(epoch=self.epoch))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        if self.monitor is not None:
+            poller.register(self.monitor, zmq.POLLIN)
+        if self.wake_fd is not None:
+            poller.register(self.wake_fd, zmq.POLLIN)
+        try:
+            next_beat = 0.0
+            while not self._halt.is_set():
+                now = time.monotonic()
+                if now >= next_beat:
+                    try:
+                        sock.send_multipart(beat, zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass
+                    next_beat = now + self.ivl
+                ready = dict(poller.poll(math.ceil(max(0.0, next_beat - now) * 1000)))
+                if self.wake_fd is not None and self.wake_fd in ready:
+                    os.read(self.wake_fd, 4096)
+                    self.wake_pub.send(WAKE)
+                if self.monitor is not None and self.monitor in ready:
+                    while self.monitor.poll(0):
+                        self.monitor.recv_multipart()
+                    self.lose("the broker's socket disconnected")
+                if sock in ready:
+                    msg, _ = E.decode(sock.recv_multipart())
+                    self.last_answer = time.monotonic()
+                    if isinstance(msg, E.Heartbeat) and msg.epoch != self.epoch:
+                        self.lose(f"broker epoch changed ({self.epoch} -> {msg.epoch})")
+                    elif isinstance(msg, E.Reregister):
+                        self.lose(f"broker asks to re-register: {msg.reason}")
+                elif time.monotonic() - self.last_answer > self.ivl * self.liveness and self.lost is None:
+                    self.lose(f"broker silent for {time.monotonic() - self.last_answer:.2f} s")
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            sock.close(linger=0)
+
+    def lose(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = why
+            self.wake()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(2)
