@@ -400,7 +400,8 @@ class Bus(Binding, Calls):
         # Any schema major registers (the envelope is the same); matching never binds
         # a driver and a device whose peers' majors differ (Binding._bind_refused).
         for other in list(self.peers.values()):
-            if other.alive and other.pid == msg.pid and other.start_time == msg.start_time:
+            if other.alive and (other.pid, other.start_time, other.role, other.name) == (
+                    msg.pid, msg.start_time, msg.role, msg.name):
                 self.peer_died(other, f"re-registered on a new socket (pid {msg.pid})")
         peer = Peer(ident, msg.role, msg.name, msg.pid, msg.start_time, next(self._incs),
                     tuple(msg.schema), frozenset(msg.handles), self.clock())
