@@ -498,3 +498,88 @@ def test_shutdown_reaches_drivers_that_declared_it(wire):
     os.kill(wire.bus.broker.pid, signal.SIGTERM)
     sd = c.take_type(W.SHUTDOWN, dev=dev, timeout=10)
     c.answer(sd)
+
+
+# ---- a broker restart ---------------------------------------------------------------------------------
+
+def test_broker_restart_restore_and_adopt(wire, pair):
+    """After a broker restart every peer registers again (new sockets); a child lists what
+    it had bound in `restore`, and matching gives the device back with PROBE{adopt}."""
+    p, c, dev, name, _ = pair
+    c.ok(W.DEV_GET, dev=dev)
+    wire.bus.stop(wire.bus.broker)
+    wire.bus.start_broker()
+    c.send(W.DEV_GET, r=c.next_r(), dev=dev)
+    assert "REGISTER first" in c.take_type(W.REREGISTER)["reason"]
+    p2, c2 = wire.parent(join=False), wire.child(join=False)
+    assert c2.register(restore={"bound": [{"name": name, "driver": DRIVER, "refs": 1}]})["e"] == 0
+    c2.hello()
+    c2.start_heartbeats()
+    register_driver(c2)
+    p2.join()
+    d = p2.ok(W.DEV_INIT, name="eth", release=True)
+    assert d["name"] == name
+    r = p2.next_r()
+    p2.send(W.DEV_ADD, r=r, dev=d["dev"])
+    probe = c2.take_type(W.PROBE, dev=d["dev"])
+    assert probe["adopt"] is True and probe["name"] == name
+    c2.answer(probe)
+    p2.take_type(W.BIND, dev=d["dev"])
+    assert p2.result(r)["d"]["driver"] == DRIVER
+    # The child's reference from before the restart is restored with the binding.
+    snap = wire.ctl.query("ls")
+    assert next(x for x in snap["devices"] if x["id"] == d["dev"])["refcount"] == 2
+
+
+# ---- against the reference runtimes -------------------------------------------------------------------
+
+def test_raw_parent_with_a_real_driver(wire):
+    """The raw parent's device is probed by a real child (tests.models:Rec); the child's
+    runtime applies the receiver rules to the raw parent's async events."""
+    child = wire.bus.child("tests.models:Rec")
+    p = wire.parent("tp")
+    d = p.ok(W.DEV_INIT, name="eth", release=True)
+    dev = d["dev"]
+    r = p.next_r()
+    p.send(W.DEV_ADD, r=r, dev=dev)
+    bind = p.take_type(W.BIND, dev=dev)
+    assert bind["driver"] == "tdrv" and sorted(bind["handles"]) == [W.LINK_CHANGE, W.RESET_WARN, W.FW_EVENT]
+    assert p.result(r)["d"] == {"name": "tp.eth.0", "driver": "tdrv"}
+    child.wait_record("probe", dev="tp.eth.0")
+    topic = b"C:tp.eth.0"
+    link = lambda speed: (W.LINK_CHANGE, {"up": True, "speed_mbps": speed, "duplex": W.DUPLEX_FULL})
+    p.publish(topic, dev, 1, [link(1)])
+    p.publish(topic, dev, 1, [link(2)])                        # a duplicate: dropped
+    p.publish(topic, dev, 2, [(63, {"x": 1}), link(3)])        # an event the schema lacks is skipped, not the batch
+    p.publish(topic, dev, 6, [link(6)])                        # a gap (3..5): delivered, and a RESYNC asked for
+    assert p.take_type(W.RESYNC) == {"t": W.RESYNC, "dev": dev}
+    recs = wait_until(lambda: len(child.records("LINK_CHANGE")) >= 3 and child.records("LINK_CHANGE"), 10,
+                      "three LINK_CHANGE deliveries")
+    assert [x["speed_mbps"] for x in recs] == [1, 3, 6] and recs[0]["duplex"] == "FULL"
+    # A sync call to the real driver.
+    res = p.request(W.CALL, packed({"reset_type": W.RESET_FUNC}), dev=dev, ev=W.RESET_WARN, timeout_ms=5000)
+    assert res["e"] == 0
+
+
+def test_raw_driver_with_a_real_parent(wire):
+    """A raw child's driver binds a real parent's device (tests.models:Pair) and talks to it."""
+    since = wire.ctl.last_seq()
+    parent = wire.bus.parent("tests.models:Pair", AXT_DEVS="eth:0")
+    c = wire.child("rawc", match="tp.eth", handles=[W.LINK_CHANGE, W.RESET_WARN])
+    r = c.next_r()
+    c.send(W.DRV_REGISTER, r=r, name=DRIVER, id_table=["tp.eth"], probe=True, remove=True, handles=c.handles)
+    probe = c.take_type(W.PROBE)
+    assert probe["name"] == "tp.eth.0" and W.SET_MAC in probe["parent_handles"]
+    c.answer(probe)
+    assert c.result(r)["d"]["probed"] == ["tp.eth.0"]
+    dev = probe["dev"]
+    wire.ctl.wait_uevent("BIND", since=since, dev="tp.eth.0")
+    mac = bytes.fromhex("0200000000a5")
+    res = c.request(W.CALL, {"addr": mac}, dev=dev, ev=W.SET_MAC, timeout_ms=5000)
+    assert res["e"] == 0 and res["payload"] == {"addr": mac, "filter_id": 0xa5}
+    # Async: an event from another incarnation is dropped by the parent; the current one runs.
+    topic = b"P:tp.eth.0"
+    c.publish(topic, dev, 1, [(W.POST_CONFIG, {"vport_id": 1})], inc=c.welcome["inc"] + 1000)
+    c.publish(topic, dev, 1, [(W.POST_CONFIG, {"vport_id": 2})])
+    recs = parent.wait_record("POST_CONFIG")
+    assert recs["vport_id"] == 2 and len(parent.records("POST_CONFIG")) == 1
