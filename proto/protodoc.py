@@ -21,7 +21,7 @@ def _fields(cls) -> str:
 def message_table() -> str:
     rows = ["| t | message | header fields (besides `t`) | purpose |", "|---:|---|---|---|"]
     for code, cls in sorted(E.header_types().items()):
-        doc = (cls.__doc__ or "").strip().replace("\n", " ").replace("  ", " ")
+        doc = " ".join((cls.__doc__ or "").split())
         rows.append(f"| {code} | {E.Msg(code).name} | {_fields(cls)} | {doc} |")
     return "\n".join(rows)
 

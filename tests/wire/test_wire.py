@@ -143,6 +143,34 @@ def test_heartbeat_on_the_main_socket_is_refused(wire):
     assert p.ok(W.DEV_INIT, name="eth")["dev"] > 0
 
 
+
+def test_heartbeat_socket_rules(wire):
+    """Any message on a known heartbeat socket is a heartbeat (echoed, never served);
+    one sent before the REGISTER reply is from an unknown socket."""
+    p = wire.parent(join=False)
+    hb = wire.ctx.socket(W.zmq.DEALER)
+    hb.setsockopt(W.zmq.IDENTITY, p.ident + b"#hb")
+    hb.setsockopt(W.zmq.LINGER, 0)
+    hb.connect(p.ep.bus)
+    try:
+        hb.send(W.pack({"t": W.HEARTBEAT, "epoch": 0}))
+        assert hb.poll(5000) and W.unpack(hb.recv())["t"] == W.REREGISTER
+        p.join(heartbeat=False)
+        hb.send(W.pack({"t": W.DEV_INIT, "r": 1, "name": "eth"}))
+        assert hb.poll(5000) and W.unpack(hb.recv()) == {"t": W.HEARTBEAT, "epoch": p.welcome["epoch"]}
+    finally:
+        hb.close(linger=0)
+    assert p.ok(W.DEV_INIT, name="eth")["dev"] > 0
+
+
+def test_control_needs_no_registration(wire):
+    assert wire.ctl.query("ping")["epoch"] > 0
+    res = wire.ctl("nope")
+    assert res["e"] == W.EOPNOTSUPP and "unknown control op" in res["m"]
+    # A registered peer may send CTL on its main socket too.
+    p = wire.parent()
+    assert p.ok(W.CTL, op="ping")["epoch"] == p.welcome["epoch"]
+
 def test_malformed_messages_are_answered_and_the_connection_stays(wire):
     p = wire.parent()
     p.send_raw(b"XXXX" + packed({"t": W.DEV_INIT, "r": 7}))
@@ -338,6 +366,26 @@ def test_sync_call_child_to_parent_with_reply_and_rtnl(wire, pair):
     assert p.ok(W.LOCK, name="rtnl", task="rawp/other") == {"held": False}
     p.ok(W.UNLOCK, name="rtnl", task="rawp/other")
 
+
+
+def test_locks(wire):
+    p = wire.parent()
+    assert p.ok(W.LOCK, name="mutex:cfg", task="t1") == {"held": False}
+    assert p.ok(W.LOCK, name="mutex:cfg", task="t1", ensure=True) == {"held": True}
+    res = p.request(W.LOCK, name="mutex:cfg", task="t2", timeout_ms=50)
+    assert res["e"] == W.ETIMEDOUT and "held by t1" in res["m"]
+    assert p.request(W.UNLOCK, name="mutex:cfg", task="t2")["e"] == W.EINVAL
+    assert p.request(W.LOCK, name="spin", task="t1")["e"] == W.EINVAL
+    p.ok(W.UNLOCK, name="mutex:cfg", task="t1")
+    assert p.request(W.UNLOCK, name="mutex:cfg", task="t1")["e"] == W.EINVAL
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: the refused second LOCK drops the holder's entry")
+def test_retaking_a_held_lock_is_edeadlk_and_keeps_it(wire):
+    p = wire.parent()
+    p.ok(W.LOCK, name="rtnl", task="t1")
+    assert p.request(W.LOCK, name="rtnl", task="t1")["e"] == W.EDEADLK
+    p.ok(W.UNLOCK, name="rtnl", task="t1")     # still held by t1, and t1 can let it go
 
 def test_call_errors(wire, pair):
     p, c, dev, name, _ = pair
