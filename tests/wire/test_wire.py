@@ -631,3 +631,115 @@ def test_raw_driver_with_a_real_parent(wire):
     c.publish(topic, dev, 1, [(W.POST_CONFIG, {"vport_id": 2})])
     recs = parent.wait_record("POST_CONFIG")
     assert recs["vport_id"] == 2 and len(parent.records("POST_CONFIG")) == 1
+
+
+# ---- probe outcomes ---------------------------------------------------------------------------------
+
+def test_probe_defer_is_retried(wire):
+    p, c = wire.parent(), wire.child()
+    register_driver(c)
+    d = p.ok(W.DEV_INIT, name="eth", release=True)
+    r = p.next_r()
+    p.send(W.DEV_ADD, r=r, dev=d["dev"])
+    c.answer(c.take_type(W.PROBE, dev=d["dev"]), -517)       # -EPROBE_DEFER
+    assert p.result(r)["d"] == {"name": "rawp.eth.0", "driver": None}
+    c.answer(c.take_type(W.PROBE, dev=d["dev"]), 0)          # the retry, about 100 ms later
+    assert p.take_type(W.BIND, dev=d["dev"])["driver"] == DRIVER
+
+
+def test_failed_probe_lets_the_next_driver_try(wire):
+    p, c = wire.parent(), wire.child()
+    register_driver(c, name="first")
+    register_driver(c, name="second")
+    d = p.ok(W.DEV_INIT, name="eth", release=True)
+    since = wire.ctl.last_seq()
+    r = p.next_r()
+    p.send(W.DEV_ADD, r=r, dev=d["dev"])
+    first = c.take_type(W.PROBE, dev=d["dev"])
+    assert first["driver"] == "first"
+    c.answer(first, -12, "no memory")                         # -ENOMEM: reported, next driver
+    second = c.take_type(W.PROBE, dev=d["dev"])
+    assert second["driver"] == "second"
+    c.answer(second)
+    assert p.result(r)["d"]["driver"] == "second"
+    ev = wire.ctl.wait_uevent("PROBE_FAILED", since=since, dev="rawp.eth.0")
+    assert ev["detail"]["errno"] == -12 and ev["detail"]["message"] == "no memory"
+
+
+@pytest.mark.xfail(strict=True, reason="the broker refuses a child's CALL while its probe runs (-ENODEV: "
+                                      "dev.driver is set only once the probe succeeded)")
+def test_child_calls_the_parent_from_its_probe(wire):
+    p, c = wire.parent(), wire.child()
+    register_driver(c)
+    d = p.ok(W.DEV_INIT, name="eth", release=True)
+    r = p.next_r()
+    p.send(W.DEV_ADD, r=r, dev=d["dev"])
+    probe = c.take_type(W.PROBE, dev=d["dev"])
+    rc = c.next_r()
+    c.send(W.CALL, packed({"reset_type": 1}), r=rc, dev=d["dev"], ev=W.REQUEST_RESET, timeout_ms=5000,
+           task=probe["task"])
+    req = p.take_type(W.REQUEST, dev=d["dev"])
+    assert req["task"] == probe["task"]
+    p.answer(req)
+    assert c.result(rc)["e"] == 0
+    c.answer(probe)
+    assert p.result(r)["d"]["driver"] == DRIVER
+
+
+def test_schema_majors_never_bind(wire):
+    p = wire.parent()
+    d = p.ok(W.DEV_INIT, name="eth", release=True)
+    p.ok(W.DEV_ADD, dev=d["dev"])
+    c = wire.child(join=False)
+    assert c.register(schema=[2, 0])["e"] == 0
+    c.hello()
+    c.start_heartbeats()
+    res = register_driver(c)
+    assert res["probed"] == [] and "major versions differ" in res["refused"]["rawp.eth.0"]
+    assert "major versions differ" in c.take_type(W.UNBIND, dev=d["dev"])["reason"]
+    assert "major versions differ" in p.take_type(W.UNBIND, dev=d["dev"])["reason"]
+
+
+# ---- sizes and device_lock ----------------------------------------------------------------------------
+
+def test_oversize_payload_is_emsgsize(wire, pair):
+    p, c, dev, name, _ = pair
+    res = p.request(W.CALL, b"\xc4" + b"x" * (1 << 20), dev=dev, ev=W.RESET_WARN, timeout_ms=1000)
+    assert res["e"] == W.EMSGSIZE
+    assert p.ok(W.DEV_GET, dev=dev)["refcount"] == 2          # the connection stays
+
+
+def test_calls_wait_for_device_lock(wire, pair):
+    """Parent->child calls are serialized per device: a second call waits behind the
+    first; one whose deadline passes there gets -ETIMEDOUT, and a delete answers the
+    rest -ENODEV."""
+    p, c, dev, name, _ = pair
+    body = packed({"reset_type": 1})
+    r1, r2, r3 = p.next_r(), p.next_r(), p.next_r()
+    p.send(W.CALL, body, r=r1, dev=dev, ev=W.RESET_WARN, timeout_ms=10000)
+    first = c.take_type(W.REQUEST, dev=dev)
+    p.send(W.CALL, body, r=r2, dev=dev, ev=W.RESET_WARN, timeout_ms=50)
+    res = p.result(r2)
+    assert res["e"] == W.ETIMEDOUT and "device_lock" in res["m"]
+    p.send(W.CALL, body, r=r3, dev=dev, ev=W.RESET_WARN, timeout_ms=10000)
+    rd = p.next_r()
+    p.send(W.DEV_DELETE, r=rd, dev=dev)
+    assert p.result(r3)["e"] == W.ENODEV
+    c.answer(first)
+    assert p.result(r1)["e"] == 0
+    c.answer(c.take_type(W.REMOVE, dev=dev))
+    assert p.result(rd)["e"] == 0
+    assert [h["r"] for h in c.inbox if h["t"] == W.REQUEST] == []
+
+
+def test_inject_async_from_the_parent(wire, pair):
+    p, c, dev, name, _ = pair
+    wire.ctl.sock.send(W.pack({"t": W.CTL, "r": 700, "op": "send", "args": {
+        "device": name, "event": "LINK_CHANGE", "from": "parent", "timeout_ms": 2000}}, {"up": True}))
+    inj = p.take_type(W.INJECT, dev=dev)
+    assert inj["ev"] == W.LINK_CHANGE
+    p.publish(f"C:{name}".encode(), dev, 1, [(W.LINK_CHANGE, inj["payload"])])
+    p.answer(inj, 0, "published as seq 1")
+    assert c.next_event()[1]["payload"] == [W.LINK_CHANGE, {"up": True}]
+    head = W.unpack(wire.ctl.sock.recv()) if wire.ctl.sock.poll(5000) else {}
+    assert (head.get("r"), head.get("e"), head.get("m")) == (700, 0, "published as seq 1")
