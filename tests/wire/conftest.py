@@ -106,3 +106,46 @@ def wire(bus):
 
 def packed(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
+
+
+# ---- the common start of a test: a bound device -------------------------------------------------------
+
+DRIVER = "rawdrv"
+
+
+def register_driver(c: W.RawPeer, name: str = DRIVER, id_table=("rawp.eth",), **flags) -> dict:
+    fields = dict(name=name, id_table=list(id_table), probe=True, remove=True, shutdown=False,
+                  handles=c.handles, task=f"{c.name}/main")
+    fields.update(flags)
+    return c.ok(W.DRV_REGISTER, **fields)
+
+
+def add_and_probe(p: W.RawPeer, c: W.RawPeer, short: str = "eth", id: int = 0, release: bool = True,
+                  probe_e: int = 0) -> tuple[int, str, dict]:
+    """DEV_INIT + DEV_ADD by the parent; the child answers the PROBE. Returns (dev, name, bind)."""
+    d = p.ok(W.DEV_INIT, name=short, id=id, release=release)
+    dev, name = d["dev"], d["name"]
+    r = p.next_r()
+    p.send(W.DEV_ADD, r=r, dev=dev, task="rawp/main")
+    probe = c.take_type(W.PROBE, dev=dev)
+    assert probe["name"] == name and probe["driver"] == DRIVER
+    assert probe["parent_handles"] == p.handles and probe["parent_schema"] == W.SCHEMA
+    assert probe["adopt"] is False and probe["task"] == "rawp/main"
+    c.answer(probe, probe_e)
+    bind = None
+    if probe_e == 0:
+        # BIND reaches the parent before the RESULT of its DEV_ADD.
+        bind = p.take(lambda h: h["t"] in (W.BIND, W.RESULT), what="BIND")
+        assert bind["t"] == W.BIND, bind
+    res = p.result(r)
+    assert res["e"] == 0 and res["d"] == {"name": name, "driver": DRIVER if probe_e == 0 else None}
+    return dev, name, bind
+
+
+@pytest.fixture
+def pair(wire):
+    """A raw parent 'rawp' with device rawp.eth.0 bound to the raw child's driver."""
+    p, c = wire.parent(), wire.child()
+    register_driver(c)
+    dev, name, bind = add_and_probe(p, c)
+    return p, c, dev, name, bind
