@@ -95,11 +95,15 @@ class Heartbeats(threading.Thread):
         sock.setsockopt(zmq.IDENTITY, self.hb_ident)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self.endpoint)
+        next_beat = 0.0
         try:
             while not self.halt.is_set():
-                if not self.paused.is_set():
-                    sock.send(pack({"t": HEARTBEAT, "epoch": self.epoch}))
-                if sock.poll(int(self.ivl * 1000)):
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + self.ivl
+                    if not self.paused.is_set():
+                        sock.send(pack({"t": HEARTBEAT, "epoch": self.epoch}))
+                if sock.poll(max(1, int((next_beat - now) * 1000))):
                     self.answers.append(unpack(sock.recv()))
         finally:
             sock.close(linger=0)
