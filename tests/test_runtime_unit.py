@@ -112,9 +112,8 @@ def child(broker):
     rt.close()
 
 
-def probe(broker: Broker, dev: int, name: str, **kw) -> E.Result:
-    r = broker.request(E.Probe, dev=dev, name=name, driver="ut_eth", parent_handles=(SET_MAC,), **kw)
-    return r
+def probe(broker: Broker, dev: int, name: str, **kw) -> int:
+    return broker.request(E.Probe, dev=dev, name=name, driver="ut_eth", parent_handles=(SET_MAC,), **kw)
 
 
 def serve_all(rt) -> None:
@@ -244,7 +243,11 @@ def test_timers_wait_for_the_stack_to_unwind(child, broker):
     probe(broker, 1, "ut.eth.0")
     serve_all(rt)
     answer_set_mac(broker, lambda: rt.call_soon_threadsafe(lambda: ran.append(rt.task)))
-    drv.during_reset = lambda adev: adev.call(Event.SET_MAC, SetMac(addr=MAC)) and ran.append("call returned")
+
+    def during(adev):
+        adev.call(Event.SET_MAC, SetMac(addr=MAC))
+        ran.append("call returned")
+    drv.during_reset = during
     reset_warn(broker, 1)
     serve_all(rt)
     assert ran[0] == "call returned" and ran[1].startswith("ut_eth#1/w")
@@ -259,8 +262,7 @@ def test_a_lost_heartbeat_ends_the_pump(child):
 
 def test_a_call_nobody_answers_fails_at_once_on_the_twin(child, broker):
     rt, _ = child
-    broker.hooks[E.DevGet] = lambda msg, p: None
-    rt.tr.broker = None
+    rt.tr.broker = None          # nobody answers
     with pytest.raises(Starved) as exc:
         rt.request(lambda r: E.DevGet(r=r, dev=1), what="get_device")
     assert exc.value.errno == Errno.ETIMEDOUT and "did not answer" in exc.value.message
