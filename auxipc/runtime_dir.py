@@ -13,8 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import zmq
-
+from auxipc.procfs import start_time as process_start_time
 from proto.errno import AuxError, Errno
 
 SOCKETS = ("bus.sock", "pub.sock", "sub.sock", "notify.sock")
@@ -58,6 +57,7 @@ class Endpoints:
 
     def check(self) -> None:
         longest = max(len(str(self.root / name)) for name in SOCKETS)
+        import zmq      # here, not at the top: `auxipc --help` needs the paths, not zmq
         limit = getattr(zmq, "IPC_PATH_MAX_LEN", 107) or 107
         if longest > limit:
             raise AuxError(Errno.EINVAL, f"runtime dir {self.root} is too long for an ipc socket path "
@@ -125,18 +125,3 @@ class BrokerLock:
             self.root.rmdir()
         except OSError:
             pass
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot (None if it is gone or a zombie).
-
-    With the pid it identifies a process for good: a reused pid has another start time."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data[data.rindex(b")") + 2:].split()
-    if rest[0] in (b"Z", b"X"):
-        return None
-    return int(rest[19])

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 from proto.errno import AuxError
 from proto.events import EnableQueues, Event, PostConfig, QueueConfig
-from auxipc.runtime.handlers import handler
+from auxipc import ChildDevice, handler
 from .reference import ReferenceDriver
-from .runtime import ChildDevice
 
 
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from proto.errno import AuxError
 from proto.events import Event, QsetParams
-from auxipc.runtime.handlers import handler
+from auxipc import ChildDevice, handler
 from .reference import ReferenceDriver
-from .runtime import ChildDevice
 
 
 QS_HANDLE_BASE = 0x100       # the qs_handle of TC n is QS_HANDLE_BASE + n

@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 
 from proto.errno import AuxError, Errno
-from auxipc.runtime.journal import journal
-from .runtime import AuxDriver, ChildDevice
+from auxipc import AuxDriver, ChildDevice, journal
 
 log = logging.getLogger("auxipc.child")
 

@@ -8,9 +8,7 @@ virtqueues on detach (suspend) until attach (resume).
 from __future__ import annotations
 
 from proto.events import Event
-from auxipc.runtime.handlers import handler
-from auxipc.runtime.journal import journal
-from .runtime import AuxDriver, ChildDevice
+from auxipc import AuxDriver, ChildDevice, handler, journal
 
 
 class Mlx5Vnet(AuxDriver):

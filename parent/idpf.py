@@ -15,7 +15,7 @@ RESET_COMPLETE), instead of Model A's unplug + replug.
 from __future__ import annotations
 
 from proto.events import Event, ResetType
-from auxipc.runtime.handlers import handler
+from auxipc import handler
 from .nic import NicParent
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from proto.errno import AuxError, Errno
 from proto.events import (EthtoolCmd, Event, FilterOp, QsetReply, QueueChunks, SetMacReply, ShaperScope,
                           VirtchnlReply)
-from auxipc.runtime.handlers import handler
+from auxipc import handler
 from .hw.sched import Kind
 from .hw.shaper import validate as validate_shaper
 

@@ -39,7 +39,8 @@ import pytest
 from xprocess import ProcessStarter
 
 from auxipc.observe.client import Client
-from auxipc.testing.pytest_plugin import process_gone, ready_lines
+from auxipc.procfs import gone as process_gone
+from auxipc.testing.pytest_plugin import ready_lines
 from proto.errno import AuxError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -36,6 +36,8 @@ from typing import Callable
 
 import pytest
 
+from auxipc.procfs import cmdline, gone
+
 START_TIMEOUT = 15.0
 STOP_GRACE = 3.0
 BROKER_PREFIX = "auxipc-broker-"
@@ -89,7 +91,7 @@ def ready_lines(log_file, control_dir, deadline: float, exited: Callable[[], str
     while True:
         line = log_file.readline()
         if not line:
-            if pidfile.exists() and process_gone(int(pidfile.read_text())):
+            if pidfile.exists() and gone(int(pidfile.read_text())):
                 line = log_file.readline()
                 if not line:
                     raise RuntimeError(exited())
@@ -100,30 +102,11 @@ def ready_lines(log_file, control_dir, deadline: float, exited: Callable[[], str
         yield line
 
 
-def process_gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (no such process, or a zombie not yet reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] == "Z"
-
-
-def _running(pid: int) -> bool:
-    from auxipc.runtime_dir import process_start_time
-    return process_start_time(pid) is not None
-
-
 def _is_broker(pid: int, root: str | None = None) -> bool:
     """Whether ``pid`` is an auxipc broker (serving ``root``, when given: a pid reused
     by somebody else's broker is not ours to stop)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return False
-    return b"auxipc" in argv and b"broker" in argv and (root is None or root.encode() in argv)
+    argv = cmdline(pid)
+    return "auxipc" in argv and "broker" in argv and (root is None or root in argv)
 
 
 def _reap_stale(xprocess) -> None:
@@ -131,7 +114,7 @@ def _reap_stale(xprocess) -> None:
     (only if the pid still is an auxipc broker) and forget them."""
     for d in Path(str(xprocess.rootdir)).glob(BROKER_PREFIX + "*"):
         owner = d.name[len(BROKER_PREFIX):]
-        if not owner.isdigit() or int(owner) == os.getpid() or _running(int(owner)):
+        if not owner.isdigit() or int(owner) == os.getpid() or not gone(int(owner)):
             continue
         info = xprocess.getinfo(d.name)
         try:
@@ -331,7 +314,7 @@ class AuxBus:
                 except subprocess.TimeoutExpired:
                     popen.kill()
             code = popen.wait()
-        elif info.pid and _running(info.pid):
+        elif info.pid and not gone(info.pid):
             info.terminate(timeout=STOP_GRACE + 2)
         if info.pidpath.check():
             info.pidpath.remove()
@@ -344,7 +327,7 @@ class AuxBus:
                 c.close()
         self.watcher = self.client = None
         # with the broker gone (the test killed it) no process can exit cleanly: do not wait long
-        grace = STOP_GRACE if self.broker_pid and _running(self.broker_pid) else 0.5
+        grace = STOP_GRACE if self.broker_pid and not gone(self.broker_pid) else 0.5
         for proc in reversed(self.procs):
             try:
                 proc.signal(_signal.SIGCONT)
@@ -355,7 +338,7 @@ class AuxBus:
         if left:
             problems.append(f"processes left behind: {', '.join(left)}")
         code = self._stop_broker()
-        if self.broker_pid and _running(self.broker_pid):
+        if self.broker_pid and not gone(self.broker_pid):
             problems.append(f"broker (pid {self.broker_pid}) left behind")
         socks = sorted(p.name for p in Path(self.root).glob("*.sock"))
         if socks and code == 0:
@@ -369,7 +352,11 @@ class AuxBus:
 def auxbus(xprocess, request):
     """A running auxipc broker in a private runtime dir, helpers to start parents and
     children, send events, inject faults and read the trace; everything is stopped
-    and removed after the test. See ``auxipc.pytest_plugin.AuxBus``."""
+    and removed after the test. See ``auxipc.testing.pytest_plugin.AuxBus``."""
+    from auxipc.shadowing import shadowed
+    problem = shadowed()
+    if problem:
+        pytest.fail(f"auxbus: {problem}", pytrace=False)
     bus = AuxBus(xprocess, request)
     try:
         bus.start()

@@ -18,7 +18,7 @@ from enum import Enum
 
 from proto.errno import AuxError, Errno
 from proto.events import Duplex, LinkChange
-from auxipc.broker.lifecycle import Machine
+from auxipc import Machine
 
 
 class LinkState(Enum):

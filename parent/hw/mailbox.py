@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from proto.errno import AuxError, Errno
-from auxipc.broker.lifecycle import IllegalTransition, Machine
+from auxipc import IllegalTransition, Machine
 
 
 class MbxState(Enum):

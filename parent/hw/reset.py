@@ -17,7 +17,7 @@ from enum import Enum
 
 from proto.errno import AuxError, Errno
 from proto.events import ResetType
-from auxipc.broker.lifecycle import IllegalTransition, Machine
+from auxipc import IllegalTransition, Machine
 
 
 class ResetState(Enum):
