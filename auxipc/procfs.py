@@ -1,6 +1,6 @@
 """What /proc says about a process: the one place auxipc reads it.
 
-``start_time`` with the pid identifies a process for good (a reused pid has
+``process_start_time`` with the pid identifies a process for good (a reused pid has
 another start time); ``gone`` is true for an exited process and for a zombie
 not reaped yet; ``tagged`` finds the processes whose environment carries a
 variable, which is how ``scripts/test`` finds what its own run left behind
@@ -13,7 +13,7 @@ import os
 import sys
 
 
-def start_time(pid: int) -> int | None:
+def process_start_time(pid: int) -> int | None:
     """Start time of a process in clock ticks since boot (None if it is gone or a zombie)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -28,7 +28,7 @@ def start_time(pid: int) -> int | None:
 
 def gone(pid: int) -> bool:
     """Whether ``pid`` has exited (no such process, or a zombie not yet reaped)."""
-    return start_time(pid) is None
+    return process_start_time(pid) is None
 
 
 def cmdline(pid: int) -> list[str]:

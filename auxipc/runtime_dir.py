@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from auxipc.procfs import start_time as process_start_time
 from proto.errno import AuxError, Errno
 
 SOCKETS = ("bus.sock", "pub.sock", "sub.sock", "notify.sock")
@@ -57,7 +56,7 @@ class Endpoints:
 
     def check(self) -> None:
         longest = max(len(str(self.root / name)) for name in SOCKETS)
-        import zmq      # here, not at the top: `auxipc --help` needs the paths, not zmq
+        import zmq  # here, not at the top: `auxipc --help` needs the paths, not zmq
         limit = getattr(zmq, "IPC_PATH_MAX_LEN", 107) or 107
         if longest > limit:
             raise AuxError(Errno.EINVAL, f"runtime dir {self.root} is too long for an ipc socket path "

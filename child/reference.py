@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 
-from proto.errno import AuxError, Errno
 from auxipc import AuxDriver, ChildDevice, journal
+from proto.errno import AuxError, Errno
 
 log = logging.getLogger("auxipc.child")
 

@@ -9,9 +9,9 @@ remove puts it, so the soak can check that every reference comes back.
 
 from __future__ import annotations
 
+from auxipc import AuxDriver, SoakLoad, handler
 from proto.errno import AuxError
 from proto.events import Event, PostConfig, SetMac
-from auxipc import AuxDriver, SoakLoad, handler
 
 PERIOD = 0.01
 

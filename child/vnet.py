@@ -7,8 +7,8 @@ virtqueues on detach (suspend) until attach (resume).
 
 from __future__ import annotations
 
-from proto.events import Event
 from auxipc import AuxDriver, ChildDevice, handler, journal
+from proto.events import Event
 
 
 class Mlx5Vnet(AuxDriver):

@@ -14,8 +14,9 @@ RESET_COMPLETE), instead of Model A's unplug + replug.
 
 from __future__ import annotations
 
-from proto.events import Event, ResetType
 from auxipc import handler
+from proto.events import Event, ResetType
+
 from .nic import NicParent
 
 

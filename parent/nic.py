@@ -28,10 +28,23 @@ import signal
 import time
 from typing import Callable
 
-from proto.errno import AuxError, Errno
-from proto.events import (DcbConfig, DetachReason, Ets, Event, FwEvent, FwEventKind, Pfc, PrepareDetach,
-                          ResetComplete, ResetType, ResetWarn, Tsa)
 from auxipc import ParentDevice, ParentModel, journal, plain
+from proto.errno import AuxError, Errno
+from proto.events import (
+    DcbConfig,
+    DetachReason,
+    Ets,
+    Event,
+    FwEvent,
+    FwEventKind,
+    Pfc,
+    PrepareDetach,
+    ResetComplete,
+    ResetType,
+    ResetWarn,
+    Tsa,
+)
+
 from .hw import Hardware, HwConfig
 from .hw.reset import HW_NAME, ResetState
 from .nic_ops import NicHandlers

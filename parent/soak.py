@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-from proto.events import Event, FwEvent, FwEventKind, ResetType, ResetWarn, SetMacReply
 from auxipc import ParentModel, SoakLoad, handler
+from proto.events import Event, FwEvent, FwEventKind, ResetType, ResetWarn, SetMacReply
 
 PERIOD = 0.01
 

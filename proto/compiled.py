@@ -16,7 +16,6 @@ from typing import Any
 from .errno import AuxError
 from .schema import MISSING, Bool, Bytes, Enum, Int, Payload, Str, _Slow
 
-
 _INLINE = (Int, Bool, Str, Enum, Bytes)    # kinds whose strict and lenient checks agree
 
 
@@ -28,7 +27,9 @@ def compile_payload(cls: type[Payload]):
     _Slow, and the field-by-field path decides and names the fault. ``cls._flat``:
     every field is a scalar, so the instance's ``__dict__`` is its wire map."""
     env: dict[str, Any] = {"Slow": _Slow, "MISSING": MISSING, "AuxError": AuxError}
-    checks, wire = [], []
+    checks: list[str] = []
+    wire: list[str] = []
+    f: Any                  # a Field of the kind just tested (type(f) is Int, ...)
     for i, (name, f) in enumerate(cls.fields.items()):
         env[f"F{i}"] = f
         env[f"D{i}"] = f.default
@@ -95,7 +96,7 @@ def compile_payload(cls: type[Payload]):
     exec("\n".join(lines), env)
     cls._fill, cls._to_wire = env["fill"], env["to_wire"]
     if "init" in env:
-        cls.__init__ = env["init"]
+        cls.__init__ = env["init"]  # type: ignore[method-assign]
     return cls._fill
 
 

@@ -17,10 +17,34 @@ from enum import Enum, IntEnum
 
 from .errno import AuxError, Errno
 from .payloads import *  # noqa: F403  (the union members, re-exported: proto.events is their home)
-from .payloads import (Caps, CritErr, DcbConfig, EnableQueues, EthtoolOp, FwEvent, LinkChange, MacFilter,
-                       MtuChangeAfter, MtuChangeBefore, NetshaperSet, PostConfig, PrepareDetach, Qos,
-                       QsetParams, QsetReply, QueueChunks, QueueConfig, RequestReset, ResetComplete,
-                       ResetWarn, SetMac, SetMacReply, Virtchnl, VirtchnlReply, VlanFilter)
+from .payloads import (
+    Caps,
+    CritErr,
+    DcbConfig,
+    EnableQueues,
+    EthtoolOp,
+    FwEvent,
+    LinkChange,
+    MacFilter,
+    MtuChangeAfter,
+    MtuChangeBefore,
+    NetshaperSet,
+    PostConfig,
+    PrepareDetach,
+    Qos,
+    QsetParams,
+    QsetReply,
+    QueueChunks,
+    QueueConfig,
+    RequestReset,
+    ResetComplete,
+    ResetWarn,
+    SetMac,
+    SetMacReply,
+    Virtchnl,
+    VirtchnlReply,
+    VlanFilter,
+)
 from .payloads import __all__ as _payload_names
 from .schema import Array, Empty, Nested, Payload, Str
 from .schema import Enum as EnumField

@@ -27,10 +27,9 @@ import re
 from typing import Any, Iterable
 
 from .errno import AuxError, Errno
-from .events import (BUILTIN_EVENTS, SCHEMA_VERSION, USER_EVENT_BASE, Catalog, Delivery, Direction,
-                     EventSpec, _walk)
-from .schema import Nested, Payload
+from .events import BUILTIN_EVENTS, SCHEMA_VERSION, USER_EVENT_BASE, Catalog, Delivery, Direction, EventSpec, _walk
 from .schema import Enum as EnumField
+from .schema import Nested, Payload
 
 NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 MAX_CODE = 2**31 - 1

@@ -20,7 +20,7 @@ minor version apart interoperate.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Self
 
 from .errno import AuxError, Errno
 
@@ -42,6 +42,11 @@ class Field:
     """One declared field. ``check`` returns the normalised value or raises EINVAL."""
 
     kind = "field"
+
+    if TYPE_CHECKING:
+        # A declared field is removed from its class (Payload.__init_subclass__); on an
+        # instance the name holds the value. Told to the type checker this way.
+        def __get__(self, obj: Any, owner: Any = None) -> Any: ...
 
     def __init__(self, *, default: Any = MISSING, since: tuple[int, int] = (1, 0), doc: str = "",
                  example: Any = MISSING):
@@ -341,6 +346,10 @@ class Payload:
     """Base of every declared payload. Instances are immutable and validated."""
 
     fields: ClassVar[dict[str, Field]] = {}
+    # set per class by _compile (proto/compiled.py): the fast paths and whether it is flat
+    _flat: ClassVar[bool]
+    _fill: ClassVar[Callable[..., Any]]
+    _to_wire: ClassVar[Callable[..., Any]]
     doc: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kw):
@@ -355,7 +364,7 @@ class Payload:
                 delattr(cls, name)
         cls.fields = fields
         cls.doc = (cls.__doc__ or "").strip()
-        cls.__init__ = Payload.__init__     # not a parent's compiled one: it knows other fields
+        cls.__init__ = Payload.__init__     # type: ignore[method-assign]  # not a parent's compiled one: it knows other fields
         cls._flat = False                   # known once compiled (_compile)
 
     def __init__(self, **values: Any):
@@ -387,7 +396,7 @@ class Payload:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
     @classmethod
-    def from_wire(cls, obj: Any, path: str = "$.payload", strict: bool = False) -> Payload:
+    def from_wire(cls, obj: Any, path: str = "$.payload", strict: bool = False) -> Self:
         """Validate a decoded map. Unknown keys are ignored unless ``strict`` (a newer
         peer's appended fields); absent fields with defaults take them.
 

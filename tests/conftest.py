@@ -54,6 +54,17 @@ HB_LIVENESS = 5
 STOP_GRACE = 5.0       # seconds between SIGTERM and SIGKILL at teardown
 
 
+# Tests that start real processes are the slow tier (``-m "not slow"`` leaves them out); the
+# fixtures that start them say so, so no such test can forget its marker.
+PROCESS_FIXTURES = frozenset({"bus", "make_bus", "make_module_bus", "auxbus", "xprocess"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 # ---- small helpers ------------------------------------------------------------------------
 
 def wait_until(fn, timeout: float = 10.0, what: str = "condition", poll: float = 0.02):

@@ -54,6 +54,7 @@ def test_console_script_loads_a_driver_from_the_current_directory(auxbus, workdi
         proc.communicate(timeout=10)
 
 
+@pytest.mark.slow
 def test_an_import_failure_names_the_module_and_where_it_looked(workdir):
     r = run([AUXIPC, "child", "--driver", "nosuchmod:MyEth", "--runtime-dir", str(workdir / "rt")], workdir)
     assert r.returncode == 1
@@ -90,6 +91,7 @@ def test_uses_the_fixture(auxbus):
 '''
 
 
+@pytest.mark.slow
 def test_the_fixture_names_a_shadowing_child_py(workdir):
     (workdir / "child.py").write_text("x = 1\n")
     (workdir / "test_mine.py").write_text(SHADOWED_TEST)

@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from auxipc.observe.client import Client
-from auxipc.runtime_dir import process_start_time
+from auxipc.procfs import process_start_time
 from proto import envelope as E
 from proto.events import Event
 

@@ -402,6 +402,7 @@ def _demo(*args: str) -> subprocess.CompletedProcess:
                           timeout=40, cwd=REPO, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(50)
 def test_demo_model_a():
     r = _demo("model-a")
@@ -417,6 +418,7 @@ def test_demo_model_a():
         assert line in out, f"{line!r} not in the timeline:\n{out}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(50)
 def test_demo_model_b_and_the_default_demo():
     r = _demo("model-b")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from auxipc.testing.pytest_plugin import AuxBus
-from auxipc.runtime_dir import process_start_time
+from auxipc.procfs import process_start_time
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -115,6 +115,7 @@ def test_hangs_and_times_out(auxbus):
 '''
 
 
+@pytest.mark.slow
 def test_example_file_runs_in_its_own_pytest_and_failures_leave_nothing():
     """examples/test_example.py as a user runs it (the plugin comes from the entry point),
     next to tests that fail and time out after starting processes."""

@@ -11,11 +11,11 @@ import json
 
 import click
 
+from auxipc.observe.render import table
+from auxipc.schemas import schema_option
 from proto import cheader, mddoc
 from proto.errno import AuxError, Errno
 from proto.events import Catalog
-from auxipc.observe.render import table
-from auxipc.schemas import schema_option
 
 RUNTIME_DIR = click.option("--runtime-dir", envvar="AUXIPC_RUNTIME_DIR", type=click.Path(file_okay=False),
                            help="Bus runtime dir (as for 'auxipc ls').")

@@ -12,8 +12,8 @@ import signal as signals
 
 import click
 
-from proto.errno import AuxError, Errno
 from auxipc.faults import SIGNALS
+from proto.errno import AuxError, Errno
 
 RUNTIME_DIR = click.option("--runtime-dir", envvar="AUXIPC_RUNTIME_DIR", type=click.Path(file_okay=False),
                            help="Bus runtime dir.")

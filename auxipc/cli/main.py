@@ -14,8 +14,8 @@ import sys
 
 import click
 
-from proto.errno import AuxError, Errno
 from auxipc.schemas import schema_option
+from proto.errno import AuxError, Errno
 
 RUNTIME_DIR = click.option("--runtime-dir", envvar="AUXIPC_RUNTIME_DIR", type=click.Path(file_okay=False),
                            help="Bus runtime dir (default: $AUXIPC_RUNTIME_DIR, $XDG_RUNTIME_DIR/auxipc, "
@@ -247,9 +247,11 @@ def demo(runtime_dir, record, which):
 
 
 from auxipc.cli.contract import events, proto  # noqa: E402
+
 main.add_command(proto)
 main.add_command(events)
 from auxipc.cli.observe import monitor, run, trace, wait  # noqa: E402
+
 main.add_command(monitor)
 main.add_command(trace)
 main.add_command(wait)

@@ -15,8 +15,8 @@ import time
 
 import click
 
-from proto.errno import AuxError, Errno
 from auxipc.observe.conditions import CONDITIONS
+from proto.errno import AuxError, Errno
 
 # the same option as cli.RUNTIME_DIR (not imported: cli.py imports this module at its end)
 RUNTIME_DIR = click.option("--runtime-dir", envvar="AUXIPC_RUNTIME_DIR", type=click.Path(file_okay=False),
@@ -219,6 +219,7 @@ def render(recorded, mermaid_out, html_out, title, devices, events, peers):
       auxipc trace render demo.jsonl --html demo.html --event 'SET_MAC' --event 'BIND'
     """
     from pathlib import Path
+
     from auxipc.observe.diagram import to_html, to_markdown, to_mermaid
     from auxipc.observe.trace import Filter, Lifelines, load
     records = load(recorded)
@@ -302,9 +303,9 @@ def run(scenario_file, as_json, exitfirst, record, quiet, runtime_dir):
 
     The format is in docs/testing.md.
     """
+    from auxipc.observe.trace import format_trace
     from auxipc.testing.scenario import load
     from auxipc.testing.scenario_run import Runner
-    from auxipc.observe.trace import format_trace
     try:
         sc = load(scenario_file)
     except AuxError as exc:

@@ -8,8 +8,8 @@ import tomllib
 
 import click
 
-from proto.errno import AuxError, Errno
 from auxipc.observe.render import table
+from proto.errno import AuxError, Errno
 
 RUNTIME_DIR = click.option("--runtime-dir", envvar="AUXIPC_RUNTIME_DIR", type=click.Path(file_okay=False),
                            help="Bus runtime dir.")
@@ -38,8 +38,8 @@ SUPERVISOR_KEYS = {"strategy": str, "intensity": int, "period": (int, float), "b
 def supervisor_spec(text: str, path: str):
     """A SupervisorSpec from a scenario's TOML: the broker first, then its [[process]]
     tables (with ``restart``), tuned by an optional [supervisor] table."""
-    from auxipc.testing.scenario import parse
     from auxipc.process.supervisor import ChildSpec, SupervisorSpec
+    from auxipc.testing.scenario import parse
     scenario = parse(text, path)
     data = tomllib.loads(text)
     sup = data.get("supervisor", {})

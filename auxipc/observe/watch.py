@@ -14,11 +14,11 @@ from collections import deque
 
 import zmq
 
+from auxipc.observe.client import Client
+from auxipc.runtime_dir import endpoints
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
 from proto.events import CATALOG, Catalog
-from auxipc.observe.client import Client
-from auxipc.runtime_dir import endpoints
 
 TOPICS = (b"bus", b"trace", b"C:", b"P:")
 

@@ -15,8 +15,8 @@ import sys
 import tempfile
 import time
 
+from auxipc.procfs import process_start_time
 from proto.errno import AuxError, Errno
-from auxipc.runtime_dir import process_start_time
 
 
 def _die_with_launcher() -> None:

@@ -39,7 +39,8 @@ from auxipc.runtime.contexts import Contexts
 from auxipc.runtime.dispatch import BrokerLost, Dispatch
 from auxipc.faults import FaultPlan, FaultRule
 from auxipc.runtime.publishing import Publishing
-from auxipc.runtime_dir import endpoints, process_start_time
+from auxipc.procfs import process_start_time
+from auxipc.runtime_dir import endpoints
 from auxipc.runtime.transport import WAKE, Heartbeat, Sockets, peer_ident, recv_frames, recv_ready, send_frames
 
 log = logging.getLogger("auxipc.peer")

@@ -13,11 +13,11 @@ import tempfile
 
 import click
 
-from proto.errno import AuxError
 from auxipc.observe.client import Client
-from auxipc.process.launch import Proc
 from auxipc.observe.trace import dumps
 from auxipc.observe.watch import Watcher, format_record
+from auxipc.process.launch import Proc
+from proto.errno import AuxError
 
 
 def run_demo(runtime_dir: str | None = None, record: str | None = None) -> int:

@@ -19,11 +19,11 @@ import tempfile
 
 import click
 
-from proto.errno import AuxError, errno_name
 from auxipc.observe.client import Client
-from auxipc.process.launch import Proc
 from auxipc.observe.trace import dumps
 from auxipc.observe.watch import Watcher, format_record
+from auxipc.process.launch import Proc
+from proto.errno import AuxError, errno_name
 
 HIDDEN_HW = ("plug", "unplug", "post_config")     # the bus lines say it already
 

@@ -41,8 +41,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proto.errno import AuxError, Errno, errno_name
 from auxipc.observe.conditions import CONDITIONS
+from proto.errno import AuxError, Errno, errno_name
 
 SIGNALS = {"TERM": _signal.SIGTERM, "KILL": _signal.SIGKILL, "STOP": _signal.SIGSTOP, "CONT": _signal.SIGCONT,
            "INT": _signal.SIGINT, "HUP": _signal.SIGHUP}

@@ -16,15 +16,14 @@ import tempfile
 import time
 from typing import Callable
 
-from proto.errno import AuxError, Errno
-from proto.events import CATALOG
 from auxipc.observe import conditions
 from auxipc.observe.client import Client
-from auxipc.testing.scenario import (SIGNALS, ExpectRecord, Scenario, SendSpec, SignalSpec, StartSpec, Step, StopSpec,
-                       WaitSpec)
-from auxipc.process.launch import Proc
 from auxipc.observe.trace import Lifelines, dumps
 from auxipc.observe.watch import Watcher
+from auxipc.process.launch import Proc
+from auxipc.testing.scenario import SIGNALS, ExpectRecord, Scenario, SendSpec, SignalSpec, StartSpec, Step, StopSpec, WaitSpec
+from proto.errno import AuxError, Errno
+from proto.events import CATALOG
 
 STOP_GRACE = 3.0
 

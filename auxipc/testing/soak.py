@@ -26,9 +26,9 @@ import tempfile
 import time
 from collections import Counter
 
-from proto.errno import AuxError
 from auxipc.observe.client import Client
 from auxipc.process.launch import Proc
+from proto.errno import AuxError
 
 DEVICES = ("soak.a.0", "soak.b.0")
 DRIVERS = {"soak.a.0": "soak_a", "soak.b.0": "soak_b"}

@@ -17,8 +17,8 @@ import itertools
 from dataclasses import dataclass
 from enum import Enum
 
-from proto.errno import AuxError, Errno
 from auxipc import IllegalTransition, Machine
+from proto.errno import AuxError, Errno
 
 
 class MbxState(Enum):
