@@ -90,7 +90,7 @@ class Demo:
              wait=(), timeout: float = 5.0, own: bool = True) -> dict:
         """Send through the named side's runtime; print the result; wait for its call (sync)
         or event (async) record and ``wait``'s predicates. ``expect``: the errno name wanted."""
-        out = self.h.send(dev, event, side, payload, timeout)
+        out = self.h.send(dev, event, payload, side=side, timeout=timeout)
         got = errno_name(out["errno"]) if out["errno"] else None
         if got != expect:
             raise AuxError(abs(out["errno"]) or 5, f"{event} on {dev}: expected {expect or 0}, got "

@@ -30,6 +30,7 @@ from auxipc.observe.watch import Watcher
 from auxipc.process.launch import Proc
 from auxipc.testing.scenario import subset_mismatch
 from proto.errno import AuxError, Errno
+from proto.events import CATALOG, Direction
 
 START_TIMEOUT = 15.0
 STOP_GRACE = 3.0
@@ -45,10 +46,11 @@ class Harness:
         self.root = runtime_dir or tempfile.mkdtemp(prefix=prefix, dir="/tmp")
         self.runtime_dir = self.root
         self.logs = tempfile.mkdtemp(prefix=prefix + "logs-", dir="/tmp")
-        self.env = dict(env or {})
+        self.extra_env = dict(env or {})
         self.grace = grace
         self.procs: list[Proc] = []             # in start order; a restarted process appears again
         self.broker_proc: Proc | None = None
+        self.broker_pid: int | None = None
         self.broker_code: int | None = None     # its exit code, once stopped
         self.client: Client | None = None
         self.watcher: Watcher | None = None
@@ -64,7 +66,7 @@ class Harness:
 
     def proc_env(self) -> dict:
         """What every process started here gets on top of this process's environment."""
-        return {"PYTHONUNBUFFERED": "1", "AUXIPC_RUNTIME_DIR": self.root, **self.env}
+        return {"PYTHONUNBUFFERED": "1", "AUXIPC_RUNTIME_DIR": self.root, **self.extra_env}
 
     def start(self, name: str, *argv: str, env: dict | None = None, timeout: float = START_TIMEOUT) -> Proc:
         """Start ``auxipc ARGV --runtime-dir ROOT`` as ``name``; returns it once it printed its ready line."""
@@ -76,10 +78,13 @@ class Harness:
         proc.start(ready_timeout=timeout)
         return proc
 
-    def broker(self, *args: str, timeout: float = START_TIMEOUT) -> Proc:
-        """Start the broker (again, after a crash), then the watcher and client if not open yet."""
+    def broker(self, *args: str, timeout: float = START_TIMEOUT, connect: bool = True) -> Proc:
+        """Start the broker (again, after a crash), then (``connect``) the watcher and client if not
+        open yet. The broker is stopped last at teardown, whatever was started after it."""
         self.broker_proc = self.start("broker", "broker", *args, timeout=timeout)
-        self.connect()
+        self.broker_pid = self.broker_proc.pid
+        if connect:
+            self.connect()
         return self.broker_proc
 
     def connect(self) -> None:
@@ -129,9 +134,17 @@ class Harness:
         """The bus notifications the broker kept (seq > since)."""
         return self.client.query("uevents", since=since)["events"]
 
-    def send(self, device: str, event: str, side: str, payload: dict | None = None, timeout: float = 5.0) -> dict:
-        """Send ``event`` through the ``side`` ('parent' or 'child') runtime; {errno, error, message, reply}."""
-        return self.client.send_event(device, event, side, payload or {}, timeout)
+    def send(self, device: str, event: str, payload: dict | None = None, *, side: str | None = None,
+             timeout: float = 5.0) -> dict:
+        """Send ``event`` on ``device`` through the parent's or child's runtime; {errno, error, message, reply}.
+
+        ``side`` ('parent' or 'child') defaults to the side the event's direction allows."""
+        spec = CATALOG.lookup(event)
+        if side is None:
+            if spec.direction is Direction.BOTH:
+                raise ValueError(f"{spec.name} goes both ways: pass side='parent' or side='child'")
+            side = "parent" if spec.direction is Direction.TO_CHILD else "child"
+        return self.client.send_event(device, spec.name, side, payload or {}, timeout)
 
     # ---- the trace ----
 
@@ -206,8 +219,16 @@ class Harness:
         """The last lines of every process's log, one line each (for a failure report)."""
         return "\n".join(f"  {p.name} log: {p.tail()}" for p in self.procs)
 
+    def broker_alive(self) -> bool:
+        return self.broker_proc is not None and self.broker_proc.alive()
+
+    def stop_broker(self) -> int | None:
+        """Stop the broker (SIGTERM, SIGKILL after the grace period, reaped); its exit code."""
+        return self.broker_proc.stop(self.grace) if self.broker_proc is not None else None
+
     def stop_all(self, grace: float | None = None) -> list[str]:
-        """Close the watcher and client, stop every process (newest first); what is still running."""
+        """Close the watcher and client, stop every process (newest first, the broker last);
+        what is still running."""
         for c in (self.watcher, self.client):
             if c is not None:
                 try:
@@ -217,8 +238,7 @@ class Harness:
         self.watcher = self.client = None
         if grace is None:
             # with the broker gone (the test killed it) no process can exit cleanly: do not wait long
-            broker_up = self.broker_proc is not None and self.broker_proc.alive()
-            grace = self.grace if broker_up or self.broker_proc is None else 0.5
+            grace = self.grace if self.broker_alive() else 0.5
         for proc in reversed(self.procs):
             try:
                 proc.signal(signal.SIGCONT)
@@ -226,10 +246,12 @@ class Harness:
                 pass
             if proc is not self.broker_proc:
                 proc.stop(grace)
-        if self.broker_proc is not None:
-            self.broker_code = self.broker_proc.stop(self.grace)
+        self.broker_code = self.stop_broker()
         left = [f"{p.name} (pid {p.pid})" for p in self.procs if p.popen is not None and p.popen.poll() is None]
-        return [f"processes left behind: {', '.join(left)}"] if left else []
+        problems = [f"processes left behind: {', '.join(left)}"] if left else []
+        if self.broker_alive():
+            problems.append(f"broker (pid {self.broker_pid}) left behind")
+        return problems
 
     def close(self) -> list[str]:
         """Stop everything and remove what this harness made; what was left behind (empty: nothing)."""
