@@ -16,6 +16,7 @@ from auxipc.observe.render import table
 from proto import cheader, mddoc
 from proto.errno import AuxError, Errno
 from proto.events import Catalog
+from proto.names import version_str
 
 OUTPUT = click.option("-o", "--output", type=click.File("w"), default="-", show_default=True,
                       help="Write to FILE instead of stdout.")
@@ -51,7 +52,7 @@ def events(runtime_dir, device, as_json, catalog: Catalog):
             return
         click.echo(f"schema {catalog.version_str}: {len(rows)} events")
         click.echo(table([[str(r["code"]), r["name"], r["direction"], r["delivery"], r["context"],
-                           _yes(r["rtnl"]), "%d.%d" % tuple(r["since"]), r["payload"], r["reply"] or ""]
+                           _yes(r["rtnl"]), version_str(r["since"]), r["payload"], r["reply"] or ""]
                           for r in rows],
                          ["CODE", "EVENT", "DIRECTION", "DELIVERY", "CONTEXT", "RTNL", "SINCE", "PAYLOAD", "REPLY"]))
         return

@@ -23,6 +23,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from proto.names import match_name
+
 BROKER = "broker"
 
 # bus action -> (sender, receiver) as lifeline kinds: "peer" (the registering
@@ -39,10 +41,6 @@ _ROUTES = {
 def lifeline(label: str | None) -> str:
     """``parent ixd[5870]#1`` -> ``parent ixd`` (a restarted process keeps its lifeline)."""
     return re.sub(r"\[\d+\]#\d+$", "", str(label or "")).strip()
-
-
-def match_name(dev: str) -> str:
-    return dev.rsplit(".", 1)[0]
 
 
 @dataclass

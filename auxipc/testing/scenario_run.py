@@ -14,11 +14,12 @@ import signal
 import time
 from typing import Callable
 
+from auxipc.faults import SIGNALS
 from auxipc.observe import conditions
 from auxipc.observe.trace import dumps
 from auxipc.process.launch import Proc
 from auxipc.testing.harness import Harness
-from auxipc.testing.scenario import SIGNALS, ExpectRecord, Scenario, SendSpec, SignalSpec, StartSpec, Step, StopSpec, WaitSpec
+from auxipc.testing.scenario import ExpectRecord, Scenario, SendSpec, SignalSpec, StartSpec, Step, StopSpec, WaitSpec
 from proto.errno import AuxError, Errno
 from proto.events import CATALOG
 
