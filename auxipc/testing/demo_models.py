@@ -17,7 +17,7 @@ import signal
 
 import click
 
-from auxipc.observe.watch import format_record
+from auxipc.observe.trace import format_trace, is_hw
 from auxipc.process.launch import Proc
 from auxipc.testing.harness import Harness
 from proto.errno import AuxError, errno_name
@@ -25,25 +25,8 @@ from proto.errno import AuxError, errno_name
 HIDDEN_HW = ("plug", "unplug", "post_config")     # the bus lines say it already
 
 
-def is_hw(rec: dict) -> bool:
-    """A parent's hardware change: a trace record 'HW <what>' (parent/nic.py, with report=1)."""
-    return rec["kind"] == "trace" and str(rec.get("action", "")).startswith("HW ")
-
-
 def _compact(v) -> str:
     return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v)
-
-
-def format_demo_record(rec: dict) -> str:
-    """format_record, with the parents' hardware records (trace action 'HW <what>') made readable."""
-    if is_hw(rec):
-        d = dict(rec["detail"])
-        peer = str(d.pop("peer", "")).split("[")[0].split("#")[0]
-        d.pop("task", None)
-        what, dev = d.pop("what", "?"), d.pop("dev", "") or peer.replace("parent ", "")
-        body = " ".join(f"{k}={_compact(v)}" for k, v in d.items())
-        return f"+{rec['ts']:7.3f}s  hw     {what:<13} {dev:<12} {body}".rstrip()
-    return format_record(rec)
 
 
 class Demo:
@@ -63,7 +46,7 @@ class Demo:
             self.counts["hw"] += 1
         else:
             self.counts[rec["kind"]] = self.counts.get(rec["kind"], 0) + 1
-        click.echo("        " + format_demo_record(rec))
+        click.echo("        " + format_trace(rec, payload_limit=0))
 
     def step(self, text: str) -> None:
         self.counts["steps"] += 1
