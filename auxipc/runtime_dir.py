@@ -75,13 +75,11 @@ class BrokerLock:
 
     def __init__(self, root: Path):
         self.root = root
-        self.created = False
         self._fd: int | None = None
 
     def acquire(self) -> None:
         try:
             self.root.mkdir(mode=0o700, parents=True)
-            self.created = True
         except FileExistsError:
             if not self.root.is_dir():
                 raise AuxError(Errno.EEXIST, f"runtime dir {self.root} exists and is not a directory") from None

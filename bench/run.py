@@ -9,11 +9,11 @@ Usage (from the project root, with the venv's python):
     python bench/run.py --profile /tmp/prof   # cProfile the auxipc processes, print hot spots
 
 Every end is its own OS process: the floors are started with multiprocessing
-``spawn`` (like shared/anchors), auxipc with ``python -m auxipc broker|parent|child``
+``spawn``, auxipc with ``python -m auxipc broker|parent|child``
 and the bench model/driver in bench/models.py. Each case is run once per rep;
 the order rotates every rep; figures are medians across reps. Round trips are also
-run with every process pinned to one CPU (``@pinned``): see shared/anchors/README.md
-for why (a cross-vCPU wake-up costs ~30 us on the 2-vCPU VM). See bench/README.md.
+run with every process pinned to one CPU (``@pinned``): a cross-vCPU wake-up
+costs ~30 us on the 2-vCPU VM. See bench/README.md.
 """
 
 from __future__ import annotations

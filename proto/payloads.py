@@ -1,6 +1,6 @@
 """The built-in payloads: the members of the payload union, and the enums they use.
 
-Each class is one kernel struct of kernel-semantics.md §3, field for field where
+Each class is one kernel struct, field for field where
 the kernel has one (``iidc_rdma_qset_params``, ``ieee_ets``, ``ieee_pfc``,
 ``net_shaper``, ``ethtool_ringparam``...). Field order is ABI (it is the order of
 the generated C structs): only append, with a default and ``since``.

@@ -1,5 +1,5 @@
 """Faults: killed, stopped and slow peers; malformed frames; a second broker; bad
-runtime dirs (zeromq.md "Facts that bite", peers.md reliability properties 1 and 4).
+runtime dirs: what ZeroMQ does not do for us (no delivery report, no peer death notice), done here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Commands to see and script a bus: ``monitor``, ``trace``, ``wait``, ``run``.
 
-Registered on the main group by ``cli.py``. Long-running commands print a line
+Registered on the main group by ``auxipc/cli/main.py``. Long-running commands print a line
 containing ``ready`` on stderr once subscribed and stop cleanly on SIGINT and
 SIGTERM; every command honours ``--runtime-dir`` / ``$AUXIPC_RUNTIME_DIR``.
 """

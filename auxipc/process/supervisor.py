@@ -1,7 +1,7 @@
 """``auxipc up``: start a bus and its processes, keep them running, stop them for good.
 
-Supervision as OTP defines it, with the complaints about Circus and systemd in
-mind (shared/reference/peers.md):
+Supervision as OTP defines it, with the usual complaints about Circus and
+systemd in mind:
 - restart types per process: ``permanent`` (always restarted), ``transient``
   (restarted after an abnormal exit only), ``temporary`` (never);
 - strategies: ``one_for_one``, ``one_for_all``, ``rest_for_one``;
