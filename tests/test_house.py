@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from auxipc.procfs import gone
+
 BIN = Path(sys.executable).parent
 AUXIPC = str(BIN / "auxipc")       # the console script, as a user runs it
 
@@ -147,3 +149,21 @@ def test_leftover_check_sees_only_the_processes_of_its_own_run():
         for p in (mine, other):
             p.communicate(b"", timeout=10)
     assert gone(mine.pid) and tagged("AUXIPC_TEST_RUN", tag) == [] and main([f"AUXIPC_TEST_RUN={tag}"]) == 0
+
+
+@pytest.mark.slow
+def test_the_harness_runs_a_bus_records_it_and_leaves_nothing(tmp_path):
+    from auxipc.testing.harness import Harness
+    shown = []
+    with Harness(record=str(tmp_path / "trace.jsonl"), on_record=shown.append) as h:
+        h.broker()
+        parent, child = h.parent("ixd"), h.child("idpf_eth")
+        h.until(lambda r: r["kind"] == "bus" and r["action"] == "BIND", timeout=10)
+        assert h.send("ixd.eth.0", "SET_MAC", {"addr": "02:00:00:00:00:01"})["errno"] == 0
+        call = h.expect(kind="call", event="SET_MAC", errno=0)
+        assert (call["src"], call["dst"]) == ("child idpf_eth", "parent ixd")
+        assert h.find("idpf_eth") is child and h.stop(child) == 0
+        pids, root, logs = [h.broker_pid, parent.pid, child.pid], h.root, h.logs
+    assert all(gone(pid) for pid in pids) and not os.path.exists(root) and not os.path.exists(logs)
+    written = (tmp_path / "trace.jsonl").read_text().splitlines()
+    assert len(written) == len(shown) == len(h.records) and any('"SET_MAC"' in line for line in written)
