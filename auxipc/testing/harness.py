@@ -68,20 +68,22 @@ class Harness:
         """What every process started here gets on top of this process's environment."""
         return {"PYTHONUNBUFFERED": "1", "AUXIPC_RUNTIME_DIR": self.root, **self.extra_env}
 
-    def start(self, name: str, *argv: str, env: dict | None = None, timeout: float = START_TIMEOUT) -> Proc:
-        """Start ``auxipc ARGV --runtime-dir ROOT`` as ``name``; returns it once it printed its ready line."""
+    def start(self, name: str, *argv: str, env: dict | None = None, timeout: float = START_TIMEOUT,
+              **launch) -> Proc:
+        """Start ``auxipc ARGV --runtime-dir ROOT`` as ``name``; returns it once it printed its ready line.
+        ``launch``: ``wrap``, ``py_args``, ``cwd`` of ``auxipc.process.launch.Proc``."""
         self._n += 1
         proc = Proc(name, [*argv, "--runtime-dir", self.root], env={**self.proc_env(), **(env or {})},
-                    log_dir=self.logs)
+                    log_dir=self.logs, **launch)
         proc.log_path = os.path.join(self.logs, f"{self._n:02d}-{name.replace('/', '_')}.log")
         self.procs.append(proc)
         proc.start(ready_timeout=timeout)
         return proc
 
-    def broker(self, *args: str, timeout: float = START_TIMEOUT, connect: bool = True) -> Proc:
+    def broker(self, *args: str, timeout: float = START_TIMEOUT, connect: bool = True, **launch) -> Proc:
         """Start the broker (again, after a crash), then (``connect``) the watcher and client if not
         open yet. The broker is stopped last at teardown, whatever was started after it."""
-        self.broker_proc = self.start("broker", "broker", *args, timeout=timeout)
+        self.broker_proc = self.start("broker", "broker", *args, timeout=timeout, **launch)
         self.broker_pid = self.broker_proc.pid
         if connect:
             self.connect()
