@@ -27,9 +27,7 @@ import os
 import time
 import traceback
 
-from auxipc.runtime.handlers import handler
-from child.runtime import AuxDriver, ChildDevice
-from parent.runtime import ParentDevice, ParentModel
+from auxipc import AuxDriver, ChildDevice, ParentDevice, ParentModel, handler
 from proto.errno import AuxError
 from proto.events import Duplex, Event, LinkChange, ResetType, ResetWarn, SetMac, SetMacReply
 
