@@ -129,12 +129,22 @@ class Harness:
 
     # ---- the bus ----
 
+    def _client(self) -> Client:
+        if self.client is None:
+            raise AuxError(Errno.ENOTCONN, f"no client on {self.root}: start the broker first (broker() or connect())")
+        return self.client
+
+    def _watcher(self) -> Watcher:
+        if self.watcher is None:
+            raise AuxError(Errno.ENOTCONN, f"no watcher on {self.root}: start the broker first (broker() or connect())")
+        return self.watcher
+
     def ls(self) -> dict:
-        return self.client.query("ls")
+        return self._client().query("ls")
 
     def uevents(self, since: int = 0) -> list[dict]:
         """The bus notifications the broker kept (seq > since)."""
-        return self.client.query("uevents", since=since)["events"]
+        return self._client().query("uevents", since=since)["events"]
 
     def send(self, device: str, event: str, payload: dict | None = None, *, side: str | None = None,
              timeout: float = 5.0) -> dict:
@@ -146,7 +156,7 @@ class Harness:
             if spec.direction is Direction.BOTH:
                 raise ValueError(f"{spec.name} goes both ways: pass side='parent' or side='child'")
             side = "parent" if spec.direction is Direction.TO_CHILD else "child"
-        return self.client.send_event(device, spec.name, side, payload or {}, timeout)
+        return self._client().send_event(device, spec.name, side, payload or {}, timeout)
 
     # ---- the trace ----
 
@@ -172,12 +182,12 @@ class Harness:
 
     def next(self, timeout: float) -> dict | None:
         """The next record (taken as ``drain`` does), or None after ``timeout``."""
-        rec = self.watcher.next(timeout)
+        rec = self._watcher().next(timeout)
         return None if rec is None else self.add(rec)
 
     def until(self, *preds: Callable[[dict], bool], timeout: float = 10.0) -> list[dict]:
         """Take records until each predicate has matched one, in any order; ETIMEDOUT naming what was missing."""
-        return self.watcher.until(*preds, timeout=timeout, on_record=self.add)
+        return self._watcher().until(*preds, timeout=timeout, on_record=self.add)
 
     def trace(self) -> list[dict]:
         """Every record so far: bus notifications, sync calls, async events (each with src/dst)."""

@@ -12,7 +12,8 @@ Installed with auxipc (entry point ``pytest11``); needs pytest-xprocess
         auxbus.kill("idpf_eth")                  # SIGKILL: fault injection
         auxbus.expect_uevent("UNBIND", dev="ixd.eth.0")
 
-The broker is started through pytest-xprocess (``ensure(..., restart=True)``,
+The bus is ``auxipc.testing.auxbus.AuxBus``: the project's one bus harness
+(``auxipc.testing.harness.Harness``) whose broker is started through pytest-xprocess (``ensure(..., restart=True)``,
 one name per pytest process; a broker left by an earlier pytest that was killed
 before its teardown is stopped first) in a short runtime dir under /tmp, waited
 for by its ready line and a real ping. A ``Watcher`` is
