@@ -11,10 +11,13 @@ field-by-field path of schema.py, which finds and names the fault.
 from __future__ import annotations
 
 import keyword
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errno import AuxError
-from .schema import MISSING, Bool, Bytes, Enum, Int, Payload, Str, _Slow
+from .fields import MISSING, Bool, Bytes, Enum, Int, Str, _Slow
+
+if TYPE_CHECKING:
+    from .schema import Payload
 
 _INLINE = (Int, Bool, Str, Enum, Bytes)    # kinds whose strict and lenient checks agree
 
