@@ -343,3 +343,24 @@ def test_parent_serves_a_child_call_with_rtnl_held(parent, broker):
     res = broker.answer(r)
     assert res.e == 0 and model.links == [("set_mac", "ut.eth.0")]
     assert rt.contexts.held == {"rtnl": []}
+
+
+def test_a_restore_the_broker_cut_short_is_retried_at_the_next_registration(parent, broker, monkeypatch):
+    """A broker lost again while the parent restores its devices must not lose them for
+    good: the device whose add() was cut short is init'd and added at the next REGISTER."""
+    rt, model = parent
+    adev, add = model.eth, type(model.eth).add
+    attempts: list = []
+
+    def add_lost_once(self):
+        attempts.append(self.name)
+        if len(attempts) == 1:
+            raise BrokerLost("test: the broker went away mid-restore")
+        return add(self)
+
+    monkeypatch.setattr(type(adev), "add", add_lost_once)
+    rt.on_reregistered()
+    assert rt.devices == {} and rt.interrupted == [adev] and adev.restore_added
+    rt.on_reregistered()
+    assert rt.devices == {1: adev} and rt.interrupted == [] and adev.state is DeviceState.ADDED
+    assert attempts == ["ut.eth.0", "ut.eth.0"] and len(broker.sent(E.DevInit)) == 3
