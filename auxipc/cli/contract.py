@@ -1,8 +1,8 @@
-"""The contract's commands: ``auxipc events`` and ``auxipc proto {c-header,doc,dump}``.
+"""The contract's commands: ``auxipc events`` and ``auxipc proto {c-header,doc,dump,diff}``.
 
 Each renders the one declaration (proto/events.py plus the schema modules of
 ``--schema`` and the ``auxipc.schemas`` entry points); the generators themselves
-are pure and live in proto/ (cheader.py, mddoc.py, Catalog.describe).
+are pure and live in proto/ (cheader.py, mddoc.py, abidiff.py, Catalog.describe).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import json
 
 import click
 
-from auxipc.cli.options import RUNTIME_DIR, SCHEMA, json_option
+from auxipc.cli.options import RUNTIME_DIR, SCHEMA, fail, json_option
 from auxipc.observe.render import table
-from proto import cheader, mddoc
+from proto import abidiff, cheader, mddoc
 from proto.errno import AuxError, Errno
 from proto.events import Catalog
 from proto.names import version_str
@@ -127,3 +127,44 @@ def dump(output, as_json, catalog: Catalog):
     for name, s in d["structs"].items():
         lines.append(f"struct {name}: " + ", ".join(f["name"] for f in s["fields"]))
     output.write("\n".join(lines) + "\n")
+
+
+def _load_dump(path: str, which: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return abidiff.check_dump(json.load(f), f"{which} {path}")
+    except OSError as exc:
+        raise AuxError(Errno.ENOENT, f"{which} {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise AuxError(Errno.EINVAL, f"{which} {path}: not JSON: {exc}") from None
+
+
+@proto.command()
+@click.argument("old", type=click.Path(dir_okay=False))
+@click.argument("new", type=click.Path(dir_okay=False))
+@json_option("{breaking, compatible, changes: [{rule, where, message, breaking}]}.")
+def diff(old, new, as_json):
+    """The ABI guard: classify every change from OLD to NEW as compatible or breaking.
+
+    OLD and NEW are 'auxipc proto dump --json' outputs. Breaking: an event removed,
+    renumbered or its code reused; its direction, delivery, context or rtnl changed;
+    a field removed, retyped, reordered or inserted; a new field without a default;
+    a narrowed range, length or enum; a changed default or since. Compatible: added
+    events, appended optional fields, widened ranges. Exit 1 on a breaking change,
+    2 on unreadable input, else 0.
+
+    \b
+    Example:
+      git show main:schema.json > old.json; auxipc proto dump --json -o new.json
+      auxipc proto diff old.json new.json
+    """
+    try:
+        a, b = _load_dump(old, "OLD"), _load_dump(new, "NEW")
+    except AuxError as exc:
+        fail(exc, 2)
+    changes = abidiff.diff(a, b)
+    if as_json:
+        click.echo(json.dumps({"old": a["schema"], "new": b["schema"], **abidiff.summary(changes)}, indent=2))
+    else:
+        click.echo(abidiff.render(changes, a["schema"], b["schema"]), nl=False)
+    raise SystemExit(1 if any(c.breaking for c in changes) else 0)
