@@ -11,9 +11,10 @@ import json
 
 import click
 
+from auxipc.cli import complete
 from auxipc.cli.options import RUNTIME_DIR, SCHEMA, fail, json_option
 from auxipc.observe.render import table
-from proto import abidiff, cheader, mddoc
+from proto import abidiff, cheader, eventdoc, mddoc
 from proto.errno import AuxError, Errno
 from proto.events import Catalog
 from proto.names import version_str
@@ -26,25 +27,45 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "-"
 
 
+def _event_named(catalog: Catalog, name: str):
+    """The spec ``name`` names in the catalog (by name or code), else None."""
+    try:
+        return catalog.lookup(name)
+    except AuxError:
+        return None
+
+
 @click.command()
 @RUNTIME_DIR
-@click.argument("device", required=False)
+@click.argument("device", metavar="[EVENT|DEVICE]", required=False, shell_complete=complete.event_or_device)
 @json_option()
 @SCHEMA
 def events(runtime_dir, device, as_json, catalog: Catalog):
-    """The event catalog, or the negotiated contract of DEVICE's binding.
+    """The event catalog, one event's contract, or the negotiated contract of DEVICE's binding.
 
-    Without DEVICE: every event of the catalog (this command's --schema) with its
-    direction, delivery, handler context, rtnl and version. With DEVICE: the same
+    Without an argument: every event of the catalog (this command's --schema) with its
+    direction, delivery, handler context, rtnl and version. With EVENT (a name or
+    code of the catalog): that event in full, its payload and reply structs field
+    by field with C types, ranges and defaults; no bus needed. With DEVICE: the
     rows as the broker sees them for that device, plus whether the parent and the
     bound child handle each event and whether it can be delivered.
 
     \b
     Examples:
       auxipc events
+      auxipc events SET_MAC
       auxipc events ixd.eth.0
       auxipc events ixd.eth.0 --json | jq '.events[] | select(.deliverable | not) | .event'
     """
+    spec = _event_named(catalog, device) if device is not None else None
+    if spec is not None:
+        if as_json:
+            click.echo(json.dumps(eventdoc.describe(spec), indent=2))
+        else:
+            click.echo(eventdoc.render(spec), nl=False)
+        return
+    if device is not None and "." not in device:     # device names are modname.name.id: a misspelt event
+        complete.event_arg(catalog, device)
     if device is None:
         rows = [spec.describe() for spec in catalog]
         if as_json:
@@ -62,7 +83,8 @@ def events(runtime_dir, device, as_json, catalog: Catalog):
     dev = next((d for d in snap["devices"] if d["name"] == device), None)
     if dev is None:
         known = ", ".join(d["name"] for d in snap["devices"]) or "none"
-        raise AuxError(Errno.ENODEV, f"no device {device!r} on the bus (devices: {known})")
+        raise AuxError(Errno.ENODEV, f"no device {device!r} on the bus (devices: {known}) and no such event "
+                       f"in schema {catalog.version_str}{complete.closest_hint(device, [s.name for s in catalog])}")
     schema = dev.get("schema") or {}
     if as_json:
         click.echo(json.dumps({k: dev.get(k) for k in ("name", "driver", "parent", "schema", "last_error", "events")},
@@ -90,15 +112,18 @@ def proto():
 
 @proto.command("c-header")
 @OUTPUT
+@click.option("--ops", is_flag=True,
+              help="Also the handler prototypes: an ops struct per receiving side and the send entry points.")
 @SCHEMA
-def c_header(output, catalog: Catalog):
+def c_header(output, ops, catalog: Catalog):
     """A kernel-style C header: event enum, flags, one struct per payload, the unions.
 
     \b
     Example:
       auxipc proto c-header -o auxipc_events.h && gcc -std=gnu11 -Wall -Werror -fsyntax-only -x c auxipc_events.h
+      auxipc proto c-header --ops | grep -A3 'struct auxipc_parent_ops'
     """
-    output.write(cheader.render(catalog))
+    output.write(cheader.render(catalog, ops=ops))
 
 
 @proto.command()
