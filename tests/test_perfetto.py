@@ -95,8 +95,10 @@ def stream() -> list[dict]:
          "to": "parent ixd[4242]#1", "errno": -16, "error": "EBUSY", "us": 2000},
         {"kind": "event", "ts": 0.25, "dev": "ixd.eth.0", "direction": "parent->child", "event": "LINK_CHANGE",
          "seq": 1, "inc": 1, "payload": {"up": True}},
-        {"kind": "trace", "ts": 0.30, "action": "LOCK_WAIT", "dev": "ixd.eth.0",
-         "detail": {"lock": "rtnl", "task": "idpf_eth#2/x1", "us": 700}},
+        {"kind": "trace", "ts": 0.30, "action": "LOCK_WAIT", "dev": "",
+         "detail": {"peer": "parent ixd#1", "lock": "rtnl", "task": "idpf_eth#2/x1", "us": 700}},
+        {"kind": "trace", "ts": 0.3002, "action": "LOCK_WAIT", "dev": "",
+         "detail": {"peer": "parent ixd#1", "lock": "mutex:x", "task": "ixd#1/w2", "us": 500}},
         {"kind": "bus", "ts": 0.31, "seq": 6, "action": "LOCKDEP", "dev": "", "driver": "",
          "detail": {"kind": "inversion", "chain": "rtnl -> device_lock"}},
         {"kind": "trace", "ts": 0.31, "action": "LOCKDEP", "dev": "",
@@ -142,7 +144,10 @@ def test_mapping_of_each_record_kind():
     assert hw["pid"] == parent and hw["args"]["up"] is True
 
     wait = next(e for e in events if e["name"] == "wait rtnl")
-    assert wait["ph"] == "X" and wait["dur"] == 700 and _thread(events, broker, wait["tid"]) == "locks"
+    assert wait["ph"] == "X" and wait["dur"] == 700 and wait["pid"] == parent
+    assert _thread(events, parent, wait["tid"]) == "locks 1"
+    other = next(e for e in events if e["name"] == "wait mutex:x")                 # overlapping: its own lane
+    assert _thread(events, parent, other["tid"]) == "locks 2"
     lockdep = [e for e in events if e["name"].startswith("lockdep")]
     assert len(lockdep) == 1                                 # the bus and trace copies: once
     assert lockdep[0]["ph"] == "X" and _thread(events, broker, lockdep[0]["tid"]) == "lockdep"
@@ -181,3 +186,20 @@ def test_cli_writes_perfetto_alone(tmp_path):
     res = CliRunner().invoke(main, ["trace", "render", str(rec), "--perfetto", str(tmp_path / "t.json")])
     assert res.exit_code == 0 and "sequenceDiagram" not in res.output
     validate(json.loads((tmp_path / "t.json").read_text()))
+
+
+@pytest.mark.slow
+def test_recorded_model_a_demo_shows_lock_waits(tmp_path):
+    """ixd's NETSHAPER_SET handler takes a per-device mutex: its waits are slices on the parent."""
+    record = tmp_path / "model-a.jsonl"
+    r = subprocess.run([PY, "-m", "auxipc", "demo", "model-a", "--record", str(record)], capture_output=True,
+                       text=True, timeout=40, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    events = validate(to_trace_events(load(record)))
+    parent = _process(events, "parent ixd")
+    waits = [e for e in events if e["ph"] == "X" and e["name"] == "wait mutex:ixd.eth.0.shaper"]
+    assert waits and {e["pid"] for e in waits} == {parent}
+    assert all(_thread(events, parent, e["tid"]).startswith("locks ") for e in waits)
+    assert all(e["args"]["us"] == e["dur"] for e in waits)
+    dcb = [e for e in events if e["ph"] == "X" and e["name"] == "DCB_CONFIG"]
+    assert any(e["args"]["error"] == "EINVAL" for e in dcb)     # the demo's refused DCB change

@@ -19,13 +19,14 @@ the process register.
 - Bus notifications (REGISTER, ADD, BIND, ...) are instants on the process they
   concern; a parent's hardware report (``HW <what>``) an instant on that parent;
   faults and other trace records instants on the broker.
-- Lock waits (``LOCK_WAIT`` records: lock, task, us) and lockdep reports
-  (``LOCKDEP``: kind and the chains) are slices of their own, on the broker's
-  "locks" and "lockdep" threads.
+- Lock waits (``LOCK_WAIT`` records a runtime reports when it got a lock: lock,
+  task, µs from asking to holding) are slices on the waiting process's "locks"
+  threads; lockdep reports (``LOCKDEP``: kind and the chains) slices on the
+  broker's "lockdep" thread.
 
-Slices on one thread must nest or follow each other, so concurrent calls of one
-process go on separate threads ("calls 1", "calls 2", ...): each call takes the
-first thread free at its start. Metadata events ("M") name every process and
+Slices on one thread must nest or follow each other, so concurrent calls (or
+lock waits) of one process go on separate threads ("calls 1", "calls 2", ...):
+each takes the first thread free at its start. Metadata events ("M") name every process and
 thread and fix their order. Timestamps are microseconds from the first record.
 """
 
@@ -35,8 +36,8 @@ import json
 
 from auxipc.observe.trace import BROKER, Lifelines, is_hw, lifeline
 
-# thread ids within a process: the fixed threads first, the call lanes after
-MAIN, LOCKS, LOCKDEP, LANES = 1, 2, 3, 10
+# thread ids within a process: the fixed threads first, then the lanes of calls and of lock waits
+MAIN, LOCKDEP, LANES, LOCK_LANES = 1, 3, 10, 1000
 FLOW_CAT = "flow"
 
 
@@ -52,7 +53,7 @@ class _Builder:
         self.pids: dict[str, int] = {BROKER: 1}
         self.real_pid: dict[str, int] = {}
         self.threads: dict[tuple[int, int], str] = {}
-        self.lanes: dict[int, list[float]] = {}          # pid -> end time of the last slice in each lane
+        self.lanes: dict[tuple[int, int], list[float]] = {}   # (pid, first tid) -> each lane's last end
         self.flow_id = 0
         starts = [self._start(r) for r in self.records]
         self.t0 = min(starts, default=0.0)
@@ -77,15 +78,15 @@ class _Builder:
         self.threads.setdefault((pid, tid), name)
         return tid
 
-    def lane(self, pid: int, start: float, end: float) -> int:
-        """The first call thread of ``pid`` free at ``start`` (then busy until ``end``)."""
-        ends = self.lanes.setdefault(pid, [])
+    def lane(self, pid: int, start: float, end: float, base: int = LANES, label: str = "calls") -> int:
+        """The first thread of ``pid``'s lanes at ``base`` free at ``start`` (then busy until ``end``)."""
+        ends = self.lanes.setdefault((pid, base), [])
         for i, busy_until in enumerate(ends):
             if busy_until < start:      # touching slices would make the flow's enclosing slice ambiguous
                 ends[i] = end
-                return self.thread(pid, LANES + i, f"calls {i + 1}")
+                return self.thread(pid, base + i, f"{label} {i + 1}")
         ends.append(end)
-        return self.thread(pid, LANES + len(ends) - 1, f"calls {len(ends)}")
+        return self.thread(pid, base + len(ends) - 1, f"{label} {len(ends)}")
 
     def main(self, pid: int) -> int:
         return self.thread(pid, MAIN, "bus" if pid == 1 else "main")
@@ -141,8 +142,10 @@ class _Builder:
             return
         if action == "LOCK_WAIT":
             us = detail.get("us") or 0
-            start = float(r.get("ts") or 0.0) - us / 1e6
-            self.emit("X", f"wait {detail.get('lock', '?')}", 1, self.thread(1, LOCKS, "locks"), self.ts(start),
+            end = float(r.get("ts") or 0.0)
+            pid = self.pid(lifeline(str(detail.get("peer", "")).split("#")[0]) or BROKER)
+            tid = self.lane(pid, end - us / 1e6, end, LOCK_LANES, "locks")
+            self.emit("X", f"wait {detail.get('lock', '?')}", pid, tid, self.ts(end - us / 1e6),
                       dur=_us(us / 1e6), cat="lock", args={"dev": r.get("dev"), **detail})
             return
         if is_hw(r):
