@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from auxipc.cli.main import main
+from auxipc.observe.diagram import to_mermaid
 from auxipc.observe.perfetto import to_trace_events
 from auxipc.observe.trace import dumps, load
 
@@ -203,3 +204,5 @@ def test_recorded_model_a_demo_shows_lock_waits(tmp_path):
     assert all(e["args"]["us"] == e["dur"] for e in waits)
     dcb = [e for e in events if e["ph"] == "X" and e["name"] == "DCB_CONFIG"]
     assert any(e["args"]["error"] == "EINVAL" for e in dcb)     # the demo's refused DCB change
+    # the sequence diagram leaves the waits to this view: no bare notes for them
+    assert "LOCK_WAIT" not in to_mermaid(load(record))
