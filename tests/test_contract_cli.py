@@ -207,3 +207,12 @@ def test_fault_handler_for_an_unknown_event_is_refused(tmp_path):
     # a known one passes the check and goes on to the bus (none here)
     r = invoke("fault", "handler", "idpf_eth", "reset_warn", "--raise", "--runtime-dir", str(tmp_path))
     assert r.exit_code == 1 and "ENOTCONN" in r.output
+
+
+def test_user_events_too(tmp_path):
+    r = invoke("events", "SKEW_NEW_CALL", "--schema", "tests.skew.v1_1")
+    assert r.exit_code == 0 and r.output.startswith("SKEW_NEW_CALL (0x1001), since schema 1.1\n")
+    assert "direction  both" in r.output
+    # an event both sides may send: --from cannot be inferred
+    r = invoke("send", "x.eth.0", "SKEW_NEW_CALL", "--schema", "tests.skew.v1_1", "--runtime-dir", str(tmp_path))
+    assert r.exit_code == 2 and "SKEW_NEW_CALL goes both: say who sends it with --from" in r.output
