@@ -153,6 +153,8 @@ class Bus(Binding, Calls):
         self.lockdep = LockDep(self._lockdep_report)
         self.faults = FaultPlan()
         self.tracing = True     # the broker clears it while nobody subscribes to 'trace'
+        # Whether a peer's process (pid, start time) still runs; the broker reads /proc.
+        self.process_alive: Callable[[int, int], bool] = lambda pid, start_time: True
         self._held_back: dict[bytes, list] = {}    # reorder faults: frames held until the next send
         self.lock_ops: dict = {}      # (task, lock name) -> LockedOp of a granted or queued LOCK
         self._hb_echo = E.encode(E.Heartbeat(epoch=epoch))    # the same frames every time
@@ -399,9 +401,18 @@ class Bus(Binding, Calls):
             return self.reply(ident, msg.r, Errno.EINVAL, "$.header.name: empty")
         # Any schema major registers (the envelope is the same); matching never binds
         # a driver and a device whose peers' majors differ (Binding._bind_refused).
+        # One live peer per role and name: the same process registering it again (on a
+        # new socket) replaces it; another process gets -EEXIST while it lives.
         for other in list(self.peers.values()):
-            if other.alive and other.pid == msg.pid and other.start_time == msg.start_time:
-                self.peer_died(other, f"re-registered on a new socket (pid {msg.pid})")
+            if other.alive and other.role == msg.role and other.name == msg.name:
+                if other.pid == msg.pid and other.start_time == msg.start_time:
+                    self.peer_died(other, f"re-registered on a new socket (pid {msg.pid})")
+                elif self.process_alive(other.pid, other.start_time):
+                    self.stats["register_eexist"] += 1
+                    return self.reply(ident, msg.r, Errno.EEXIST, f"register: {other.label} is already "
+                                      f"registered as {msg.role} {msg.name!r} and alive")
+                else:
+                    self.peer_died(other, f"process {other.pid} exited (found at a new registration)")
         peer = Peer(ident, msg.role, msg.name, msg.pid, msg.start_time, next(self._incs),
                     tuple(msg.schema), frozenset(msg.handles), self.clock())
         peer.machine = peer_machine(peer.label)

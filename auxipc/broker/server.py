@@ -1,8 +1,9 @@
 """The broker process: owns the runtime dir, binds the sockets, drives ``Bus``.
 
 Sockets (only the broker binds; peers connect, so restarts need no reconfiguration):
-- ``bus.sock``  ROUTER: every request/reply exchange (``ROUTER_MANDATORY``,
-  ``ROUTER_HANDOVER``; sends never block).
+- ``bus.sock``  ROUTER: every request/reply exchange (``ROUTER_MANDATORY``; sends
+  never block). No ``ROUTER_HANDOVER``: a second connection with a routing id in use
+  is ignored by libzmq instead of taking the first one's traffic.
 - ``pub.sock``  XSUB and ``sub.sock`` XPUB, joined by ``zmq.proxy`` in its own
   thread: async events and bus notifications. The XSUB subscribes upstream to
   everything, so a publisher never waits for a subscription to propagate.
@@ -26,6 +27,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from collections import Counter
 
 import zmq
@@ -33,7 +35,7 @@ from zmq.backend import zmq_poll
 from zmq.utils.monitor import parse_monitor_message
 
 from proto import envelope as E
-from proto.errno import AuxError, ProtocolError
+from proto.errno import AuxError, Errno, ProtocolError
 from proto.events import CATALOG, Catalog
 from auxipc.broker import control
 from auxipc.broker.bus import Bus
@@ -41,10 +43,52 @@ from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints, process_start_tim
 from auxipc.runtime.transport import recv_ready, send_frames
 
 NOBLOCK = int(zmq.NOBLOCK)
+_recv = zmq.backend.Socket.recv
 
 log = logging.getLogger("auxipc.broker")
 
 MAX_MSG = E.MAX_MSG + 4096   # the message frame and room for the routing id
+LOG_EVERY = 10.0             # seconds: at most one line per kind of bad input in this time
+
+
+class LogLimiter:
+    """At most one log line per kind of trouble each ``every`` seconds; the lines left
+    out are counted and the count goes out with the next line of that kind. A flood of
+    bad messages costs a line every few seconds, not one a message."""
+
+    def __init__(self, every: float = LOG_EVERY, clock=time.monotonic):
+        self.every, self.clock = every, clock
+        self._last: dict[str, float] = {}
+        self.suppressed: Counter = Counter()
+
+    def __call__(self, kind: str, level: int, fmt: str, *args, exc_info=None) -> bool:
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.every:
+            self.suppressed[kind] += 1
+            return False
+        self._last[kind] = now
+        left_out = self.suppressed.pop(kind, 0)
+        if left_out:
+            fmt += " (%d more like it in the last %.0f s not logged)"
+            args = (*args, left_out, now - last)
+        log.log(level, fmt, *args, exc_info=exc_info)
+        return True
+
+
+def peer_credentials(frame: zmq.Frame) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the process at the other end of an ipc connection, as the
+    kernel gave them to libzmq (SO_PEERCRED): libzmq 4.3 exposes them as the frame's
+    ``Peer-Address`` property, ``localhost:<uid>:<gid>:<pid>``. None on transports
+    without credentials."""
+    try:
+        addr = frame.get("Peer-Address")
+    except (zmq.ZMQError, UnicodeDecodeError):
+        return None
+    parts = addr.split(":") if isinstance(addr, str) else ()
+    if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]):
+        return None
+    return int(parts[3]), int(parts[1]), int(parts[2])
 
 
 class SideWatch(threading.Thread):
@@ -89,10 +133,16 @@ class Broker:
         self.epoch = time.time_ns() // 1_000_000
         self.bus = Bus(time.monotonic, self.epoch, catalog, hb_ivl=hb_ivl, hb_liveness=hb_liveness)
         self.ctl = control.Control(self)
+        self.bus.process_alive = lambda pid, start: process_start_time(pid) == start
         self._stop = False
         self._wake_r, self._wake_w = os.pipe()
         self.ctx: zmq.Context | None = None
         self.dropped = 0
+        self.limit_log = LogLimiter()
+        self._tracebacks: set = set()     # where internal errors happened (each logged once in full)
+        self._current: bytes | None = None    # the routing id whose message is being handled
+        self._answered = False                # ... and whether something went back to it
+        self._first: zmq.Frame | None = None  # the first frame of that message (its credentials)
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -108,7 +158,6 @@ class Broker:
         self.ctx = zmq.Context()
         r = self.router = self.ctx.socket(zmq.ROUTER)
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        r.setsockopt(zmq.ROUTER_HANDOVER, 1)
         r.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
         r.setsockopt(zmq.LINGER, 100)
         r.setsockopt(zmq.SNDHWM, 10000)
@@ -195,7 +244,7 @@ class Broker:
         nxt = bus.next_timer()
         now = time.monotonic()
         timeout = bus.hb_ivl if nxt is None else max(0.0, min(nxt - now, bus.hb_ivl))
-        frames = recv_ready(self.router) if zmq_poll(self._poll_items, math.ceil(timeout * 1000)) else None
+        frames = self._recv() if zmq_poll(self._poll_items, math.ceil(timeout * 1000)) else None
         if frames is not None:
             if frames[0] == self._side_ident:
                 self._on_side(frames[1])
@@ -205,8 +254,29 @@ class Broker:
         if now >= self._subs_due:
             self._subs_due = now + bus.hb_ivl
             self.read_subscriptions()
-        bus.tick()
+        try:
+            bus.tick()
+        except Exception as exc:    # noqa: BLE001 - the barrier: one timer's fault, not the broker's end
+            self.internal_error(exc, "a timer")
         self.flush()
+
+    def _recv(self) -> list[bytes] | None:
+        """The next ROUTER message as bytes; its first frame is kept (``_first``) for
+        the sender's credentials, read only when a REGISTER needs them."""
+        try:
+            frame = _recv(self.router, NOBLOCK, False)
+        except zmq.Again:
+            return None
+        self._first = frame
+        frames = [frame.bytes]
+        while frame.more:
+            frame = _recv(self.router, NOBLOCK, False)
+            frames.append(frame.bytes)
+        return frames
+
+    def credentials(self) -> tuple[int, int, int] | None:
+        """(pid, uid, gid) of the sender of the message being handled (SO_PEERCRED)."""
+        return peer_credentials(self._first) if self._first is not None else None
 
     def _on_side(self, what: bytes) -> None:
         if what == b"disconnect":
@@ -227,12 +297,24 @@ class Broker:
         self.bus.tracing = any(b"trace".startswith(t) for t in self.subscriptions)
 
     def on_frames(self, frames: list[bytes]) -> None:
+        """Handle one message behind a barrier: whatever goes wrong handling it is
+        answered -EPROTO (unless an answer already went), counted and logged, and the
+        broker goes on with the next message."""
+        self._current, self._answered = frames[0], False
+        try:
+            self._handle(frames)
+        except Exception as exc:    # noqa: BLE001 - the per-message barrier
+            self.internal_error(exc, f"a message from {frames[0]!r}", frames)
+        finally:
+            self._current = None
+
+    def _handle(self, frames: list[bytes]) -> None:
         ident, body = frames[0], frames[1:]
         try:
             msg, payload = E.decode(body)
         except AuxError as exc:
             self.bus.stats["malformed"] += 1
-            log.warning("malformed message from %r: %s", ident, exc)
+            self.limit_log("malformed", logging.WARNING, "malformed message from %r: %s", ident, exc)
             self.bus.reply(ident, self._guess_r(body), exc.errno,
                            f"{exc.message} (message dropped; the connection stays open)")
             return
@@ -242,7 +324,52 @@ class Broker:
             except AuxError as exc:
                 self.bus.reply(ident, msg.r, exc.errno, exc.message)
             return
+        if isinstance(msg, E.Register):
+            return self.register(ident, msg)
         self.bus.handle(ident, msg, payload)
+
+    def register(self, ident: bytes, msg: E.Register) -> None:
+        """REGISTER with the identity the kernel vouches for: the pid and uid of the
+        connection (SO_PEERCRED) and that pid's start time from /proc replace what the
+        peer claims. A connection of another user is refused."""
+        creds = self.credentials()
+        if creds is None:
+            return self.bus.reply(ident, msg.r, Errno.EACCES,
+                                  "register: the connection carries no peer credentials (ipc on Linux only)")
+        pid, uid, _gid = creds
+        if uid != os.getuid() and uid != 0:
+            self.bus.stats["refused_uid"] += 1
+            return self.bus.reply(ident, msg.r, Errno.EACCES,
+                                  f"register: peer uid {uid} is not the broker's ({os.getuid()})")
+        start = process_start_time(pid)
+        if pid <= 1 or start is None:
+            return self.bus.reply(ident, msg.r, Errno.ESRCH, f"register: peer process {pid} is not running")
+        if (msg.pid, msg.start_time) != (pid, start):
+            self.bus.stats["identity_corrected"] += 1
+        self.bus.register(ident, msg.replace(pid=pid, start_time=start))
+
+    def internal_error(self, exc: BaseException, where: str, frames: list[bytes] | None = None) -> None:
+        """An unexpected exception: counted, logged (with its traceback the first time
+        it happens at that place), and the message answered -EPROTO if nothing was."""
+        self.bus.stats["internal_errors"] += 1
+        tb = traceback.extract_tb(exc.__traceback__)
+        site = (type(exc).__name__, tb[-1].filename, tb[-1].lineno) if tb else (type(exc).__name__,)
+        first = site not in self._tracebacks
+        if first and len(self._tracebacks) < 1000:
+            self._tracebacks.add(site)
+        self.limit_log("internal:" + ":".join(map(str, site)), logging.ERROR,
+                       "internal error handling %s: %s: %s (answered -EPROTO; the broker goes on)",
+                       where, type(exc).__name__, str(exc)[:200], exc_info=exc if first else None)
+        if frames is None:
+            return
+        ident = frames[0]
+        if not self._answered and not any(i == ident for i, _ in self.bus.outbox):
+            try:
+                self.bus.reply(ident, self._guess_r(frames[1:]), Errno.EPROTO,
+                               f"internal error handling this message ({type(exc).__name__}); "
+                               "it was dropped and the connection stays open")
+            except Exception:   # noqa: BLE001 - answering is best effort
+                pass
 
     @staticmethod
     def _guess_r(body: list[bytes]) -> int:
@@ -250,7 +377,7 @@ class Broker:
             head = E.unpackb(body[0][4:], "$.header")
             r = head.get("r", 0)
             return r if type(r) is int and 0 <= r <= 2**53 else 0
-        except (ProtocolError, IndexError, AttributeError):
+        except (ProtocolError, IndexError, AttributeError, TypeError):
             return 0
 
     def flush(self) -> None:
@@ -274,6 +401,8 @@ class Broker:
                 self.read_subscriptions()
 
     def send(self, ident: bytes, frames: list[bytes]) -> None:
+        if ident == self._current:
+            self._answered = True
         try:
             send_frames(self.router, [ident, *frames], NOBLOCK)
         except zmq.Again:
