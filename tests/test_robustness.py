@@ -9,6 +9,7 @@ control.py, every one of these ended the broker with a traceback and exit 1.
 from __future__ import annotations
 
 import os
+import threading
 
 import msgpack
 import pytest
@@ -146,15 +147,36 @@ def test_fault_rule_with_bad_count_never_reaches_a_call(mbus, raw):
 # ---- locks: a second LOCK, an UNLOCK by another peer ------------------------------------------
 
 class RawPeer(Raw):
-    """A registered peer speaking raw msgpack (no heartbeats: tests using it are short
-    and the broker gives 0.5 s)."""
+    """A registered peer speaking raw msgpack, heartbeating from a thread of its own."""
 
     def __init__(self, root, name: str, role: str = "child"):
-        super().__init__(root, f"raw:{name}:{os.urandom(3).hex()}".encode())
+        ident = f"raw:{name}:{os.urandom(3).hex()}".encode()
+        super().__init__(root, ident)
         self.r = 100
         answer = self.ask(register(name, role))
         assert answer["e"] == 0, answer
         self.inc = answer["d"]["inc"]
+        self._stop = threading.Event()
+        self._hb = threading.Thread(target=self._beat, args=(root, ident + b"#hb"), daemon=True)
+        self._hb.start()
+
+    def _beat(self, root, ident: bytes) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, ident)
+        sock.connect(f"ipc://{root}/bus.sock")
+        try:
+            while not self._stop.wait(0.03):
+                sock.send(MAGIC + msgpack.packb({"t": 3}))
+                while sock.poll(0):
+                    sock.recv()
+        finally:
+            sock.close(linger=0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._hb.join(5)
+        super().close()
 
     def req(self, head: dict, timeout: float = 5.0) -> dict:
         self.r += 1

@@ -388,6 +388,12 @@ class Binding:
         dev = self.devices.get(msg.dev)
         if dev is None:
             raise AuxError(Errno.ENODEV, f"get_device: device #{msg.dev} was released")
+        # Only who has the device in hand may pin it: its parent, the peer of its bound
+        # driver, or a peer that already holds a reference.
+        if peer is not dev.parent and not (dev.driver is not None and dev.driver.peer is peer) \
+                and not peer.holding.get(dev.dev_id):
+            raise AuxError(Errno.EPERM, f"get_device: {dev.name} belongs to {dev.parent.label}; "
+                           f"{peer.label} neither owns it nor has it bound")
         dev.refs[peer.label] += 1
         peer.holding[dev.dev_id] += 1
         self.reply(peer.ident, msg.r, data={"refcount": dev.refcount})

@@ -119,14 +119,14 @@ class Control:
             raise AuxError(Errno.ENODEV, f"no live peer named {target!r} (peers: {names})")
         for p in peers:
             if p.pid <= 1 or p.pid == os.getpid() or process_start_time(p.pid) != p.start_time:
-                raise AuxError(Errno.ESRCH, f"{p.label}: process {p.pid} is not the one that registered")
+                raise AuxError(Errno.ENODEV, f"{p.label}: process {p.pid} is not the one that registered")
         signalled = []
         for p in peers:
             self.bus.uevent("FAULT", name=p.name, pid=p.pid, signal=name, by=self.who(ident))
             try:
                 os.kill(p.pid, SIGNALS[name])
             except OSError as exc:
-                raise AuxError(Errno.ESRCH, f"{p.label}: {exc.strerror}") from None
+                raise AuxError(Errno.ENODEV, f"{p.label}: {exc.strerror}") from None
             signalled.append(p.label)
         self.bus.reply(ident, msg.r, data={"signalled": signalled})
 

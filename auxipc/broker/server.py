@@ -334,16 +334,16 @@ class Broker:
         peer claims. A connection of another user is refused."""
         creds = self.credentials()
         if creds is None:
-            return self.bus.reply(ident, msg.r, Errno.EACCES,
+            return self.bus.reply(ident, msg.r, Errno.EPERM,
                                   "register: the connection carries no peer credentials (ipc on Linux only)")
         pid, uid, _gid = creds
         if uid != os.getuid() and uid != 0:
             self.bus.stats["refused_uid"] += 1
-            return self.bus.reply(ident, msg.r, Errno.EACCES,
+            return self.bus.reply(ident, msg.r, Errno.EPERM,
                                   f"register: peer uid {uid} is not the broker's ({os.getuid()})")
         start = process_start_time(pid)
         if pid <= 1 or start is None:
-            return self.bus.reply(ident, msg.r, Errno.ESRCH, f"register: peer process {pid} is not running")
+            return self.bus.reply(ident, msg.r, Errno.ENODEV, f"register: peer process {pid} is not running")
         if (msg.pid, msg.start_time) != (pid, start):
             self.bus.stats["identity_corrected"] += 1
         self.bus.register(ident, msg.replace(pid=pid, start_time=start))
