@@ -185,6 +185,7 @@ class Broker:
         self.bus.tracing = False
         for name in SOCKETS:
             os.chmod(self.ep.root / name, 0o600)
+            self.lock.made(name)
         self._subs_due = 0.0
         self._proxy = threading.Thread(target=self._run_proxy, args=(xsub, xpub), name="auxipc-proxy", daemon=True)
         self._proxy.start()
