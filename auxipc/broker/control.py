@@ -2,8 +2,8 @@
 
 Each op takes ``args`` (a map) and answers one RESULT whose ``d`` holds the data.
 - ``ping``: ``{epoch, pid}``
-- ``ls``: the bus snapshot (see ``Bus.snapshot``)
-- ``uevents``: ``{events: [...]}``, the notifications with ``seq > since``
+- ``ls``: the bus snapshot (see ``snapshot.py``), devices paged (``after``/``next``)
+- ``uevents``: ``{events: [...], more}``, the notifications with ``seq > since``, paged
 - ``send``: ``{device, event, from, timeout_ms}`` + payload frame: the named side's
   runtime sends the event as its code would; the answer is that call's result.
 - ``bind``: ``{device, driver}``; ``unbind``: ``{device}`` — sysfs bind/unbind.
@@ -18,8 +18,10 @@ from proto import envelope as E
 from proto.errno import AuxError, Errno
 from auxipc.broker.lifecycle import BindState
 from auxipc.faults import SIGNALS, FaultRule
-from auxipc.broker.snapshot import snapshot
+from auxipc.broker.snapshot import device_page, snapshot
 from auxipc.runtime_dir import process_start_time
+
+PAGE_BYTES = E.MAX_FRAME // 2    # a listing's reply stays well under the message limit
 
 # The types a fault rule's fields may have on the wire: checked before the rule is
 # built, so a rule that would fail later (at the next call it meets, or when it is
@@ -76,7 +78,19 @@ class Control:
         self.bus.reply(ident, msg.r)
 
     def op_ls(self, ident, msg, payload):
-        self.bus.reply(ident, msg.r, data=snapshot(self.bus))
+        """{after}: the bus snapshot, its devices paged to fit a message: devices with an
+        id above ``after`` (default: from the first, with the rest of the snapshot);
+        ``next`` is the ``after`` of the next page, None on the last."""
+        after = msg.args.get("after", -1)
+        if type(after) is not int or not -1 <= after <= 2**53:
+            raise AuxError(Errno.EINVAL, "$.header.args.after: expected a device id (int)")
+        if after < 0:
+            data = snapshot(self.bus, [])
+            budget = PAGE_BYTES - len(E.packb(data))
+        else:
+            data, budget = {"epoch": self.bus.epoch}, PAGE_BYTES
+        data["devices"], data["next"] = device_page(self.bus, after, budget, lambda d: len(E.packb(d)))
+        self.bus.reply(ident, msg.r, data=data)
 
     def op_bind(self, ident, msg, payload):
         """sysfs bind: {device, driver}."""
@@ -146,8 +160,16 @@ class Control:
         since = msg.args.get("since", 0)
         if type(since) is not int:
             raise AuxError(Errno.EINVAL, "$.header.args.since: expected int")
-        events = [e for e in self.bus.uevents if e["seq"] > since]
-        self.bus.reply(ident, msg.r, data={"events": events, "last": self.bus.uevents[-1]["seq"]
+        # Paged to fit a message: ``more`` says there are events after these.
+        events, used, more = [], 0, False
+        for e in self.bus.uevents:
+            if e["seq"] > since:
+                used += len(E.packb(e))
+                if events and used > PAGE_BYTES:
+                    more = True
+                    break
+                events.append(e)
+        self.bus.reply(ident, msg.r, data={"events": events, "more": more, "last": self.bus.uevents[-1]["seq"]
                                            if self.bus.uevents else 0})
 
     def op_send(self, ident, msg, payload):

@@ -28,7 +28,7 @@ import signal
 import threading
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 
 import zmq
 from zmq.backend import zmq_poll
@@ -48,6 +48,7 @@ _recv = zmq.backend.Socket.recv
 log = logging.getLogger("auxipc.broker")
 
 MAX_MSG = E.MAX_MSG + 4096   # the message frame and room for the routing id
+BACKLOG_MAX = 200_000        # messages read ahead of their handling (see Broker.drain)
 LOG_EVERY = 10.0             # seconds: at most one line per kind of bad input in this time
 
 
@@ -143,6 +144,10 @@ class Broker:
         self._current: bytes | None = None    # the routing id whose message is being handled
         self._answered = False                # ... and whether something went back to it
         self._first: zmq.Frame | None = None  # the first frame of that message (its credentials)
+        self.backlog: deque = deque()         # messages read ahead of their handling (see drain)
+        self.backlog_peak = 0
+        self._drain_due = 0.0
+        self._hb_echo = E.encode(E.Heartbeat(epoch=self.epoch))
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -244,8 +249,12 @@ class Broker:
         bus = self.bus
         nxt = bus.next_timer()
         now = time.monotonic()
-        timeout = bus.hb_ivl if nxt is None else max(0.0, min(nxt - now, bus.hb_ivl))
-        frames = self._recv() if zmq_poll(self._poll_items, math.ceil(timeout * 1000)) else None
+        if self.backlog:
+            frames, self._first = self.backlog.popleft()
+        else:
+            timeout = bus.hb_ivl if nxt is None else max(0.0, min(nxt - now, bus.hb_ivl))
+            got = self._recv() if zmq_poll(self._poll_items, math.ceil(timeout * 1000)) else None
+            frames, self._first = got if got is not None else (None, None)
         if frames is not None:
             if frames[0] == self._side_ident:
                 self._on_side(frames[1])
@@ -255,25 +264,52 @@ class Broker:
         if now >= self._subs_due:
             self._subs_due = now + bus.hb_ivl
             self.read_subscriptions()
+        if now >= self._drain_due:
+            self._drain_due = now + bus.hb_ivl / 2
+            self.drain()
         try:
             bus.tick()
         except Exception as exc:    # noqa: BLE001 - the barrier: one timer's fault, not the broker's end
             self.internal_error(exc, "a timer")
         self.flush()
 
-    def _recv(self) -> list[bytes] | None:
-        """The next ROUTER message as bytes; its first frame is kept (``_first``) for
-        the sender's credentials, read only when a REGISTER needs them."""
+    def drain(self) -> None:
+        """Read every message waiting on the ROUTER: heartbeats are taken at once (a
+        peer is alive when its heartbeat *arrived*, however long the messages in front
+        of it take), the rest wait in ``backlog`` in their order. Called every half
+        heartbeat interval, so a flood in the queue never gets live peers declared
+        dead; the backlog is bounded (past it the socket's HWM pushes back)."""
+        bus, backlog = self.bus, self.backlog
+        now = time.monotonic()
+        while len(backlog) < BACKLOG_MAX:
+            got = self._recv()
+            if got is None:
+                break
+            frames = got[0]
+            peer = bus.hb_idents.get(frames[0])
+            if peer is not None:
+                if peer.alive:
+                    peer.last_seen = now
+                    self.send(frames[0], self._hb_echo)
+                continue
+            backlog.append(got)
+        if len(backlog) > self.backlog_peak:
+            self.backlog_peak = len(backlog)
+            bus.stats["backlog_peak"] = self.backlog_peak
+
+    def _recv(self) -> tuple[list[bytes], zmq.Frame] | None:
+        """The next ROUTER message as bytes, and its first frame (the sender's
+        credentials, read only when a REGISTER needs them)."""
         try:
             frame = _recv(self.router, NOBLOCK, False)
         except zmq.Again:
             return None
-        self._first = frame
+        first = frame
         frames = [frame.bytes]
         while frame.more:
             frame = _recv(self.router, NOBLOCK, False)
             frames.append(frame.bytes)
-        return frames
+        return frames, first
 
     def credentials(self) -> tuple[int, int, int] | None:
         """(pid, uid, gid) of the sender of the message being handled (SO_PEERCRED)."""
@@ -347,7 +383,11 @@ class Broker:
             return self.bus.reply(ident, msg.r, Errno.ENODEV, f"register: peer process {pid} is not running")
         if (msg.pid, msg.start_time) != (pid, start):
             self.bus.stats["identity_corrected"] += 1
-        self.bus.register(ident, msg.replace(pid=pid, start_time=start))
+            # The decoded message is ours: set the two fields in place rather than
+            # re-validating the whole message (its handles can be 4,096 codes).
+            object.__setattr__(msg, "pid", pid)
+            object.__setattr__(msg, "start_time", start)
+        self.bus.register(ident, msg)
 
     def internal_error(self, exc: BaseException, where: str, frames: list[bytes] | None = None) -> None:
         """An unexpected exception: counted, logged (with its traceback the first time

@@ -54,10 +54,40 @@ class Client:
                 return msg, frame
 
     def query(self, op: str, **args) -> dict:
+        """A control op's data (raises AuxError on an error). ``ls`` and ``uevents`` are
+        paged by the broker (a bus of any size fits no single message): their pages are
+        fetched and joined here."""
+        if op == "ls" and "after" not in args:
+            return self._ls(**args)
+        if op == "uevents":
+            return self._uevents(**args)
+        return self._query(op, **args)
+
+    def _query(self, op: str, **args) -> dict:
         result, _ = self.ctl(op, **args)
         if result.e:
             raise AuxError(result.e, result.m)
         return result.d
+
+    def _ls(self, **args) -> dict:
+        snap = self._query("ls", **args)
+        after = snap.pop("next", None)
+        while after is not None:
+            page = self._query("ls", after=after, **args)
+            if page["epoch"] != snap["epoch"]:
+                raise AuxError(Errno.ESTALE, "the broker restarted while 'ls' was being read; ask again")
+            snap["devices"].extend(page["devices"])
+            after = page["next"]
+        return snap
+
+    def _uevents(self, since: int = 0, **args) -> dict:
+        got = self._query("uevents", since=since, **args)
+        while got.pop("more", False) and got["events"]:
+            page = self._query("uevents", since=got["events"][-1]["seq"], **args)
+            got["events"].extend(page["events"])
+            got["more"], got["last"] = page.get("more", False), page["last"]
+        got.pop("more", None)
+        return got
 
     def send_event(self, device: str, event: str, side: str, payload: dict | None, timeout: float,
                    catalog: Catalog = CATALOG) -> dict:
