@@ -3,6 +3,7 @@ when the broker got round to it; queues are bounded and drops are counted."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import msgpack
@@ -59,3 +60,38 @@ def test_registration_flood_does_not_get_live_peers_declared_dead(bus):
         for s in socks:
             s.close(linger=0)
         ctx.term()
+
+
+@pytest.mark.timeout(180)
+def test_ls_and_wait_with_10000_devices(bus):
+    """``ls --json`` and ``wait`` on a bus of 10,000 devices: before, ``ls`` failed with
+    EMSGSIZE from about 1,000 devices (the snapshot was one message)."""
+    from tests.test_robustness import RawPeer
+    n = 10_000
+    parent = RawPeer(bus.root, "big", role="parent")
+    try:
+        for i in range(n):
+            parent.sock.send(MAGIC + msgpack.packb({"t": 20, "r": 10 + i, "name": "eth", "id": i}))
+        devs = []
+        for _ in range(n):
+            assert parent.sock.poll(30000)
+            answer = msgpack.unpackb(parent.sock.recv()[4:])
+            assert answer["e"] == 0, answer
+            devs.append(answer["d"]["dev"])
+        for i, dev in enumerate(devs):
+            parent.sock.send(MAGIC + msgpack.packb({"t": 21, "r": 20_000 + i, "dev": dev}))
+        for _ in range(n):
+            assert parent.sock.poll(30000)
+            assert msgpack.unpackb(parent.sock.recv()[4:])["e"] == 0
+        r = bus.cli("wait", "device", f"big.eth.{n - 1}", "--timeout", "60", timeout=120)
+        assert r.returncode == 0, r.stderr
+        r = bus.cli("ls", "--json", timeout=120)
+        assert r.returncode == 0, r.stderr
+        # Parsed last: 80 MB of JSON holds the GIL long enough to starve this process's
+        # heartbeat thread (the raw parent would be declared dead, rightly).
+        parent.close()
+        snap = json.loads(r.stdout)
+        names = [d["name"] for d in snap["devices"]]
+        assert len(names) == n and len(set(names)) == n and names[-1] == f"big.eth.{n - 1}"
+    finally:
+        parent.close()
