@@ -18,7 +18,7 @@ import zmq
 
 from proto.errno import AuxError, Errno
 
-SOCKETS = ("bus.sock", "pub.sock", "sub.sock", "notify.sock")
+SOCKETS = ("bus.sock", "pub.sock", "sub.sock", "notify.sock", "admin.sock")
 
 
 def resolve(runtime_dir: str | os.PathLike | None = None) -> Path:
@@ -51,6 +51,12 @@ class Endpoints:
         """Bus notifications and the call trace (the broker's own XPUB): a subscriber
         connects its SUB here as well as to ``sub``."""
         return f"ipc://{self.root / 'notify.sock'}"
+
+    @property
+    def admin(self) -> str:
+        """Control ops that change the bus (send, bind, unbind, fault, signal) are
+        taken only here: the CLI's socket, not the peers'."""
+        return f"ipc://{self.root / 'admin.sock'}"
 
     @property
     def sub(self) -> str:

@@ -30,13 +30,13 @@ def nest(depth: int, leaf=1, as_map: bool = False):
 class Raw:
     """A raw DEALER on the broker's request socket."""
 
-    def __init__(self, root, ident: bytes | None = None):
+    def __init__(self, root, ident: bytes | None = None, socket: str = "bus.sock"):
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         if ident is not None:
             self.sock.setsockopt(zmq.IDENTITY, ident)
-        self.sock.connect(f"ipc://{root}/bus.sock")
+        self.sock.connect(f"ipc://{root}/{socket}")
 
     def ask(self, head: dict, timeout: float = 5.0) -> dict:
         self.sock.send(MAGIC + msgpack.packb(head, use_bin_type=True))
@@ -56,6 +56,14 @@ def mbus(make_module_bus):
 @pytest.fixture
 def raw(mbus):
     r = Raw(mbus.root, b"atk-%s" % os.urandom(4).hex().encode())
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def admin(mbus):
+    """A raw client on the admin socket (where control ops that change the bus go)."""
+    r = Raw(mbus.root, socket="admin.sock")
     yield r
     r.close()
 
@@ -105,8 +113,9 @@ ATTACKS = {
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
-def test_crafted_message_is_answered_and_the_broker_goes_on(mbus, raw, name):
-    answer = raw.ask(ATTACKS[name])
+def test_crafted_message_is_answered_and_the_broker_goes_on(mbus, raw, admin, name):
+    head = ATTACKS[name]
+    answer = (admin if head["t"] == 50 else raw).ask(head)
     assert answer["t"] == 32 and answer["r"] == 1
     # An attack either gets a clear errno naming the field, or (a REGISTER the
     # broker can take) succeeds; never silence, never the broker's end.
@@ -138,10 +147,42 @@ def test_malformed_message_log_is_rate_limited(mbus, raw):
     assert mbus.broker.output()[len(out0):].count("malformed message from") < 5
 
 
-def test_fault_rule_with_bad_count_never_reaches_a_call(mbus, raw):
-    answer = raw.ask(fault(kind="handler", target="*", action="raise", count="x"))
+def test_fault_rule_with_bad_count_never_reaches_a_call(mbus, admin):
+    answer = admin.ask(fault(kind="handler", target="*", action="raise", count="x"))
     assert answer["e"] == -Errno.EINVAL and "count" in answer["m"]
     assert mbus.client.faults() == []
+
+
+@pytest.mark.parametrize("head", [
+    ctl("signal", target="x", signal="KILL"), ctl("fault", action="add", rule={"kind": "kill", "target": "x"}),
+    ctl("fault", action="clear"), ctl("send", device="x", event="SET_MAC", **{"from": "parent"}),
+    ctl("bind", device="x", driver="y"), ctl("unbind", device="x")], ids=lambda h: h["op"] + str(len(h["args"])))
+def test_ops_that_change_the_bus_are_refused_on_the_peer_socket(mbus, raw, head):
+    """Before, any process that could reach bus.sock could send, bind, unbind, fault
+    and signal without registering."""
+    answer = raw.ask(head)
+    assert answer["e"] == -Errno.EPERM and "admin socket" in answer["m"], answer
+
+
+def test_read_only_ops_answer_on_both_sockets(mbus, raw, admin):
+    for sock in (raw, admin):
+        assert sock.ask(ctl("ping"))["e"] == 0
+        assert sock.ask(ctl("fault", action="ls"))["e"] == 0
+        assert sock.ask(ctl("ls"))["d"]["epoch"] == mbus.ls()["epoch"]
+
+
+def test_admin_socket_takes_control_ops_only(mbus, admin):
+    answer = admin.ask(register("via-admin"))
+    assert answer["e"] == -Errno.EPROTO and "admin socket takes control ops" in answer["m"], answer
+
+
+def test_admin_ops_are_traced_with_who_asked(mbus, admin):
+    from auxipc.observe.watch import Watcher
+    with Watcher(mbus.root, topics=(b"trace",)) as watch:
+        answer = admin.ask(ctl("fault", action="clear", target="nobody"))
+        assert answer["e"] == 0
+        [record] = watch.until(lambda r: r.get("action") == "ADMIN", timeout=10)
+    assert record["detail"]["op"] == "fault" and record["detail"]["by"] == f"pid {os.getpid()} uid {os.getuid()}"
 
 
 # ---- locks: a second LOCK, an UNLOCK by another peer ------------------------------------------

@@ -7,11 +7,18 @@ Each op takes ``args`` (a map) and answers one RESULT whose ``d`` holds the data
 - ``send``: ``{device, event, from, timeout_ms}`` + payload frame: the named side's
   runtime sends the event as its code would; the answer is that call's result.
 - ``bind``: ``{device, driver}``; ``unbind``: ``{device}`` — sysfs bind/unbind.
+- ``fault``, ``signal``: fault injection (auxipc/faults.py).
+
+Ops that change the bus (``ADMIN_OPS``; ``fault`` but its ``ls``) are taken only on
+the admin socket (``admin.sock``, the CLI's), refused -EPERM on ``bus.sock``, and
+each one is logged and traced (action ADMIN) with the pid and uid that asked. The
+read-only ones are answered on both.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 from proto import envelope as E
@@ -21,6 +28,10 @@ from auxipc.faults import SIGNALS, FaultRule
 from auxipc.broker.snapshot import device_page, snapshot
 from auxipc.runtime_dir import process_start_time
 
+log = logging.getLogger("auxipc.broker")
+
+ADMIN = b"\0admin:"    # routing ids the broker gives senders on the admin socket (server.ADMIN)
+ADMIN_OPS = ("send", "bind", "unbind", "fault", "signal")
 PAGE_BYTES = E.MAX_FRAME // 2    # a listing's reply stays well under the message limit
 
 # The types a fault rule's fields may have on the wire: checked before the rule is
@@ -63,7 +74,20 @@ class Control:
         if op is None:
             ops = ", ".join(sorted(n[3:] for n in dir(self) if n.startswith("op_")))
             raise AuxError(Errno.EOPNOTSUPP, f"$.header.op: unknown control op {msg.op!r} (ops: {ops})")
+        if msg.op in ADMIN_OPS and not (msg.op == "fault" and msg.args.get("action", "ls") == "ls"):
+            if not ident.startswith(ADMIN):
+                raise AuxError(Errno.EPERM, f"control op {msg.op!r} changes the bus: taken only on the admin "
+                               "socket (the auxipc CLI), not on the peers' bus.sock")
+            self.trace_admin(ident, msg)
         op(ident, msg, payload)
+
+    def trace_admin(self, ident: bytes, msg: E.Ctl) -> None:
+        """Every admin op is logged and traced with who asked."""
+        who = self.who(ident)
+        args = {k: v for k, v in msg.args.items() if isinstance(v, (str, int, float, bool))}
+        log.info("admin %s %s by %s", msg.op, args, who)
+        self.bus.published.append(E.encode(E.Uevent(seq=0, action="ADMIN", detail={
+            "op": msg.op, "args": args, "by": who}), topic=b"trace"))
 
     def op_ping(self, ident, msg, payload):
         self.bus.reply(ident, msg.r, data={"epoch": self.bus.epoch, "pid": os.getpid()})

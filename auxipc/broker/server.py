@@ -49,6 +49,7 @@ log = logging.getLogger("auxipc.broker")
 
 MAX_MSG = E.MAX_MSG + 4096   # the message frame and room for the routing id
 BACKLOG_MAX = 200_000        # messages read ahead of their handling (see Broker.drain)
+ADMIN = b"\0admin:"   # routing ids of admin-socket senders (a peer cannot set one starting with NUL)
 LOG_EVERY = 10.0             # seconds: at most one line per kind of bad input in this time
 
 
@@ -93,14 +94,19 @@ def peer_credentials(frame: zmq.Frame) -> tuple[int, int, int] | None:
 
 
 class SideWatch(threading.Thread):
-    """Watches the ROUTER's disconnect monitor and the wake pipe for the main loop and
-    reports each event as a one-frame message (``disconnect`` or ``wake``) from an
-    inproc DEALER whose routing id is a secret of this process. Owns the monitor
-    socket; ends (closing its sockets) when the context is terminated."""
+    """Watches the ROUTER's disconnect monitor, the wake pipe and the admin socket for
+    the main loop, and reports each event as a message from an inproc DEALER whose
+    routing id is a secret of this process: ``disconnect``, ``wake``, or ``admin``
+    (+ the sender's ``pid:uid`` + its routing id + the message). Answers to the admin
+    socket come back the same way (``reply`` + routing id + frames) and leave here.
+    Owns the monitor and admin sockets; ends (closing them) when the context is
+    terminated."""
 
-    def __init__(self, ctx: zmq.Context, monitor: zmq.Socket, wake_fd: int, endpoint: str, ident: bytes):
+    def __init__(self, ctx: zmq.Context, monitor: zmq.Socket, wake_fd: int, endpoint: str, ident: bytes,
+                 admin: zmq.Socket):
         super().__init__(name="auxipc-sidewatch", daemon=True)
         self.ctx, self.monitor, self.wake_fd, self.endpoint, self.routing_id = ctx, monitor, wake_fd, endpoint, ident
+        self.admin = admin
 
     def run(self) -> None:
         sock = self.ctx.socket(zmq.DEALER)
@@ -110,6 +116,8 @@ class SideWatch(threading.Thread):
         poller = zmq.Poller()
         poller.register(self.monitor, zmq.POLLIN)
         poller.register(self.wake_fd, zmq.POLLIN)
+        poller.register(self.admin, zmq.POLLIN)
+        poller.register(sock, zmq.POLLIN)
         try:
             while True:
                 ready = dict(poller.poll())
@@ -120,11 +128,29 @@ class SideWatch(threading.Thread):
                 if self.wake_fd in ready:
                     os.read(self.wake_fd, 4096)
                     sock.send(b"wake")
+                if self.admin in ready:
+                    self._from_admin(sock)
+                if sock in ready:
+                    while sock.poll(0):
+                        msg = sock.recv_multipart()
+                        if msg[0] == b"reply":
+                            try:
+                                self.admin.send_multipart(msg[1:], zmq.NOBLOCK)
+                            except zmq.ZMQError:
+                                pass    # the CLI went away, or stopped reading
         except zmq.ContextTerminated:
             pass
         finally:
             sock.close(linger=0)
             self.monitor.close(linger=0)
+            self.admin.close(linger=0)
+
+    def _from_admin(self, sock: zmq.Socket) -> None:
+        while self.admin.poll(0):
+            frames = self.admin.recv_multipart(copy=False)
+            creds = peer_credentials(frames[0])
+            who = b"%d:%d" % (creds[0], creds[1]) if creds else b"?"
+            sock.send_multipart([b"admin", who, *(f.bytes for f in frames)])
 
 
 class Broker:
@@ -144,6 +170,7 @@ class Broker:
         self._current: bytes | None = None    # the routing id whose message is being handled
         self._answered = False                # ... and whether something went back to it
         self._first: zmq.Frame | None = None  # the first frame of that message (its credentials)
+        self._admin_creds: tuple[int, int, int] | None = None   # of the admin message being handled
         self.backlog: deque = deque()         # messages read ahead of their handling (see drain)
         self.backlog_peak = 0
         self._drain_due = 0.0
@@ -172,6 +199,13 @@ class Broker:
         side = f"inproc://auxipc-side-{os.getpid()}"
         r.bind(side)
         self._side_ident = b"\0side:" + os.urandom(16).hex().encode()
+        # The admin socket: control ops that change the bus are taken only from here
+        # (the CLI); the side thread owns it and passes its messages on.
+        admin = self.ctx.socket(zmq.ROUTER)
+        admin.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        admin.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
+        admin.setsockopt(zmq.LINGER, 100)
+        admin.bind(self.ep.admin)
         xsub = self.ctx.socket(zmq.XSUB)
         xsub.setsockopt(zmq.RCVHWM, 100000)
         xsub.bind(self.ep.pub)
@@ -194,7 +228,7 @@ class Broker:
         self._subs_due = 0.0
         self._proxy = threading.Thread(target=self._run_proxy, args=(xsub, xpub), name="auxipc-proxy", daemon=True)
         self._proxy.start()
-        self._side = SideWatch(self.ctx, monitor, self._wake_r, side, self._side_ident)
+        self._side = SideWatch(self.ctx, monitor, self._wake_r, side, self._side_ident, admin)
         self._side.start()
 
     @staticmethod
@@ -257,7 +291,7 @@ class Broker:
             frames, self._first = got if got is not None else (None, None)
         if frames is not None:
             if frames[0] == self._side_ident:
-                self._on_side(frames[1])
+                self._on_side(frames[1:])
             else:
                 self.on_frames(frames)
                 self.flush()    # the answer first; timers and the rest after it
@@ -312,11 +346,21 @@ class Broker:
         return frames, first
 
     def credentials(self) -> tuple[int, int, int] | None:
-        """(pid, uid, gid) of the sender of the message being handled (SO_PEERCRED)."""
+        """(pid, uid, gid) of the sender of the message being handled (SO_PEERCRED;
+        gid -1 for the admin socket)."""
+        if self._current is not None and self._current.startswith(ADMIN):
+            return self._admin_creds
         return peer_credentials(self._first) if self._first is not None else None
 
-    def _on_side(self, what: bytes) -> None:
-        if what == b"disconnect":
+    def _on_side(self, frames: list[bytes]) -> None:
+        what = frames[0]
+        if what == b"admin" and len(frames) >= 3:
+            pid, _, uid = frames[1].partition(b":")
+            self._admin_creds = (int(pid), int(uid), -1) if pid.isdigit() and uid.isdigit() else None
+            self._first = None
+            self.on_frames([ADMIN + frames[2], *frames[3:]])
+            self.flush()
+        elif what == b"disconnect":
             self.check_processes()
             # The socket can close a moment before the process is gone from /proc's view.
             for delay in (0.005, 0.02, 0.1):
@@ -355,6 +399,9 @@ class Broker:
             self.bus.reply(ident, self._guess_r(body), exc.errno,
                            f"{exc.message} (message dropped; the connection stays open)")
             return
+        if ident.startswith(ADMIN) and not isinstance(msg, E.Ctl):
+            return self.bus.reply(ident, getattr(msg, "r", 0), Errno.EPROTO, f"$.header.t: the admin socket "
+                                  f"takes control ops (CTL), not {msg.TYPE.name}")
         if isinstance(msg, E.Ctl):
             try:
                 self.ctl.handle(ident, msg, payload)
@@ -444,6 +491,8 @@ class Broker:
     def send(self, ident: bytes, frames: list[bytes]) -> None:
         if ident == self._current:
             self._answered = True
+        if ident.startswith(ADMIN):     # back through the side thread, which owns the admin socket
+            ident, frames = self._side_ident, [b"reply", ident[len(ADMIN):], *frames]
         try:
             send_frames(self.router, [ident, *frames], NOBLOCK)
         except zmq.Again:

@@ -18,14 +18,14 @@ class Client:
     def __init__(self, runtime_dir=None, timeout: float = 5.0):
         self.ep = endpoints(runtime_dir)
         self.timeout = timeout
-        if not (self.ep.root / "bus.sock").exists():
+        if not (self.ep.root / "admin.sock").exists():
             raise AuxError(Errno.ENOTCONN, f"no broker in {self.ep.root}: start one with 'auxipc broker' "
                            "(or set --runtime-dir / AUXIPC_RUNTIME_DIR)")
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IDENTITY, f"ctl:{os.getpid()}:{os.urandom(3).hex()}".encode())
-        self.sock.connect(self.ep.bus)
+        self.sock.connect(self.ep.admin)
         self._r = itertools.count(1)
 
     def close(self) -> None:
