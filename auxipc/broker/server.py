@@ -4,9 +4,12 @@ Sockets (only the broker binds; peers connect, so restarts need no reconfigurati
 - ``bus.sock``  ROUTER: every request/reply exchange (``ROUTER_MANDATORY``; sends
   never block). No ``ROUTER_HANDOVER``: a second connection with a routing id in use
   is ignored by libzmq instead of taking the first one's traffic.
-- ``pub.sock``  XSUB and ``sub.sock`` XPUB, joined by ``zmq.proxy`` in its own
-  thread: async events and bus notifications. The XSUB subscribes upstream to
-  everything, so a publisher never waits for a subscription to propagate.
+- ``pub.sock``  XSUB and ``sub.sock`` XPUB, joined by ``AsyncGate`` in its own
+  thread: async events, each checked for its sender (see AsyncGate). The XSUB
+  subscribes upstream to everything, so a publisher never waits for a
+  subscription to propagate.
+- ``admin.sock`` ROUTER: control ops from the CLI (the only place ops that change
+  the bus are taken), owned by the side thread.
 A monitor on the ROUTER reports disconnects; each one makes the broker check
 its peers' processes (pid + start time), so a crash is seen in milliseconds.
 SIGSTOPped or wedged processes are caught by missed heartbeats.
@@ -48,6 +51,7 @@ _recv = zmq.backend.Socket.recv
 log = logging.getLogger("auxipc.broker")
 
 MAX_MSG = E.MAX_MSG + 4096   # the message frame and room for the routing id
+PUB_HWM = 10_000             # messages queued per pub/sub pipe (each at most MAX_MSG)
 BACKLOG_MAX = 200_000        # messages read ahead of their handling (see Broker.drain)
 ADMIN = b"\0admin:"   # routing ids of admin-socket senders (a peer cannot set one starting with NUL)
 LOG_EVERY = 10.0             # seconds: at most one line per kind of bad input in this time
@@ -153,6 +157,85 @@ class SideWatch(threading.Thread):
             sock.send_multipart([b"admin", who, *(f.bytes for f in frames)])
 
 
+class AsyncGate(threading.Thread):
+    """The async path, in place of ``zmq_proxy``: every message a peer publishes on
+    ``pub.sock`` is checked before the XPUB passes it on. An EVENT on ``C:<device>``
+    must come from the process of the device's parent, ``P:<device>`` from the
+    process of its bound driver's peer (the pid the kernel gave the connection,
+    SO_PEERCRED), and name that device's id, the broker's epoch and that peer's
+    current incarnation; anything else is dropped and counted (``async_forged``,
+    ``async_stale``). ``hello:`` and ``trace`` topics pass; other topics are dropped.
+    Reads the bus's tables without a lock: single lookups, atomic under the GIL,
+    and a stale answer only drops an event a moment before or after a bind."""
+
+    PASS = (b"hello:", b"trace")
+
+    def __init__(self, bus: Bus, xsub: zmq.Socket, xpub: zmq.Socket):
+        super().__init__(name="auxipc-async-gate", daemon=True)
+        self.bus, self.xsub, self.xpub = bus, xsub, xpub
+        self.stats: Counter = Counter()     # written by this thread only; the main loop copies it
+
+    def run(self) -> None:
+        xsub, xpub = self.xsub, self.xpub
+        poller = zmq.Poller()
+        poller.register(xsub, zmq.POLLIN)
+        poller.register(xpub, zmq.POLLIN)
+        try:
+            while True:
+                ready = dict(poller.poll())
+                if xpub in ready:
+                    while xpub.poll(0):     # subscriptions: the XSUB already takes everything
+                        xpub.recv_multipart()
+                if xsub in ready:
+                    while xsub.poll(0):
+                        frames = xsub.recv_multipart(copy=False)
+                        why = self.check(frames)
+                        if why is not None:
+                            self.stats[why] += 1
+                            continue
+                        try:
+                            xpub.send_multipart(frames, zmq.NOBLOCK)
+                        except zmq.Again:
+                            self.stats["async_dropped_hwm"] += 1
+                        else:
+                            self.stats["async_passed"] += 1
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            xsub.close(linger=0)
+            xpub.close(linger=0)
+
+    def check(self, frames: list) -> str | None:
+        """None if the message may pass, else the counter of why not."""
+        topic = frames[0].bytes
+        if len(frames) != 2:
+            return "async_malformed"
+        kind = topic[:2]
+        if kind not in (b"C:", b"P:"):
+            return None if topic.startswith(self.PASS) else "async_unknown_topic"
+        bus = self.bus
+        dev = bus.by_name.get(topic[2:].decode(errors="replace"))
+        if dev is None:
+            return "async_no_device"
+        if kind == b"C:":
+            sender = dev.parent
+        else:
+            sender = dev.driver.peer if dev.driver is not None else None
+        creds = peer_credentials(frames[0])
+        if sender is None or creds is None or creds[0] != sender.pid or not sender.alive:
+            return "async_forged"
+        data = frames[1].bytes
+        try:
+            head = E.unpackb(data[4:], "$.header") if data[:4] == E.MAGIC else None
+        except AuxError:
+            head = None
+        if type(head) is not dict or head.get("t") != E.Msg.EVENT:
+            return "async_malformed"
+        if head.get("dev") != dev.dev_id or head.get("epoch") != bus.epoch or head.get("inc") != sender.inc:
+            return "async_stale"
+        return None
+
+
 class Broker:
     def __init__(self, runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, catalog: Catalog = CATALOG):
         self.ep = endpoints(runtime_dir)
@@ -207,17 +290,19 @@ class Broker:
         admin.setsockopt(zmq.LINGER, 100)
         admin.bind(self.ep.admin)
         xsub = self.ctx.socket(zmq.XSUB)
-        xsub.setsockopt(zmq.RCVHWM, 100000)
+        xsub.setsockopt(zmq.RCVHWM, PUB_HWM)
+        xsub.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
         xsub.bind(self.ep.pub)
         xsub.send(b"\x01")   # subscribe upstream to everything: filtering happens at the XPUB
         xpub = self.ctx.socket(zmq.XPUB)
-        xpub.setsockopt(zmq.SNDHWM, 100000)
+        xpub.setsockopt(zmq.SNDHWM, PUB_HWM)
         xpub.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
         xpub.bind(self.ep.sub)
         # Notifications and the call trace leave from the broker's own XPUB, so it sees
         # who subscribes: the per-call trace is built only while someone reads it.
         self.notify = self.ctx.socket(zmq.XPUB)
-        self.notify.setsockopt(zmq.SNDHWM, 100000)
+        self.notify.setsockopt(zmq.SNDHWM, PUB_HWM)
+        self.notify.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
         self.notify.bind(self.ep.notify)
         self.subscriptions: Counter = Counter()
         self.bus.on_output = self.flush
@@ -226,20 +311,10 @@ class Broker:
             os.chmod(self.ep.root / name, 0o600)
             self.lock.made(name)
         self._subs_due = 0.0
-        self._proxy = threading.Thread(target=self._run_proxy, args=(xsub, xpub), name="auxipc-proxy", daemon=True)
+        self._proxy = AsyncGate(self.bus, xsub, xpub)
         self._proxy.start()
         self._side = SideWatch(self.ctx, monitor, self._wake_r, side, self._side_ident, admin)
         self._side.start()
-
-    @staticmethod
-    def _run_proxy(xsub, xpub) -> None:
-        try:
-            zmq.proxy(xsub, xpub)
-        except zmq.ContextTerminated:
-            pass
-        finally:
-            xsub.close(linger=0)
-            xpub.close(linger=0)
 
     def stop(self) -> None:
         self._stop = True
@@ -376,6 +451,8 @@ class Broker:
                 if self.subscriptions[topic] <= 0:
                     del self.subscriptions[topic]
         self.bus.tracing = any(b"trace".startswith(t) for t in self.subscriptions)
+        for key, value in self._proxy.stats.copy().items():     # the gate's counters (Counter.update adds)
+            self.bus.stats[key] = value
 
     def on_frames(self, frames: list[bytes]) -> None:
         """Handle one message behind a barrier: whatever goes wrong handling it is

@@ -1,0 +1,93 @@
+"""Async events with a sender the receiver can trust. A raw PUB on ``pub.sock``
+(this test process, not the parent) forges EVENT messages for a bound device:
+before, the child ran LINK_CHANGE, FW_EVENT and even the sync RESET_WARN handler
+from them, and one with a huge sequence number stopped every later real event."""
+
+from __future__ import annotations
+
+import os
+
+import msgpack
+import pytest
+import zmq
+
+from proto.events import Event
+from tests.test_robustness import MAGIC
+
+
+def event_frame(dev: int, seq: int, inc: int, epoch: int, items: list) -> bytes:
+    return MAGIC + msgpack.packb({"t": 60, "dev": dev, "seq": seq, "inc": inc, "epoch": epoch,
+                                  "p": msgpack.packb(items)})
+
+
+@pytest.fixture
+def forger(bus):
+    """A PUB on pub.sock whose path through the broker is proven (hello echoed)."""
+    ctx = zmq.Context()
+    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    for s in (pub, sub):
+        s.setsockopt(zmq.LINGER, 0)
+    hello = b"hello:forger:" + os.urandom(4).hex().encode()
+    sub.setsockopt(zmq.SUBSCRIBE, hello)
+    sub.connect(f"ipc://{bus.root}/sub.sock")
+    pub.connect(f"ipc://{bus.root}/pub.sock")
+    for _ in range(500):
+        pub.send_multipart([hello, MAGIC])
+        if sub.poll(20):
+            break
+    else:
+        raise AssertionError("the forger's hello never came back")
+    yield pub
+    pub.close(linger=0)
+    sub.close(linger=0)
+    ctx.term()
+
+
+def test_forged_async_events_are_dropped_by_the_broker(bus, forger):
+    parent = bus.parent("tests.models:Pair")
+    child = bus.child("tests.models:Rec", AXT_IDS="tp.eth")
+    snap = bus.wait_ls(lambda s: any(d["name"] == "tp.eth.0" and d["bind"] == "bound" for d in s["devices"]))
+    dev = next(d["id"] for d in snap["devices"] if d["name"] == "tp.eth.0")
+    inc = next(p["inc"] for p in snap["peers"] if p["pid"] == parent.pid)
+    epoch = snap["epoch"]
+    topic = b"C:tp.eth.0"
+    link = {"up": True, "speed_mbps": 4242, "duplex": "FULL"}
+    forged = [
+        # A perfect copy of what the parent would send, from another process.
+        event_frame(dev, 1, inc, epoch, [int(Event.LINK_CHANGE), link]),
+        event_frame(dev, 2, inc, epoch, [int(Event.FW_EVENT), {"kind": "RESET", "state": 1}]),
+        # A sync event on the async path.
+        event_frame(dev, 3, inc, epoch, [int(Event.RESET_WARN), {"reset_type": "DEV"}]),
+        # A sequence number that would make every later real event look old.
+        event_frame(dev, 2**62, inc, epoch, [int(Event.LINK_CHANGE), link]),
+    ]
+    for frame in forged:
+        forger.send_multipart([topic, frame])
+    bus.wait_until(lambda: bus.ls()["stats"].get("async_forged", 0) >= len(forged), what="the forgeries counted")
+    # Real events still arrive, and only they do.
+    rc, out, err = bus.send("tp.eth.0", "LINK_CHANGE", "parent", {"up": False, "speed_mbps": 10, "duplex": "HALF"})
+    assert (rc, out["errno"]) == (0, 0), (out, err)
+    child.wait_record("LINK_CHANGE", dev="tp.eth.0", speed_mbps=10)
+    assert [(r["what"], r.get("speed_mbps")) for r in child.records() if r["what"] in
+            ("LINK_CHANGE", "FW_EVENT", "enter")] == [("LINK_CHANGE", 10)]
+
+
+def test_every_drop_is_counted(bus, forger):
+    """Each kind of drop is counted where it happens: an EVENT from a process that is
+    not the device's sender (forged), for a device not on the bus, on a topic that is
+    not an event's."""
+    bus.parent("tests.models:Pair")
+    snap = bus.wait_ls(lambda s: any(d["name"] == "tp.eth.0" for d in s["devices"]))
+    forger.send_multipart([b"C:tp.eth.0", event_frame(1, 1, 999, snap["epoch"], [1, {"up": True}])])
+    forger.send_multipart([b"C:no.such.0", event_frame(1, 1, 1, snap["epoch"], [1, {"up": True}])])
+    forger.send_multipart([b"X:whatever", b"junk"])
+    bus.wait_until(lambda: (lambda st: st.get("async_forged", 0) >= 1 and st.get("async_no_device", 0) >= 1
+                            and st.get("async_unknown_topic", 0) >= 1)(bus.ls()["stats"]),
+                   what="each drop counted")
+
+
+def test_oversize_publish_is_refused(bus, forger):
+    """pub.sock has a message size limit now (a 256 MiB message was accepted)."""
+    forger.send_multipart([b"trace", b"x" * (4 << 20)])
+    # The connection is dropped by libzmq; the broker still serves.
+    assert bus.client.query("ping")["pid"] == bus.broker.pid
