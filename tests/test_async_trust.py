@@ -12,7 +12,9 @@ import pytest
 import zmq
 
 from proto.events import Event
+from proto.payloads import LinkChange, ResetType, ResetWarn
 from tests.test_robustness import MAGIC
+from tests.test_runtime_unit import broker, child, probe, serve_all  # noqa: F401 (fixtures)
 
 
 def event_frame(dev: int, seq: int, inc: int, epoch: int, items: list) -> bytes:
@@ -91,3 +93,45 @@ def test_oversize_publish_is_refused(bus, forger):
     forger.send_multipart([b"trace", b"x" * (4 << 20)])
     # The connection is dropped by libzmq; the broker still serves.
     assert bus.client.query("ping")["pid"] == bus.broker.pid
+
+
+# ---- the receiver's rules, on the in-memory twin ------------------------------------------------
+
+LINK, RESET = int(Event.LINK_CHANGE), int(Event.RESET_WARN)
+
+
+def test_receiver_takes_only_its_epoch_and_the_newest_incarnation(child, broker):
+    rt, drv = child
+    probe(broker, 1, "ut.eth.0")
+    serve_all(rt)
+    link = lambda s: [(LINK, LinkChange(up=True, speed_mbps=s))]   # noqa: E731
+    broker.event(b"C:ut.eth.0", 1, 1, link(1), inc=2)
+    broker.epoch += 1
+    broker.event(b"C:ut.eth.0", 1, 2, link(99), inc=2)     # another broker's epoch
+    broker.epoch -= 1
+    broker.event(b"C:ut.eth.0", 1, 5, link(98), inc=1)     # an older incarnation
+    broker.event(b"C:ut.eth.0", 1, 1, link(3), inc=3)      # a newer one starts anew at seq 1
+    serve_all(rt)
+    assert [x[2] for x in drv.log if x[0] == "link"] == [1, 3]
+    assert rt.stats["async_stale"] == 2 and rt.stats["async_lost"] == 0
+
+
+def test_a_sync_event_never_runs_from_the_async_path(child, broker):
+    rt, drv = child
+    probe(broker, 1, "ut.eth.0")
+    serve_all(rt)
+    broker.event(b"C:ut.eth.0", 1, 1, [(RESET, ResetWarn(reset_type=ResetType.FUNC)),
+                                       (LINK, LinkChange(up=True, speed_mbps=7))])
+    serve_all(rt)
+    assert [x[0] for x in drv.log[1:]] == ["link"]
+    assert rt.stats["async_sync_refused"] == 1
+
+
+def test_sequence_state_is_bounded(child, broker, monkeypatch):
+    from auxipc.runtime import dispatch
+    monkeypatch.setattr(dispatch, "SEQ_TOPICS", 8)
+    rt, _drv = child
+    for i in range(50):
+        broker.event(b"C:ut.eth.%d" % i, 100 + i, 2**40, [(LINK, LinkChange(up=True))])
+    serve_all(rt)
+    assert len(rt.dispatch._seq_in) <= 8
