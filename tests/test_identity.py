@@ -178,3 +178,36 @@ def test_signal_goes_to_the_process_that_connected_not_the_one_claimed(mbus):
                 p.kill()
                 p.wait(10)
                 p.stdout.close()
+
+
+def test_routing_ids_are_not_published(mbus):
+    """A peer's hello topic is a nonce: before, ``hello:<routing id>`` on sub.sock told
+    any subscriber the id to reuse (with ROUTER_HANDOVER, to take the peer's traffic)."""
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"hello:")
+    sub.connect(f"ipc://{mbus.root}/sub.sock")
+    sub.connect(f"ipc://{mbus.root}/notify.sock")
+    try:
+        # An echoed hello proves the subscription is in place before the parent starts.
+        probe = Raw(mbus.root)
+        try:
+            for _ in range(100):
+                assert probe.ask({"t": 50, "r": 1, "op": "echo", "args": {"topic": "hello:probe"}})["e"] == 0
+                if sub.poll(50):
+                    break
+        finally:
+            probe.close()
+        while sub.poll(100):
+            sub.recv_multipart()
+        parent = mbus.parent("tests.models:Pair", AXT_MOD="hid")
+        topics = []
+        while sub.poll(500):
+            topics.append(sub.recv_multipart()[0])
+        assert topics, "no hello seen"
+        assert not [t for t in topics if b"hid" in t or str(parent.pid).encode() in t], topics
+        mbus.stop(parent)
+    finally:
+        sub.close(linger=0)
+        ctx.term()
