@@ -135,3 +135,10 @@ def test_sequence_state_is_bounded(child, broker, monkeypatch):
         broker.event(b"C:ut.eth.%d" % i, 100 + i, 2**40, [(LINK, LinkChange(up=True))])
     serve_all(rt)
     assert len(rt.dispatch._seq_in) <= 8
+
+
+def test_ls_shows_the_drops(bus, forger):
+    forger.send_multipart([b"X:nothing", b"junk"])
+    bus.wait_until(lambda: bus.ls()["stats"].get("async_unknown_topic"), what="the drop counted")
+    r = bus.cli("ls")
+    assert r.returncode == 0 and "dropped/refused: " in r.stdout and "async_unknown_topic=1" in r.stdout, r.stdout
