@@ -2,8 +2,8 @@
 
 Resolution order: ``--runtime-dir``, ``$AUXIPC_RUNTIME_DIR``,
 ``$XDG_RUNTIME_DIR/auxipc``, ``/tmp/auxipc-<uid>``. The directory is created
-mode 0700; an existing one must be ours and 0700 already. One broker per directory, enforced by an ``flock`` on ``broker.lock``
-(a second ipc bind on the same path would silently steal the socket).
+mode 0700; an existing one must be ours and 0700 already. One broker per
+directory, enforced by an ``flock`` on ``broker.lock`` (a second ipc bind on the same path would silently steal the socket).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-
-import zmq
 
 from proto.errno import AuxError, Errno
 
@@ -65,6 +63,7 @@ class Endpoints:
 
     def check(self) -> None:
         longest = max(len(str(self.root / name)) for name in SOCKETS)
+        import zmq  # here, not at the top: `auxipc --help` needs the paths, not zmq
         limit = getattr(zmq, "IPC_PATH_MAX_LEN", 107) or 107
         if longest > limit:
             raise AuxError(Errno.EINVAL, f"runtime dir {self.root} is too long for an ipc socket path "

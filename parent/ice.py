@@ -15,6 +15,7 @@ CRIT_ERR when the FW stops answering (SIGUSR1).
 from __future__ import annotations
 
 from proto.events import CritErr, Event
+
 from .nic import NicParent
 
 OICR_FW_HANG = 0x4000_0000      # the error-cause bit irdma is told about
