@@ -11,10 +11,12 @@ import msgpack
 import pytest
 import zmq
 
+from auxipc.runtime.memory import MemoryTransport
+from child.runtime import ChildRuntime
 from proto.events import Event
 from proto.payloads import LinkChange, ResetType, ResetWarn
 from tests.test_robustness import MAGIC
-from tests.test_runtime_unit import broker, child, probe, serve_all  # noqa: F401 (fixtures)
+from tests.test_runtime_unit import Broker, Eth, probe, serve_all
 
 
 def event_frame(dev: int, seq: int, inc: int, epoch: int, items: list) -> bytes:
@@ -100,8 +102,19 @@ def test_oversize_publish_is_refused(bus, forger):
 LINK, RESET = int(Event.LINK_CHANGE), int(Event.RESET_WARN)
 
 
-def test_receiver_takes_only_its_epoch_and_the_newest_incarnation(child, broker):
-    rt, drv = child
+@pytest.fixture
+def twin():
+    """A child runtime over the in-memory transport, and the broker stand-in."""
+    broker = Broker()
+    drv = Eth()
+    rt = ChildRuntime([drv], transport=MemoryTransport(broker))
+    rt.open()
+    yield rt, drv, broker
+    rt.close()
+
+
+def test_receiver_takes_only_its_epoch_and_the_newest_incarnation(twin):
+    rt, drv, broker = twin
     probe(broker, 1, "ut.eth.0")
     serve_all(rt)
     link = lambda s: [(LINK, LinkChange(up=True, speed_mbps=s))]   # noqa: E731
@@ -116,8 +129,8 @@ def test_receiver_takes_only_its_epoch_and_the_newest_incarnation(child, broker)
     assert rt.stats["async_stale"] == 2 and rt.stats["async_lost"] == 0
 
 
-def test_a_sync_event_never_runs_from_the_async_path(child, broker):
-    rt, drv = child
+def test_a_sync_event_never_runs_from_the_async_path(twin):
+    rt, drv, broker = twin
     probe(broker, 1, "ut.eth.0")
     serve_all(rt)
     broker.event(b"C:ut.eth.0", 1, 1, [(RESET, ResetWarn(reset_type=ResetType.FUNC)),
@@ -127,10 +140,10 @@ def test_a_sync_event_never_runs_from_the_async_path(child, broker):
     assert rt.stats["async_sync_refused"] == 1
 
 
-def test_sequence_state_is_bounded(child, broker, monkeypatch):
+def test_sequence_state_is_bounded(twin, monkeypatch):
     from auxipc.runtime import dispatch
     monkeypatch.setattr(dispatch, "SEQ_TOPICS", 8)
-    rt, _drv = child
+    rt, _drv, broker = twin
     for i in range(50):
         broker.event(b"C:ut.eth.%d" % i, 100 + i, 2**40, [(LINK, LinkChange(up=True))])
     serve_all(rt)

@@ -18,7 +18,7 @@ import zmq
 
 from proto import envelope as E
 from proto.errno import Errno
-from tests.test_bus import C, C2, P, Harness, bound
+from tests.test_bus import C2, C, Harness, P, bound
 from tests.test_robustness import MAGIC, Raw, RawPeer, register
 
 P2 = b"p:other"

@@ -185,7 +185,8 @@ class Control:
         if type(since) is not int:
             raise AuxError(Errno.EINVAL, "$.header.args.since: expected int")
         # Paged to fit a message: ``more`` says there are events after these.
-        events, used, more = [], 0, False
+        events: list[dict] = []
+        used, more = 0, False
         for e in self.bus.uevents:
             if e["seq"] > since:
                 used += len(E.packb(e))

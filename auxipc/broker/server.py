@@ -41,7 +41,7 @@ from proto import envelope as E
 from proto.errno import AuxError, Errno, ProtocolError
 from proto.events import CATALOG, Catalog
 from auxipc.broker import control
-from auxipc.broker.bus import Bus
+from auxipc.broker.bus import Bus, Peer
 from auxipc.procfs import process_start_time
 from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints
 from auxipc.runtime.transport import recv_ready, send_frames
@@ -218,10 +218,7 @@ class AsyncGate(threading.Thread):
         dev = bus.by_name.get(topic[2:].decode(errors="replace"))
         if dev is None:
             return "async_no_device"
-        if kind == b"C:":
-            sender = dev.parent
-        else:
-            sender = dev.driver.peer if dev.driver is not None else None
+        sender: Peer | None = dev.parent if kind == b"C:" else dev.driver.peer if dev.driver is not None else None
         creds = peer_credentials(frames[0])
         if sender is None or creds is None or creds[0] != sender.pid or not sender.alive:
             return "async_forged"

@@ -48,7 +48,8 @@ def device_page(bus: Bus, after: int = -1, budget: int | None = None,
                 size: Callable[[dict], int] = lambda d: 0) -> tuple[list[dict], int | None]:
     """The devices with an id above ``after``, in id order, until their ``size`` passes
     ``budget`` (at least one); and the id to continue after (None: that was the last)."""
-    devices, used = [], 0
+    devices: list[dict] = []
+    used = 0
     for dev_id in sorted(i for i in bus.devices if i > after):
         entry = device_entry(bus, bus.devices[dev_id])
         if budget is not None:
