@@ -129,6 +129,12 @@ def ls(runtime_dir, as_json, tree):
     with Client(runtime_dir) as c:
         snap = c.query("ls")
     click.echo(json.dumps(snap, indent=2) if as_json else render_tree(snap) if tree else render_ls(snap))
+    # What the broker dropped or refused, where it happened (counted since it started).
+    drops = {k: v for k, v in sorted(snap.get("stats", {}).items()) if v and (
+        k in ("malformed", "internal_errors", "send_dropped_hwm", "notify_dropped", "register_eexist")
+        or (k.startswith("async_") and k != "async_passed"))}
+    if drops and not as_json:
+        click.echo("dropped/refused: " + ", ".join(f"{k}={v}" for k, v in drops.items()))
 
 
 def _payload(spec, fields: tuple[str, ...], payload: str | None) -> dict:
