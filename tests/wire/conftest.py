@@ -17,12 +17,13 @@ from tests.wire import rawpeer as W
 
 
 class Ctl:
-    """A control client: a DEALER that never registers (CTL needs no registration)."""
+    """A control client: a DEALER that never registers (CTL needs no registration), on
+    ``admin.sock`` (every op) or ``bus.sock`` (the read-only ones)."""
 
-    def __init__(self, ctx: zmq.Context, root):
+    def __init__(self, ctx: zmq.Context, root, admin: bool = True):
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(W.Endpoints(root).bus)
+        self.sock.connect(W.Endpoints(root).admin if admin else W.Endpoints(root).bus)
         self._r = 0
 
     def __call__(self, op: str, payload=None, timeout: float = 10.0, **args) -> dict:
@@ -67,6 +68,7 @@ class Wire:
         self.ctx = zmq.Context()
         self.peers: list[W.RawPeer] = []
         self.ctl = Ctl(self.ctx, self.root)
+        self.ctl_bus = Ctl(self.ctx, self.root, admin=False)
 
     def peer(self, role: str, name: str, **kw) -> W.RawPeer:
         p = W.RawPeer(self.ctx, self.root, role, name, **kw)
@@ -94,6 +96,7 @@ class Wire:
         for p in self.peers:
             p.close()
         self.ctl.close()
+        self.ctl_bus.close()
         self.ctx.destroy(linger=0)
 
 

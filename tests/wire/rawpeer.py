@@ -77,6 +77,7 @@ class Endpoints:
         self.pub = f"ipc://{root}/pub.sock"
         self.sub = f"ipc://{root}/sub.sock"
         self.notify = f"ipc://{root}/notify.sock"
+        self.admin = f"ipc://{root}/admin.sock"
 
 
 class Heartbeats(threading.Thread):

@@ -6,8 +6,6 @@ test waits on the reply or request it expects, never on time.
 
 from __future__ import annotations
 
-import pytest
-
 from tests.conftest import wait_until
 from tests.wire import rawpeer as W
 from tests.wire.conftest import DRIVER, packed
@@ -61,12 +59,18 @@ def test_locks(wire):
     assert p.request(W.UNLOCK, name="mutex:cfg", task="t1")["e"] == W.EINVAL
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the refused second LOCK drops the holder's entry")
 def test_retaking_a_held_lock_is_edeadlk_and_keeps_it(wire):
     p = wire.parent()
     p.ok(W.LOCK, name="rtnl", task="t1")
     assert p.request(W.LOCK, name="rtnl", task="t1")["e"] == W.EDEADLK
     p.ok(W.UNLOCK, name="rtnl", task="t1")     # still held by t1, and t1 can let it go
+
+
+def test_unlock_only_by_the_peer_that_locked(wire):
+    p, other = wire.parent(), wire.parent("rawq")
+    p.ok(W.LOCK, name="mutex:cfg", task="t1")
+    assert other.request(W.UNLOCK, name="mutex:cfg", task="t1")["e"] == W.EPERM
+    p.ok(W.UNLOCK, name="mutex:cfg", task="t1")
 
 
 def test_call_errors(wire, pair):

@@ -124,6 +124,9 @@ def test_drv_unregister_removes_each_bound_device(wire, pair):
 
 def test_references(wire, pair):
     p, c, dev, name, _ = pair
+    other = wire.parent("rawq")
+    res = other.request(W.DEV_GET, dev=dev)          # not its device, not bound to it, holds none
+    assert res["e"] == W.EPERM
     assert c.ok(W.DEV_GET, dev=dev) == {"refcount": 2}
     assert c.ok(W.DEV_PUT, dev=dev) == {"refcount": 1}
     assert c.request(W.DEV_PUT, dev=dev)["e"] == W.EINVAL       # it holds none now

@@ -115,9 +115,19 @@ def test_heartbeat_socket_rules(wire):
 
 
 def test_control_needs_no_registration(wire):
-    assert wire.ctl.query("ping")["epoch"] > 0
-    res = wire.ctl("nope")
-    assert res["e"] == W.EOPNOTSUPP and "unknown control op" in res["m"]
+    """CTL needs no registration; ops that change the bus are taken on admin.sock only."""
+    for ctl in (wire.ctl, wire.ctl_bus):
+        assert ctl.query("ping")["epoch"] > 0
+        assert ctl.query("fault", action="ls") == {"rules": []}
+        res = ctl("nope")
+        assert res["e"] == W.EOPNOTSUPP and "unknown control op" in res["m"]
+    for op, args in (("send", {"device": "x", "event": "LINK_CHANGE", "from": "parent"}), ("bind", {}),
+                     ("unbind", {"device": "x"}), ("fault", {"action": "clear"}), ("signal", {"target": "x"})):
+        assert wire.ctl_bus(op, **args)["e"] == W.EPERM, op
+    res = wire.ctl.query("fault", action="clear")
+    assert res == {"cleared": 0}
+    wire.ctl.sock.send(W.pack({"t": W.DEV_INIT, "r": 5, "name": "eth"}))       # admin.sock takes CTL only
+    assert wire.ctl.sock.poll(5000) and W.unpack(wire.ctl.sock.recv())["e"] == W.EPROTO
     # A registered peer may send CTL on its main socket too.
     p = wire.parent()
     assert p.ok(W.CTL, op="ping")["epoch"] == p.welcome["epoch"]
@@ -155,12 +165,31 @@ def test_unregister(wire):
     p.take_type(W.REREGISTER)
 
 
-def test_wrong_start_time_is_declared_dead_at_the_next_disconnect(wire):
+def test_identity_comes_from_the_connection(wire):
+    """The broker takes pid and start time from the socket (SO_PEERCRED and /proc), not
+    from REGISTER: wrong or absent claims are corrected, and the peer stays registered
+    through the broker's process checks."""
     since = wire.ctl.last_seq()
     c = wire.child(join=False)
-    c.start_time += 1
-    c.join()
+    r = c.next_r()
+    c.send(W.REGISTER, r=r, role="child", name="rawc", pid=1, start_time=0, schema=W.SCHEMA)
+    res = c.result(r)
+    assert res["e"] == 0 and res["d"]["peer"] == f"child rawc[{os.getpid()}]#{res['d']['inc']}"
+    c.welcome = res["d"]
+    c.hello()
+    c.start_heartbeats()
     other = W.RawPeer(wire.ctx, wire.root, "parent", "blip")
     assert other.request(W.CTL, op="ping")["e"] == 0
-    other.close()          # any disconnect makes the broker check every peer's process
-    wire.ctl.wait_uevent("PEER_DEAD", since=since, inc=c.welcome["inc"])
+    other.close()          # a disconnect makes the broker check every peer's process
+    wire.ctl.wait_uevent("REGISTER", since=since, pid=os.getpid(), name="rawc")
+    peer = next(x for x in wire.ctl.query("ls")["peers"] if x["inc"] == c.welcome["inc"])
+    assert peer["alive"] and peer["pid"] == os.getpid()
+    assert wire.ctl.query("ls")["stats"]["identity_corrected"] >= 1
+
+
+def test_a_live_name_is_taken(wire):
+    """One live peer per role and name: another process registering it gets -EEXIST."""
+    wire.bus.parent("tests.models:Pair", AXT_MOD="rawp", AXT_DEVS="eth:0")
+    p = wire.parent(join=False)
+    res = p.register()
+    assert res["e"] == W.EEXIST and "rawp" in res["m"]
