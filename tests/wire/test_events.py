@@ -159,3 +159,20 @@ def test_raw_driver_with_a_real_parent(wire):
     c.publish(topic, dev, 1, [(W.POST_CONFIG, {"vport_id": 2})])
     recs = parent.wait_record("POST_CONFIG")
     assert recs["vport_id"] == 2 and len(parent.records("POST_CONFIG")) == 1
+
+
+def test_the_gate_drops_stale_and_stray_events(wire, pair):
+    """The broker's gate passes an EVENT only with the device's id, the current epoch and
+    the sender's current incarnation, and only on device, hello and trace topics."""
+    p, c, dev, name, _ = pair
+    stats = lambda: wire.ctl.query("ls")["stats"]
+    topic = f"P:{name}".encode()
+    c.publish(topic, dev, 1, [(W.POST_CONFIG, {"vport_id": 1})], inc=c.welcome["inc"] + 1)
+    c.publish(topic, dev, 1, [(W.POST_CONFIG, {"vport_id": 2})], epoch=c.welcome["epoch"] - 1)
+    c.publish(topic, dev + 1, 1, [(W.POST_CONFIG, {"vport_id": 3})])
+    c.publish(b"X:elsewhere", dev, 1, [(W.POST_CONFIG, {"vport_id": 4})])
+    c.publish(topic, dev, 1, [(W.POST_CONFIG, {"vport_id": 5})])
+    got, ev = p.next_event()
+    assert got == topic and ev["payload"] == [W.POST_CONFIG, {"vport_id": 5}]
+    s = wait_until(lambda: (x := stats()).get("async_unknown_topic") and x, 5, "the gate's counters")
+    assert s["async_stale"] == 3 and s["async_unknown_topic"] == 1 and s["async_passed"] >= 1
