@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from proto.errno import AuxError
 from proto.events import negotiate
-from auxipc.broker.bus import Bus, match_name
+from auxipc.broker.bus import Bus
+from auxipc.broker.records import match_name
 from auxipc.broker.lifecycle import DeviceState
 
 

@@ -1,0 +1,151 @@
+"""The auxiliary device's lifetime (drivers/base/auxiliary.c, core.c): init, add,
+delete, uninit, get/put and release at the last put.
+
+``Devices`` is a part of the bus: it sees the bus through ``Host`` and asks the
+driver core (``Binding``) to probe a device it adds and to remove the driver of
+one it deletes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from proto import envelope as E
+from proto.errno import AuxError, Errno
+from auxipc.broker.binding import Binding
+from auxipc.broker.lifecycle import DeviceEvent, DeviceState, bind_machine, device_machine
+from auxipc.broker.lockdep import Lock
+from auxipc.broker.records import Device, Host, Peer, device_name, match_name
+
+log = logging.getLogger("auxipc.broker")
+
+
+class Devices:
+    def __init__(self, host: Host, binding: Binding):
+        self.host, self.binding = host, binding
+
+    def own(self, peer: Peer, dev_id: int) -> Device:
+        """The device ``dev_id`` of parent ``peer``; -ENODEV or -EPERM otherwise."""
+        dev = self.host.devices.get(dev_id)
+        if dev is None:
+            raise AuxError(Errno.ENODEV, f"device #{dev_id} does not exist (released or never initialized)")
+        if dev.parent is not peer:
+            raise AuxError(Errno.EPERM, f"device {dev.name} belongs to {dev.parent.label}, not {peer.label}")
+        return dev
+
+    def dev_init(self, peer: Peer, msg: E.DevInit) -> None:
+        host = self.host
+        if peer.role != "parent":
+            raise AuxError(Errno.EPERM, f"{peer.label}: only a parent creates devices")
+        if not msg.name:
+            raise AuxError(Errno.EINVAL, "auxiliary_device_init: $.header.name is empty")
+        dev_id = host.next_id()
+        name = device_name(peer.name, msg.name, msg.id)
+        dev = Device(dev_id, peer, msg.name, msg.id, name, msg.release, device_machine(name), bind_machine(name))
+        dev.lock = Lock(f"device_lock:{name}", host.lockdep)
+        dev.refs[peer.label] = 1
+        host.devices[dev_id] = dev
+        peer.devices.append(dev)
+        host.reply(peer.ident, msg.r, data={"dev": dev_id, "name": name})
+
+    def dev_add(self, peer: Peer, msg: E.DevAdd) -> None:
+        host = self.host
+        dev = self.own(peer, msg.dev)
+        if not peer.name:
+            raise AuxError(Errno.EINVAL, "auxiliary_device_add: modname is empty")
+        if dev.life.state is DeviceState.INITIALIZED and dev.name in host.by_name:
+            raise AuxError(Errno.EEXIST, f"auxiliary_device_add: {dev.name} already exists on the bus "
+                           f"(added by {host.by_name[dev.name].parent.label})")
+        dev.life.fire(DeviceEvent.ADD)
+        host.by_name[dev.name] = dev
+        host.uevent("ADD", dev.name, modalias=f"auxiliary:{match_name(dev.name)}", parent=peer.label)
+        self.binding.probe(dev, self.binding.candidates(dev), host.task_of(peer, msg), lambda: host.reply(
+            peer.ident, msg.r, data={"name": dev.name, "driver": dev.driver.name if dev.driver else None}))
+
+    def dev_delete(self, peer: Peer, msg: E.DevDelete) -> None:
+        dev = self.own(peer, msg.dev)
+        self.delete(dev, "device deleted", self.host.task_of(peer, msg),
+                    lambda: self.host.reply(peer.ident, msg.r))
+
+    def delete(self, dev: Device, reason: str, task: str, done: Callable[[], None]) -> None:
+        """auxiliary_device_delete: off the bus, then the driver's remove() before ``done``."""
+        host = self.host
+        if dev.life.can(DeviceEvent.DELETE) and dev.driver is not None:
+            host.lockdep.check(task, dev.lock)     # deleting from inside your own handler: -EDEADLK
+        dev.life.fire(DeviceEvent.DELETE)
+        host.by_name.pop(dev.name, None)
+        # Calls queued behind the lock never reach the child; the one in flight completes.
+        dev.lock.cancel_queued(f"{dev.name} was deleted", keep=lambda op: op.what.startswith("remove"))
+
+        def removed() -> None:
+            host.uevent("REMOVE", dev.name)
+            done()
+        self.binding.remove(dev, reason, task, removed)
+
+    def dev_uninit(self, peer: Peer, msg: E.DevUninit) -> None:
+        dev = self.own(peer, msg.dev)
+        if dev.life.state is DeviceState.ADDED:
+            raise AuxError(Errno.EBUSY, f"auxiliary_device_uninit: {dev.name} is still on the bus; delete it first")
+        if dev.refs.get(peer.label, 0) == 0:
+            raise AuxError(Errno.EINVAL, f"auxiliary_device_uninit: {dev.name} was already uninitialized")
+        self.host.reply(peer.ident, msg.r, data={"refcount": dev.refcount - 1})
+        self.put(dev, peer)
+
+    def parent_gone(self, dev: Device, reason: str) -> None:
+        """The parent process died or left: delete and uninit its device for it."""
+        def uninit() -> None:
+            if dev.refs.get(dev.parent.label):
+                self.put(dev, dev.parent)
+        if dev.life.state is DeviceState.ADDED:
+            self.delete(dev, f"parent gone ({reason})", f"bus/cleanup:{dev.parent.label}", uninit)
+        else:
+            uninit()
+
+    # ---- references -------------------------------------------------------------------
+
+    def dev_get(self, peer: Peer, msg: E.DevGet) -> None:
+        dev = self.host.devices.get(msg.dev)
+        if dev is None:
+            raise AuxError(Errno.ENODEV, f"get_device: device #{msg.dev} was released")
+        dev.refs[peer.label] += 1
+        peer.holding[dev.dev_id] += 1
+        self.host.reply(peer.ident, msg.r, data={"refcount": dev.refcount})
+
+    def dev_put(self, peer: Peer, msg: E.DevPut) -> None:
+        dev = self.host.devices.get(msg.dev)
+        if dev is None or peer.holding.get(msg.dev, 0) == 0:
+            raise AuxError(Errno.EINVAL, f"put_device: {peer.label} holds no reference to device #{msg.dev}")
+        self.host.reply(peer.ident, msg.r, data={"refcount": dev.refcount - 1})
+        self.put(dev, peer)
+
+    def put(self, dev: Device, holder: Peer) -> None:
+        dev.refs[holder.label] -= 1
+        if dev.refs[holder.label] <= 0:
+            del dev.refs[holder.label]
+        if holder.holding.get(dev.dev_id):
+            holder.holding[dev.dev_id] -= 1
+            if holder.holding[dev.dev_id] <= 0:
+                del holder.holding[dev.dev_id]
+        if dev.refcount == 0:
+            self.release(dev)
+
+    def release(self, dev: Device) -> None:
+        host = self.host
+        dev.life.fire(DeviceEvent.RELEASE)
+        del host.devices[dev.dev_id]
+        if dev in dev.parent.devices:
+            dev.parent.devices.remove(dev)
+        if dev.parent.alive and dev.has_release:
+            host.send(dev.parent.ident, E.Release(dev=dev.dev_id, name=dev.name))
+            host.uevent("RELEASE", dev.name)
+        elif not dev.has_release:
+            log.warning("device %s has no release() callback (the kernel WARNs here)", dev.name)
+            host.uevent("RELEASE", dev.name, warning="no release() callback")
+        else:
+            host.uevent("RELEASE", dev.name, note="parent gone: release() not run")
+
+    def leaks(self) -> list[dict]:
+        """Deleted devices whose references are still held: who holds them."""
+        return [{"dev": d.name, "holders": dict(d.refs)} for d in self.host.devices.values()
+                if d.life.state is DeviceState.DELETED and d.refcount]
