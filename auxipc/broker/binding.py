@@ -19,15 +19,19 @@ from auxipc.broker.records import Device, Driver, Host, Peer, match_name
 
 log = logging.getLogger("auxipc.broker")
 
-DEFER_RETRY = (0.1, 5.0)   # first and longest deferred-probe retry interval, seconds
+# The kernel retries deferred probes only when a driver binds somewhere. A probe may
+# also wait for something that binds nothing (a parent's firmware, another process):
+# the emulator also retries each deferred device on a timer that backs off, first
+# and longest interval in seconds (docs/conformance.md lists it as an addition).
+DEFER_RETRY = (0.1, 5.0)
 
-BOUND, DEFERRED = BindState.BOUND, BindState.DEFERRED
-PROBING, REMOVING, UNBOUND = BindState.PROBING, BindState.REMOVING, BindState.UNBOUND
+BOUND, PROBING, REMOVING, UNBOUND = BindState.BOUND, BindState.PROBING, BindState.REMOVING, BindState.UNBOUND
 
 
 class Binding:
     def __init__(self, host: Host):
         self.host = host
+        self.triggers = 0      # deferred-probe triggers so far (deferred_trigger_count)
 
     # ---- drivers ------------------------------------------------------------------
 
@@ -51,7 +55,7 @@ class Binding:
         task = host.task_of(peer, msg)
         # driver_attach: every added device without a driver that matches.
         todo = [d for d in host.devices.values()
-                if d.life.state is DeviceState.ADDED and d.bind.state in (UNBOUND, DEFERRED)
+                if d.life.state is DeviceState.ADDED and d.bind.state is UNBOUND
                 and match_name(d.name) in drv.id_table]
         refused = {d.name: why for d in todo if (why := schema_clash(d, drv))}
 
@@ -106,7 +110,11 @@ class Binding:
     # ProbeHooks: what a probe's outcome triggers.
 
     def bound(self, dev: Device, drv: Driver) -> None:
+        """driver_bound: off the deferred list; every deferred device is retried."""
         host = self.host
+        dev.deferred = False
+        host.cancel(dev.defer_timer)
+        dev.defer_timer = None
         adopted = drv.peer.adopt.pop(dev.name, None)
         if adopted is not None and adopted.refs > 0:
             dev.refs[drv.peer.label] += adopted.refs      # the references it held before
@@ -118,10 +126,15 @@ class Binding:
                                                handles=sorted(drv.handles), schema=drv.peer.schema))
         self.retry_deferred()
 
-    def deferred(self, dev: Device, _drv: Driver) -> None:
-        lo, hi = DEFER_RETRY
-        dev.defer_delay = min(hi, dev.defer_delay * 2 if dev.defer_delay else lo)
-        self.host.later(dev.defer_delay, self.retry, dev)
+    def deferred(self, dev: Device, _drv: Driver, retrigger: bool) -> None:
+        """driver_deferred_probe_add, and the emulator's backoff timer for ``dev``."""
+        host = self.host
+        if retrigger:
+            self.retry_deferred()
+        if dev.defer_timer is None or not dev.defer_timer.live:
+            lo, hi = DEFER_RETRY
+            dev.defer_delay = min(hi, dev.defer_delay * 2 if dev.defer_delay else lo)
+            dev.defer_timer = host.later(dev.defer_delay, self.retry, dev)
 
     def refused(self, dev: Device, drv: Driver, why: str) -> None:
         """Matching refuses to probe across majors: the device stays unbound, both sides
@@ -137,13 +150,16 @@ class Binding:
                 host.send(peer.ident, E.Unbind(dev=dev.dev_id, reason=why))
 
     def retry(self, dev: Device) -> None:
-        if dev.life.state is DeviceState.ADDED and dev.bind.state is DEFERRED:
+        """deferred_probe_work_func for one device: every matching driver tries again."""
+        if dev.life.state is DeviceState.ADDED and dev.deferred and dev.bind.state is UNBOUND:
             self.probe(dev, self.candidates(dev), "bus/deferred-probe", lambda: None)
 
     def retry_deferred(self) -> None:
-        """A successful bind may satisfy deferred probes (driver_deferred_probe_trigger)."""
+        """driver_deferred_probe_trigger: a bind may satisfy deferred probes; each
+        deferred device is probed again, from the bus's own work (not inside the bind)."""
+        self.triggers += 1
         for dev in list(self.host.devices.values()):
-            if dev.bind.state is DEFERRED:
+            if dev.deferred:
                 self.host.later(0, self.retry, dev)
 
     # ---- sysfs bind / unbind, PM, shutdown -------------------------------------------------

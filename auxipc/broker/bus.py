@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections import Counter, deque
 from typing import Callable
 
@@ -35,13 +36,19 @@ from proto.events import CATALOG, Catalog
 from auxipc.broker.binding import Binding
 from auxipc.broker.calls import Calls
 from auxipc.broker.devices import Devices
-from auxipc.broker.lifecycle import PeerEvent, peer_machine
+from auxipc.broker.lifecycle import DeviceState, PeerEvent, peer_machine
 from auxipc.broker.lockdep import LockDep
 from auxipc.broker.records import Adopted, Device, Driver, Peer, Pending, device_name, match_name
 from auxipc.broker.timers import Timer, Timers
 from auxipc.faults import FaultPlan, FaultRule, corrupt
 
 log = logging.getLogger("auxipc.broker")
+
+# The kernel's hung-task detector reports a task blocked for hung_task_timeout_secs
+# (120 by default); the emulator's remove() has no deadline and is reported sooner.
+HUNG_TASK_SECS = 10.0
+
+ADDED = DeviceState.ADDED
 
 __all__ = ["Bus", "Device", "Driver", "Peer", "Pending", "device_name", "match_name"]
 
@@ -51,9 +58,13 @@ class Bus:
     (``lifetime``) and call routing (``calls``) see it through ``records.Host``."""
 
     def __init__(self, clock: Callable[[], float], epoch: int, catalog: Catalog = CATALOG,
-                 hb_ivl: float = 0.25, hb_liveness: int = 3):
+                 hb_ivl: float = 0.25, hb_liveness: int = 3, hung_task_secs: float = HUNG_TASK_SECS):
         self.clock, self.epoch, self.catalog = clock, epoch, catalog
         self.hb_ivl, self.hb_liveness = hb_ivl, hb_liveness
+        self.hung_task_secs = hung_task_secs
+        # What the kernel would WARN or print about (a hung remove, devices left behind by
+        # their parent): kept for ``ls``, sent as WARN uevents and trace records.
+        self.warnings: deque = deque(maxlen=1000)
         self.peers: dict[bytes, Peer] = {}          # main routing id -> peer
         self.hb_idents: dict[bytes, Peer] = {}      # heartbeat routing id -> peer
         self.drivers: dict[str, Driver] = {}
@@ -175,6 +186,17 @@ class Bus:
                                                 detail=detail), topic=b"bus"))
         log.info("uevent %s %s %s %s", action, dev, driver, detail or "")
 
+    def warn(self, kind: str, message: str, dev: str = "", driver: str = "", **detail) -> None:
+        """Report what the kernel would print a warning for, where every observer sees it:
+        ``ls`` (``warnings``), a WARN uevent, a trace record and the broker's log."""
+        record = {"kind": kind, "message": message, "dev": dev, "driver": driver, "ts": self.clock(), **detail}
+        self.warnings.append(record)
+        self.stats[f"warn_{kind}"] += 1
+        log.warning("%s", message)
+        self.uevent("WARN", dev, driver, kind=kind, message=message, **detail)
+        self.published.append(E.encode(E.Uevent(seq=0, action="WARN", dev=dev, driver=driver, detail={
+            "kind": kind, "message": message, **detail}), topic=b"trace"))
+
     def _lockdep_report(self, kind: str, detail: dict) -> None:
         self.stats[f"lockdep_{kind}"] += 1
         log.warning("lockdep: %s: %s", kind, detail)
@@ -223,10 +245,12 @@ class Bus:
                 due = min(due, peer.last_seen + limit)
         self._hb_due = due
 
-    def request(self, peer: Peer, msg_for: Callable[[int], E.Header], payload, timeout: float,
+    def request(self, peer: Peer, msg_for: Callable[[int], E.Header], payload, timeout: float | None,
                 what: str, on_result: Callable[[int, str, bytes | None, dict], None],
                 event: str = "") -> Pending:
-        """Send a request that the peer answers with RESULT; ``on_result`` runs exactly once.
+        """Send a request that the peer answers with RESULT; ``on_result`` runs exactly once:
+        with the answer, -ENODEV when the peer is gone, or -ETIMEDOUT after ``timeout``
+        seconds (None: no deadline, as long as the peer lives).
         A sync event (``event``) to the peer may meet a message fault on the way."""
         rid = self.next_id()
         if not peer.alive:
@@ -235,11 +259,11 @@ class Bus:
         frames = msg if isinstance(msg, list) else E.encode(msg, payload)
         return self.expect(peer, rid, frames, timeout, what, on_result, event)
 
-    def expect(self, peer: Peer, rid: int, frames: list[bytes] | None, timeout: float, what: object,
+    def expect(self, peer: Peer, rid: int, frames: list[bytes] | None, timeout: float | None, what: object,
                on_result: Callable[[int, str, bytes | None, dict], None], event: str = "") -> Pending:
         """``request`` for frames already built with request id ``rid`` (from ``self.next_id``)."""
         now = self.clock()
-        p = Pending(rid, peer, now + timeout, on_result, what, now)
+        p = Pending(rid, peer, now + timeout if timeout is not None else math.inf, on_result, what, now)
         if not peer.alive:      # never wait for an answer from the dead
             self.later(0, on_result, -Errno.ENODEV, f"{what}: {peer.label} is gone", None, {})
             return p
@@ -249,7 +273,8 @@ class Bus:
             self.outbox.append((peer.ident, frames))
         else:
             self.message_fault(rule, peer, frames, str(what))
-        p.timer = self.at(p.deadline, self._expire, p)
+        if timeout is not None:
+            p.timer = self.at(p.deadline, self._expire, p)
         return p
 
     def _expire(self, p: Pending) -> None:
@@ -343,6 +368,26 @@ class Bus:
             self.stats["resyncs"] += 1
             self.send(other.ident, E.Resync(dev=msg.dev))
 
+    def _devices_left_behind(self, peer: Peer) -> None:
+        """A parent that leaves cleanly must have deleted and uninit'd its devices first
+        ("before its own driver.remove() is completed"). The bus still cleans up after it,
+        as after a crash, but says so: in the kernel these devices would outlive their
+        parent (a use-after-free), or never be released (a leak)."""
+        added = [d.name for d in peer.devices if d.life.state is ADDED]
+        if added:
+            self.warn("devices_outlive_parent",
+                      f"{peer.label} left with {len(added)} auxiliary device(s) still added: {', '.join(added)}; "
+                      "the registering driver must delete them before its remove() returns, or they outlive "
+                      "their parent (a use-after-free in the kernel); deleted for it", parent=peer.label,
+                      devices=added)
+        kept = [d.name or f"{peer.name}.{d.short}.{d.id}" for d in peer.devices
+                if d.life.state is not ADDED and d.refs.get(peer.label)]
+        if kept:
+            self.warn("uninit_missing",
+                      f"{peer.label} left without auxiliary_device_uninit() of {', '.join(kept)}; their "
+                      "release() would never run (a leak in the kernel); put for it", parent=peer.label,
+                      devices=kept)
+
     def _welcome(self, peer: Peer) -> dict:
         return {"peer": peer.label, "inc": peer.inc, "epoch": self.epoch,
                 "faults": [r.to_dict() for r in self.faults.rules if r.matches(peer.name) or r.target == "*"],
@@ -375,6 +420,8 @@ class Bus:
                 self.settle(rid)
                 p.on_result(-Errno.ENODEV, f"{p.what}: {peer.label} is gone ({reason})", None, {})
         self.calls.locks_gone(peer)
+        if not crash and peer.devices:
+            self._devices_left_behind(peer)
         for dev in list(peer.devices):
             self.lifetime.parent_gone(dev, reason)
         for dev_id, n in list(peer.holding.items()):

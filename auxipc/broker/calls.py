@@ -26,7 +26,7 @@ log = logging.getLogger("auxipc.broker")
 # Enum members looked up as class attributes cost a metaclass call each time; the
 # hot path compares with module constants (a tuple: an Enum's hash is a Python call).
 ADDED = DeviceState.ADDED
-BOUND, REMOVING = BindState.BOUND, BindState.REMOVING
+BOUND, PROBING, REMOVING = BindState.BOUND, BindState.PROBING, BindState.REMOVING
 CHILD_MAY_CALL = (BindState.BOUND, BindState.PROBING, BindState.REMOVING)
 
 
@@ -40,7 +40,7 @@ class SyncCall:
     __slots__ = ("bus", "caller", "msg", "payload", "callee", "dev", "drv", "spec", "task", "deadline",
                  "dev_op", "rtnl_op", "timer", "sent")
 
-    def __init__(self, bus: Host, caller: Peer, msg: E.Call, payload, callee: Peer, dev: Device,
+    def __init__(self, bus: Host, caller: Peer, msg: E.Call, payload, callee: Peer | None, dev: Device,
                  drv: Driver | None, spec, task: str, deadline: float):
         self.bus, self.caller, self.msg, self.payload, self.callee = bus, caller, msg, payload, callee
         self.dev, self.drv, self.spec, self.task, self.deadline = dev, drv, spec, task, deadline
@@ -66,12 +66,22 @@ class SyncCall:
         self.bus.cancel(self.timer)      # from here the request's own deadline applies
         self.timer = None
         caller, dev = self.caller, self.dev
+        if self.drv is None:             # queued behind a probe: to the driver it bound, if any
+            drv = dev.driver
+            if drv is None or dev.bind.state is not BOUND:
+                return self.refuse(op, Errno.ENODEV, f"{dev.name}: no driver bound after the probe it waited "
+                                                     f"for ({dev.last_error or 'no driver matched'})")
+            if self.spec.code not in drv.handles:
+                return self.refuse(op, Errno.EOPNOTSUPP, f"driver {drv.name} has no handler for {self.spec.name}")
+            self.drv, self.callee = drv, drv.peer
         if not caller.alive or dev.driver is not self.drv or dev.bind.state is not BOUND:
-            dev.lock.release(op)
-            if caller.alive:
-                self.bus.reply(caller.ident, self.msg.r, Errno.ENODEV, f"{dev.name} was unbound before delivery")
-            return
+            return self.refuse(op, Errno.ENODEV, f"{dev.name} was unbound before delivery")
         self.forward()
+
+    def refuse(self, op: LockedOp, errno: int, message: str) -> None:
+        self.dev.lock.release(op)
+        if self.caller.alive:
+            self.bus.reply(self.caller.ident, self.msg.r, errno, message)
 
     def device_lock_dropped(self, reason: str) -> None:
         caller, dev = self.caller, self.dev
@@ -175,6 +185,11 @@ class Calls:
             if dev.parent is not peer:
                 raise AuxError(Errno.EPERM, f"{dev.name} belongs to {dev.parent.label}")
             state = dev.bind.state
+            if state is PROBING and dev.life.state is ADDED:
+                # As the kernel's sender blocks in device_lock() while probe() runs: delivered
+                # after the probe to the driver it bound (or -ENODEV), within the deadline.
+                SyncCall(host, peer, msg, payload, None, dev, None, spec, task, deadline).take_device_lock()
+                return
             if state is not REMOVING and (state is not BOUND or dev.life.state is not ADDED):
                 raise AuxError(Errno.ENODEV, f"{dev.name} is {dev.life.state.value}, {state.value}: "
                                "no driver to deliver to")
@@ -184,6 +199,8 @@ class Calls:
                 raise AuxError(Errno.EOPNOTSUPP, f"driver {drv.name} has no handler for {spec.name}")
             SyncCall(host, peer, msg, payload, drv.peer, dev, drv, spec, task, deadline).take_device_lock()
         else:
+            if dev.bind.state is PROBING:
+                drv = dev.prober        # a driver calls its parent from inside probe()
             if drv is None or drv.peer is not peer or dev.bind.state not in CHILD_MAY_CALL:
                 raise AuxError(Errno.ENODEV, f"{dev.name} is not bound to {peer.label}")
             parent = dev.parent

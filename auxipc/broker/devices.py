@@ -75,6 +75,8 @@ class Devices:
             host.lockdep.check(task, dev.lock)     # deleting from inside your own handler: -EDEADLK
         dev.life.fire(DeviceEvent.DELETE)
         host.by_name.pop(dev.name, None)
+        dev.deferred = False                       # driver_deferred_probe_del
+        host.cancel(dev.defer_timer)
         # Calls queued behind the lock never reach the child; the one in flight completes.
         dev.lock.cancel_queued(f"{dev.name} was deleted", keep=lambda op: op.what.startswith("remove"))
 

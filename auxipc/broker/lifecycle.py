@@ -40,11 +40,12 @@ DEVICE_ILLEGAL = {DeviceState.ADDED: Errno.EBUSY, DeviceState.DELETED: Errno.ENO
 
 
 class BindState(Enum):
+    """dev->driver, as the driver core sets it. Whether the device waits on the
+    deferred-probe list is kept apart (``Device.deferred``), as the kernel keeps it."""
     UNBOUND = "unbound"
     PROBING = "probing"
     BOUND = "bound"
     REMOVING = "removing"
-    DEFERRED = "deferred"     # a probe returned -EPROBE_DEFER; on the deferred list
 
 
 class BindEvent(Enum):
@@ -52,7 +53,7 @@ class BindEvent(Enum):
     PROBE_OK = "probe_ok"             # it returned 0: bound
     PROBE_REJECT = "probe_reject"     # -ENODEV/-ENXIO: the match is rejected silently
     PROBE_FAIL = "probe_fail"         # another error: reported
-    PROBE_DEFER = "probe_defer"       # -EPROBE_DEFER: retried on the next bind anywhere
+    PROBE_DEFER = "probe_defer"       # -EPROBE_DEFER: the next driver tries; retried on the next bind
     REMOVE = "remove"                 # remove() is called
     REMOVED = "removed"               # remove() returned (or its process died)
     DRIVER_GONE = "driver_gone"       # the bound driver's process died or unregistered
@@ -61,14 +62,12 @@ class BindEvent(Enum):
 BIND_TABLE = {
     BindState.UNBOUND: {BindEvent.PROBE: BindState.PROBING},
     BindState.PROBING: {BindEvent.PROBE_OK: BindState.BOUND, BindEvent.PROBE_REJECT: BindState.UNBOUND,
-                        BindEvent.PROBE_FAIL: BindState.UNBOUND, BindEvent.PROBE_DEFER: BindState.DEFERRED},
+                        BindEvent.PROBE_FAIL: BindState.UNBOUND, BindEvent.PROBE_DEFER: BindState.UNBOUND},
     BindState.BOUND: {BindEvent.REMOVE: BindState.REMOVING, BindEvent.DRIVER_GONE: BindState.UNBOUND},
     BindState.REMOVING: {BindEvent.REMOVED: BindState.UNBOUND, BindEvent.DRIVER_GONE: BindState.UNBOUND},
-    BindState.DEFERRED: {BindEvent.PROBE: BindState.PROBING},
 }
 BIND_ILLEGAL = {BindState.BOUND: Errno.EBUSY, BindState.PROBING: Errno.EBUSY,
-                BindState.REMOVING: Errno.EBUSY, BindState.UNBOUND: Errno.ENODEV,
-                BindState.DEFERRED: Errno.EAGAIN}
+                BindState.REMOVING: Errno.EBUSY, BindState.UNBOUND: Errno.ENODEV}
 
 
 class PeerState(Enum):

@@ -24,7 +24,6 @@ from auxipc.broker.records import Adopted, Device, Driver, Host
 log = logging.getLogger("auxipc.broker")
 
 PROBE_TIMEOUT = 10.0
-REMOVE_TIMEOUT = 10.0
 PM_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 2.0
 
@@ -72,18 +71,22 @@ def unbound(host: Host, dev: Device, drv: Driver, reason: str) -> None:
 class ProbeHooks(Protocol):
     """What a probe's outcome triggers in the driver core (Binding)."""
 
+    triggers: int       # deferred-probe triggers so far (deferred_trigger_count)
+
     def bound(self, dev: Device, drv: Driver) -> None: ...
-    def deferred(self, dev: Device, drv: Driver) -> None: ...
+    def deferred(self, dev: Device, drv: Driver, retrigger: bool) -> None: ...
     def refused(self, dev: Device, drv: Driver, why: str) -> None: ...
 
 
 class Probe:
     """Probe ``dev`` with each driver in turn until one binds (__device_attach:
     driver_probe_device for each matching driver), each attempt under the device
-    lock. A driver that rejects (-ENODEV/-ENXIO) or fails lets the next one try;
-    the last attempt's errno is left in ``dev.last_probe``."""
+    lock. Whatever a probe returns — a rejection (-ENODEV/-ENXIO), a failure or
+    -EPROBE_DEFER — the next driver tries its luck (__device_attach_driver ignores
+    probe errors); a deferral also puts the device on the deferred list. The last
+    attempt's errno is left in ``dev.last_probe``."""
 
-    __slots__ = ("host", "hooks", "dev", "drivers", "task", "done", "drv", "lock_op")
+    __slots__ = ("host", "hooks", "dev", "drivers", "task", "done", "drv", "lock_op", "triggers")
 
     def __init__(self, host: Host, hooks: ProbeHooks, dev: Device, drivers: list[Driver], task: str,
                  done: Callable[[], None]):
@@ -91,6 +94,7 @@ class Probe:
         self.drivers = list(drivers)
         self.drv: Driver | None = None
         self.lock_op: LockedOp | None = None
+        self.triggers = 0
 
     def run(self) -> None:
         dev, host = self.dev, self.host
@@ -117,6 +121,8 @@ class Probe:
             dev.lock.release(op)
             return self.done()
         dev.bind.fire(BindEvent.PROBE)
+        dev.prober = drv
+        self.triggers = self.hooks.triggers
         self.host.request(drv.peer, self.message, None, PROBE_TIMEOUT, f"probe of {dev.name} by {drv.name}",
                           self.answered)
 
@@ -132,6 +138,7 @@ class Probe:
         unlocks: what queued behind the probe finds the driver bound)."""
         dev, drv = self.dev, self.drv
         dev.last_probe = e
+        dev.prober = None
         if e == 0:
             dev.bind.fire(BindEvent.PROBE_OK)
             dev.driver = drv
@@ -144,11 +151,12 @@ class Probe:
             dev.bind.fire(BindEvent.PROBE_REJECT)
         elif e == -Errno.EPROBE_DEFER:
             dev.bind.fire(BindEvent.PROBE_DEFER)
+            dev.deferred = True
             dev.last_error = f"probe by {drv.name} deferred"
             self.host.uevent("PROBE_DEFER", dev.name, drv.name)
-            self.hooks.deferred(dev, drv)
-            dev.lock.release(self.lock_op)
-            return self.done()
+            # A driver bound while this probe ran: it may be what the probe waited for
+            # (driver_probe_device re-triggers when deferred_trigger_count moved).
+            self.hooks.deferred(dev, drv, retrigger=self.triggers != self.hooks.triggers)
         else:
             dev.bind.fire(BindEvent.PROBE_FAIL)
             dev.last_error = f"probe by {drv.name} failed: {errno_name(e)} {m}"
@@ -160,14 +168,19 @@ class Probe:
 
 class Remove:
     """Unbind ``dev`` under its lock (__device_release_driver): the driver's remove()
-    has returned, or its process is gone, before ``done``."""
+    has returned, or its process is gone, before ``done``. remove() has no deadline,
+    as in the kernel, where auxiliary_device_delete cannot return before it does: one
+    still running after ``host.hung_task_secs`` is reported as the hung-task detector
+    would, and it ends only when it returns or its process dies."""
 
-    __slots__ = ("host", "dev", "reason", "task", "done", "drv", "lock_op")
+    __slots__ = ("host", "dev", "reason", "task", "done", "drv", "lock_op", "hung_timer", "since")
 
     def __init__(self, host: Host, dev: Device, reason: str, task: str, done: Callable[[], None]):
         self.host, self.dev, self.reason, self.task, self.done = host, dev, reason, task, done
         self.drv: Driver | None = None
         self.lock_op: LockedOp | None = None
+        self.hung_timer = None
+        self.since = 0.0
 
     def run(self) -> None:
         self.lock_op = LockedOp(f"remove {self.dev.name}", self.locked, self.dropped, self.task)
@@ -183,16 +196,31 @@ class Remove:
             dev.lock.release(op)
             return self.done()
         dev.bind.fire(BindEvent.REMOVE)
-        self.host.request(drv.peer, self.message, None, REMOVE_TIMEOUT, f"remove of {dev.name} by {drv.name}",
-                          self.answered)
+        host = self.host
+        self.since = host.clock()
+        self.hung_timer = host.later(host.hung_task_secs, self.hung)
+        host.request(drv.peer, self.message, None, None, f"remove of {dev.name} by {drv.name}", self.answered)
 
     def message(self, rid: int) -> E.Remove:
         return E.Remove(r=rid, dev=self.dev.dev_id, reason=self.reason, task=self.task)
 
+    def hung(self) -> None:
+        dev, drv, secs = self.dev, self.drv, self.host.hung_task_secs
+        dev.hung = (f"INFO: task {self.task} blocked for more than {secs:g} seconds: "
+                    f"remove() of {dev.name} by {drv.name} ({drv.peer.label}) has not returned")
+        self.host.warn("hung_task", dev.hung, dev.name, drv.name, task=self.task, seconds=secs,
+                       op="remove", peer=drv.peer.label)
+
     def answered(self, e: int, m: str, _p, _d) -> None:
-        dev, drv = self.dev, self.drv
+        dev, drv, host = self.dev, self.drv, self.host
+        host.cancel(self.hung_timer)
+        if dev.hung:
+            dev.hung = ""
+            host.uevent("HUNG_TASK_END", dev.name, drv.name, task=self.task,
+                        seconds=round(host.clock() - self.since, 3), errno=e)
         if e:
-            log.warning("remove of %s by %s: %s %s (treated as removed)", dev.name, drv.name, errno_name(e), m)
+            log.warning("remove of %s by %s: %s %s (its process is gone: removed)", dev.name, drv.name,
+                        errno_name(e), m)
         if dev.bind.state is REMOVING:
             dev.bind.fire(BindEvent.REMOVED)
             dev.driver = None

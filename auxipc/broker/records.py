@@ -94,10 +94,14 @@ class Device:
     bind: Machine
     lock: Lock = None
     driver: Driver | None = None
+    prober: Driver | None = None    # the driver whose probe() runs (dev->driver while really_probe runs)
     refs: Counter = field(default_factory=Counter)
-    defer_delay: float = 0.0
+    deferred: bool = False          # on the deferred-probe list (driver_deferred_probe_add)
+    defer_delay: float = 0.0        # the backoff of the retry timer (an addition to the kernel's triggers)
+    defer_timer: Timer | None = None
     last_error: str = ""
     last_probe: int = 0
+    hung: str = ""                  # what a hung-task warning said while the operation still blocks
 
     @property
     def refcount(self) -> int:
@@ -132,6 +136,7 @@ class Host(Protocol):
     by_name: dict[str, Device]            # added devices only
     pending: dict[int, Pending]
     published: list[list[bytes]]
+    hung_task_secs: float                 # a remove() blocked this long is reported (hung_task_timeout_secs)
     on_output: Callable[[], None]         # send the outbox now (an answer before the bookkeeping after it)
 
     def next_id(self) -> int: ...
@@ -139,12 +144,13 @@ class Host(Protocol):
     def reply(self, ident: bytes, r: int, errno: int = 0, message: str = "", data: dict | None = None,
               payload: bytes | None = None) -> None: ...
     def uevent(self, action: str, dev: str = "", driver: str = "", **detail) -> None: ...
+    def warn(self, kind: str, message: str, dev: str = "", driver: str = "", **detail) -> None: ...
     def task_of(self, peer: Peer, msg) -> str: ...
     def later(self, delay: float, fn: Callable[..., None], *args) -> Timer: ...
     def at(self, when: float, fn: Callable[..., None], *args) -> Timer: ...
     def cancel(self, timer: Timer | None) -> None: ...
-    def request(self, peer: Peer, msg_for: Callable[[int], E.Header], payload, timeout: float,
+    def request(self, peer: Peer, msg_for: Callable[[int], E.Header], payload, timeout: float | None,
                 what: str, on_result: OnResult, event: str = "") -> Pending: ...
-    def expect(self, peer: Peer, rid: int, frames: list[bytes] | None, timeout: float, what: object,
+    def expect(self, peer: Peer, rid: int, frames: list[bytes] | None, timeout: float | None, what: object,
                on_result: OnResult, event: str = "") -> Pending: ...
     def settle(self, rid: int) -> Pending | None: ...

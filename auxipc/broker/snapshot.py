@@ -6,7 +6,7 @@ from proto.errno import AuxError
 from proto.events import negotiate
 from auxipc.broker.bus import Bus
 from auxipc.broker.records import match_name
-from auxipc.broker.lifecycle import DeviceState
+from auxipc.broker.lifecycle import BindState, DeviceState
 
 
 def _schemas(dev) -> dict:
@@ -38,7 +38,9 @@ def snapshot(bus: Bus) -> dict:
         devices.append({
             "id": dev.dev_id, "name": dev.name, "match": match_name(dev.name),
             "driver": dev.driver.name if dev.driver else None,
-            "state": dev.life.state.value, "bind": dev.bind.state.value,
+            "state": dev.life.state.value,
+            "bind": "deferred" if dev.deferred and dev.bind.state is BindState.UNBOUND else dev.bind.state.value,
+            "deferred": dev.deferred, "hung": dev.hung or None,
             "refcount": dev.refcount, "holders": dict(dev.refs),
             "leak": dev.life.state is DeviceState.DELETED and dev.refcount > 0,
             "parent": dev.parent.label, "locked_by": dev.lock.owner.what if dev.lock.owner else None,
@@ -58,4 +60,5 @@ def snapshot(bus: Bus) -> dict:
     return {"epoch": bus.epoch, "schema": bus.catalog.version_str, "devices": devices,
             "drivers": drivers, "peers": peers, "pending": len(bus.pending), "locks": locks,
             "lockdep": {"inversions": bus.lockdep.inversions, "deadlocks": bus.lockdep.deadlocks},
+            "warnings": list(bus.warnings),
             "stats": dict(bus.stats)}

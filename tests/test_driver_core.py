@@ -1,0 +1,193 @@
+"""The driver core's kernel fidelity, driven in memory (docs/conformance.md names
+these tests; the same rules across real processes are in test_conformance.py)."""
+
+from proto import envelope as E
+from proto.errno import Errno
+from proto.events import Event
+from auxipc.broker.lifecycle import BindState
+from auxipc.broker.snapshot import snapshot
+from tests.test_bus import C, C2, P, Harness, bound
+
+import pytest
+
+
+@pytest.fixture
+def h():
+    return Harness()
+
+
+def results(h, ident):
+    return [m for _, m, _ in h.take(ident) if isinstance(m, E.Result)]
+
+
+def wait(h, seconds):
+    """Let ``seconds`` pass with every peer alive (heartbeating)."""
+    for _ in range(int(seconds / 0.05)):
+        h.clock.t += 0.05
+        for ident in list(h.bus.peers):
+            h.send(ident + b"#hb", E.Heartbeat(epoch=1))
+        h.bus.tick()
+    h.take(P + b"#hb"), h.take(C + b"#hb")
+
+
+# ---- delete waits for remove(), however long; a hung remove is reported --------------
+
+def test_delete_waits_for_remove_past_the_hung_task_warning(h):
+    dev = bound(h)
+    h.bus.hung_task_secs = 2.0
+    h.send(P, E.DevDelete(r=10, dev=dev, task="pf-remove"))
+    (rm,) = [m for _, m, _ in h.take(C) if isinstance(m, E.Remove)]
+    wait(h, 60)                             # a minute: no deadline ends it
+    assert not results(h, P), "delete() returned while remove() still ran"
+    (warn,) = h.bus.warnings
+    assert warn["kind"] == "hung_task" and warn["dev"] == "ixd.eth.0" and warn["task"] == "pf-remove"
+    assert warn["message"].startswith("INFO: task pf-remove blocked for more than 2 seconds: remove() of ixd.eth.0")
+    assert snapshot(h.bus)["devices"][0]["hung"] == warn["message"]
+    assert "WARN" in h.actions("ixd.eth.0")
+    h.send(C, E.Result(r=rm.r))
+    assert h.result(P, 10)[0].e == 0
+    assert h.actions("ixd.eth.0")[-3:] == ["HUNG_TASK_END", "UNBIND", "REMOVE"]
+    assert snapshot(h.bus)["devices"][0]["hung"] is None
+
+
+def test_delete_ends_when_the_removing_process_dies(h):
+    dev = bound(h)
+    h.send(P, E.DevDelete(r=10, dev=dev))
+    wait(h, 30)
+    assert not results(h, P)
+    h.bus.peer_died(h.bus.peers[C], "killed")
+    assert h.result(P, 10)[0].e == 0
+    assert h.bus.devices[dev].bind.state is BindState.UNBOUND
+
+
+# ---- a parent->child call during probe waits for it ---------------------------------
+
+def probing(h, handles=(Event.RESET_WARN,)):
+    h.register(P, "parent", "ixd")
+    h.register(C, "child", "idpf", handles=handles)
+    h.send(C, E.DrvRegister(r=1, name="idpf_eth", id_table=("ixd.eth",), probe=True, remove=True,
+                            handles=tuple(int(x) for x in handles)))
+    h.take()
+    dev, r = h.init_add(P)
+    (probe,) = [m for _, m, _ in h.take(C) if isinstance(m, E.Probe)]
+    return dev, r, probe
+
+
+def test_call_during_probe_is_delivered_to_the_driver_it_binds(h):
+    dev, r, probe = probing(h)
+    h.send(P, E.Call(r=50, dev=dev, ev=Event.RESET_WARN, timeout_ms=5000), {"reset_type": 1})
+    assert not results(h, P)                     # waits in device_lock behind probe()
+    h.send(C, E.Result(r=probe.r))
+    assert h.result(P, r)[0].d["driver"] == "idpf_eth"
+    h.answer(C, E.Request)
+    assert h.result(P, 50)[0].e == 0
+
+
+@pytest.mark.parametrize("probe_errno, handles, errno, text", [
+    (Errno.ENODEV, (Event.RESET_WARN,), Errno.ENODEV, "no driver bound after the probe it waited for"),
+    (0, (Event.PREPARE_DETACH,), Errno.EOPNOTSUPP, "driver idpf_eth has no handler for RESET_WARN"),
+])
+def test_call_during_probe_finds_no_driver_or_no_handler(h, probe_errno, handles, errno, text):
+    dev, r, probe = probing(h, handles)
+    h.send(P, E.Call(r=50, dev=dev, ev=Event.RESET_WARN, timeout_ms=5000), {"reset_type": 1})
+    h.send(C, E.Result(r=probe.r, e=-probe_errno))
+    m, _ = h.result(P, 50)
+    assert m.e == -errno and text in m.m
+    assert not [m for _, m, _ in h.take(C) if isinstance(m, E.Request)]
+
+
+def test_call_during_probe_keeps_its_deadline(h):
+    dev, r, probe = probing(h)
+    h.send(P, E.Call(r=50, dev=dev, ev=Event.RESET_WARN, timeout_ms=100), {"reset_type": 1})
+    h.clock.t += 0.2
+    h.bus.tick()
+    m, _ = h.result(P, 50)
+    assert m.e == -Errno.ETIMEDOUT and "held by: probe ixd.eth.0 by idpf_eth" in m.m
+
+
+def test_child_may_call_its_parent_from_probe(h):
+    h.register(P, "parent", "ixd", handles=(Event.REQUEST_RESET,))
+    dev, r, probe = probing(h)
+    h.send(C, E.Call(r=60, dev=dev, ev=Event.REQUEST_RESET, timeout_ms=1000, task=probe.task),
+           {"reset_type": 1})
+    h.answer(P, E.Request)
+    assert h.result(C, 60)[0].e == 0
+
+
+# ---- deferred probe: the next driver tries; deferred devices retried on a bind ------------
+
+def test_deferred_probe_walks_on_to_the_next_driver(h):
+    h.register(P, "parent", "ixd")
+    h.register(C, "child", "a")
+    h.register(C2, "child", "b")
+    h.send(C, E.DrvRegister(r=1, name="first", id_table=("ixd.eth",), probe=True))
+    h.send(C2, E.DrvRegister(r=1, name="second", id_table=("ixd.eth",), probe=True))
+    dev, r = h.init_add(P)
+    h.answer(C, E.Probe, e=-Errno.EPROBE_DEFER)
+    h.answer(C2, E.Probe)
+    assert h.result(P, r)[0].d["driver"] == "second"
+    assert not h.bus.devices[dev].deferred        # driver_bound took it off the deferred list
+
+
+def test_a_bind_anywhere_retries_deferred_devices(h):
+    """idpf_rdma defers until its eth sibling binds: the eth bind triggers the retry at
+    once, not at the end of a backoff."""
+    h.register(P, "parent", "ixd")
+    h.register(C, "child", "idpf")
+    h.send(C, E.DrvRegister(r=1, name="idpf_rdma", id_table=("ixd.rdma",), probe=True))
+    h.send(C, E.DrvRegister(r=2, name="idpf_eth", id_table=("ixd.eth",), probe=True))
+    h.take()
+    rdma, r1 = h.init_add(P, name="rdma")
+    h.answer(C, E.Probe, e=-Errno.EPROBE_DEFER)
+    assert h.bus.devices[rdma].deferred and snapshot(h.bus)["devices"][0]["bind"] == "deferred"
+    eth, r2 = h.init_add(P, name="eth")
+    h.answer(C, E.Probe)                           # eth binds: driver_deferred_probe_trigger
+    h.bus.tick()                                   # the retry runs from the bus's own work, at once
+    probe = h.answer(C, E.Probe)
+    assert probe.name == "ixd.rdma.0"
+    assert h.bus.devices[rdma].bind.state is BindState.BOUND and not h.bus.devices[rdma].deferred
+
+
+def test_sysfs_bind_of_a_deferring_driver_is_eagain(h):
+    h.register(P, "parent", "ixd")
+    h.register(C, "child", "idpf")
+    h.send(C, E.DrvRegister(r=1, name="idpf_eth", id_table=("ixd.eth",), probe=True))
+    h.take()
+    dev, r = h.init_add(P)
+    h.answer(C, E.Probe, e=-Errno.EPROBE_DEFER)
+    out = []
+    h.bus.bind_device("ixd.eth.0", "idpf_eth", lambda e, m: out.append((e, m)))
+    h.answer(C, E.Probe, e=-Errno.EPROBE_DEFER)
+    assert out == [(-Errno.EAGAIN, "bind: probe of ixd.eth.0 by idpf_eth deferred")]
+
+
+# ---- a parent leaving with its devices on the bus ------------------------------------------
+
+def test_parent_leaving_with_devices_added_is_reported_and_cleaned_up(h):
+    dev = bound(h)
+    h.send(P, E.Unregister(r=70))
+    h.answer(C, E.Remove)
+    kinds = [w["kind"] for w in h.bus.warnings]
+    assert kinds == ["devices_outlive_parent"]
+    w = h.bus.warnings[0]
+    assert w["devices"] == ["ixd.eth.0"] and "use-after-free" in w["message"]
+    assert dev not in h.bus.devices                # still cleaned up, as after a crash
+    assert snapshot(h.bus)["warnings"][0]["kind"] == "devices_outlive_parent"
+
+
+def test_parent_leaving_without_uninit_is_reported(h):
+    h.register(P, "parent", "ixd")
+    h.init_add(P)
+    dev2, r = h.init_add(P)                        # -EEXIST: the parent must uninit it
+    assert h.result(P, r)[0].e == -Errno.EEXIST
+    h.send(P, E.Unregister(r=70))
+    kinds = {w["kind"]: w for w in h.bus.warnings}
+    assert kinds["uninit_missing"]["devices"] == ["ixd.eth.0"]
+    assert kinds["devices_outlive_parent"]["devices"] == ["ixd.eth.0"]
+
+
+def test_parent_crash_is_cleaned_up_without_a_warning(h):
+    bound(h)
+    h.bus.peer_died(h.bus.peers[P], "killed")
+    h.answer(C, E.Remove)
+    assert not h.bus.warnings
