@@ -191,3 +191,47 @@ def test_parent_crash_is_cleaned_up_without_a_warning(h):
     h.bus.peer_died(h.bus.peers[P], "killed")
     h.answer(C, E.Remove)
     assert not h.bus.warnings
+
+
+# ---- the smaller rules -------------------------------------------------------------------
+
+def test_uninit_before_delete_is_a_put_and_delete_releases(h):
+    dev = bound(h)
+    h.send(P, E.DevUninit(r=80, dev=dev))
+    assert h.result(P, 80)[0].d == {"refcount": 0}
+    assert h.bus.devices[dev].life.state.value == "added"      # the bus still holds it
+    h.send(P, E.DevDelete(r=81, dev=dev))
+    h.answer(C, E.Remove)
+    assert h.result(P, 81)[0].e == 0
+    assert h.actions("ixd.eth.0")[-3:] == ["UNBIND", "REMOVE", "RELEASE"] and dev not in h.bus.devices
+
+
+def test_id_table_names_fit_auxiliary_name_size(h):
+    h.register(C, "child", "idpf")
+    h.send(C, E.DrvRegister(r=1, name="x", id_table=("a" * 39,), probe=True))
+    assert h.result(C, 1)[0].e == 0
+    h.send(C, E.DrvRegister(r=2, name="y", id_table=("ok.name", "b" * 40), probe=True))
+    m, _ = h.result(C, 2)
+    assert m.e == -Errno.EINVAL and m.m == (
+        f"driver y: $.header.id_table[1]: {'b' * 40!r} is 40 bytes; auxiliary_device_id.name holds 39 "
+        "(AUXILIARY_NAME_SIZE 40, NUL included)")
+
+
+def test_sysfs_unbind_names_the_driver(h):
+    bound(h)
+    out = []
+    with pytest.raises(Exception) as info:
+        h.bus.unbind_device("ixd.eth.0", out.append, driver="other_drv")
+    assert info.value.errno == Errno.ENODEV and "bound to idpf_eth, not other_drv" in info.value.message
+    h.bus.unbind_device("ixd.eth.0", lambda e, m: out.append(e), driver="idpf_eth")
+    h.answer(C, E.Remove)
+    assert out == [0]
+
+
+def test_failed_add_is_flagged_until_uninit(h):
+    h.register(P, "parent", "ixd")
+    h.init_add(P)
+    dev2, r = h.init_add(P)
+    h.result(P, r)
+    (failed,) = [d for d in snapshot(h.bus)["devices"] if d["id"] == dev2]
+    assert failed["state"] == "initialized" and "must auxiliary_device_uninit() it" in failed["last_error"]

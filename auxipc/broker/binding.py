@@ -25,6 +25,10 @@ log = logging.getLogger("auxipc.broker")
 # and longest interval in seconds (docs/conformance.md lists it as an addition).
 DEFER_RETRY = (0.1, 5.0)
 
+# include/linux/mod_devicetable.h: struct auxiliary_device_id { char name[AUXILIARY_NAME_SIZE]; ... }
+# (32 before v6.x raised it; current kernels use 40).
+AUXILIARY_NAME_SIZE = 40
+
 BOUND, PROBING, REMOVING, UNBOUND = BindState.BOUND, BindState.PROBING, BindState.REMOVING, BindState.UNBOUND
 
 
@@ -45,6 +49,11 @@ class Binding:
             raise AuxError(Errno.EINVAL, f"driver {msg.name}: probe() is required")
         if not msg.id_table:
             raise AuxError(Errno.EINVAL, f"driver {msg.name}: id_table is empty")
+        for i, name in enumerate(msg.id_table):
+            if len(name.encode()) >= AUXILIARY_NAME_SIZE:
+                raise AuxError(Errno.EINVAL, f"driver {msg.name}: $.header.id_table[{i}]: {name!r} is "
+                               f"{len(name.encode())} bytes; auxiliary_device_id.name holds "
+                               f"{AUXILIARY_NAME_SIZE - 1} (AUXILIARY_NAME_SIZE {AUXILIARY_NAME_SIZE}, NUL included)")
         if msg.name in host.drivers:
             other = host.drivers[msg.name].peer
             raise AuxError(Errno.EBUSY, f"driver {msg.name} is already registered by {other.label}")
@@ -189,10 +198,14 @@ class Binding:
             done(e or -Errno.ENODEV, f"bind: {drv.name} did not bind {dev.name}: {dev.last_error or errno_name(e)}")
         self.probe(dev, [drv], "sysfs/bind", finished)
 
-    def unbind_device(self, name: str, done: Callable[[int, str], None]) -> None:
+    def unbind_device(self, name: str, done: Callable[[int, str], None], driver: str = "") -> None:
+        """``echo DEV > /sys/bus/auxiliary/drivers/DRV/unbind`` (unbind_store): -ENODEV
+        unless DRV is bound to DEV; without ``driver``, whichever driver is bound."""
         dev = self.host.by_name.get(name)
         if dev is None or dev.driver is None or dev.bind.state is not BOUND:
             raise AuxError(Errno.ENODEV, f"unbind: {name} is not bound to a driver")
+        if driver and dev.driver.name != driver:
+            raise AuxError(Errno.ENODEV, f"unbind: {name} is bound to {dev.driver.name}, not {driver}")
         self.remove(dev, "unbound through sysfs", "sysfs/unbind", lambda: done(0, ""))
 
     def dev_pm(self, peer: Peer, dev: Device, msg: E.DevPm) -> None:

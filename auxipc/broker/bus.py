@@ -106,8 +106,8 @@ class Bus:
     def bind_device(self, name: str, driver: str, done: Callable[[int, str], None]) -> None:
         self.binding.bind_device(name, driver, done)
 
-    def unbind_device(self, name: str, done: Callable[[int, str], None]) -> None:
-        self.binding.unbind_device(name, done)
+    def unbind_device(self, name: str, done: Callable[[int, str], None], driver: str = "") -> None:
+        self.binding.unbind_device(name, done, driver)
 
     def shutdown_all(self, done: Callable[[], None]) -> None:
         self.binding.shutdown_all(done)

@@ -55,6 +55,8 @@ class Devices:
         if not peer.name:
             raise AuxError(Errno.EINVAL, "auxiliary_device_add: modname is empty")
         if dev.life.state is DeviceState.INITIALIZED and dev.name in host.by_name:
+            dev.last_error = (f"auxiliary_device_add failed (EEXIST): the parent must "
+                              "auxiliary_device_uninit() it")
             raise AuxError(Errno.EEXIST, f"auxiliary_device_add: {dev.name} already exists on the bus "
                            f"(added by {host.by_name[dev.name].parent.label})")
         dev.life.fire(DeviceEvent.ADD)
@@ -82,13 +84,15 @@ class Devices:
 
         def removed() -> None:
             host.uevent("REMOVE", dev.name)
+            if dev.refcount == 0:                  # uninit came first: the bus's reference was the last
+                self.release(dev)
             done()
         self.binding.remove(dev, reason, task, removed)
 
     def dev_uninit(self, peer: Peer, msg: E.DevUninit) -> None:
+        """auxiliary_device_uninit is put_device. On a device still added it only drops the
+        parent's reference: the bus holds its own until delete, which then releases."""
         dev = self.own(peer, msg.dev)
-        if dev.life.state is DeviceState.ADDED:
-            raise AuxError(Errno.EBUSY, f"auxiliary_device_uninit: {dev.name} is still on the bus; delete it first")
         if dev.refs.get(peer.label, 0) == 0:
             raise AuxError(Errno.EINVAL, f"auxiliary_device_uninit: {dev.name} was already uninitialized")
         self.host.reply(peer.ident, msg.r, data={"refcount": dev.refcount - 1})
@@ -129,7 +133,7 @@ class Devices:
             holder.holding[dev.dev_id] -= 1
             if holder.holding[dev.dev_id] <= 0:
                 del holder.holding[dev.dev_id]
-        if dev.refcount == 0:
+        if dev.refcount == 0 and dev.life.state is not DeviceState.ADDED:   # the bus holds an added one
             self.release(dev)
 
     def release(self, dev: Device) -> None:

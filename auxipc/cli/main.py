@@ -216,11 +216,13 @@ def bind(runtime_dir, device, driver):
 @main.command()
 @RUNTIME_DIR
 @click.argument("device")
-def unbind(runtime_dir, device):
-    """Unbind DEVICE from its driver (its remove() runs), like sysfs unbind."""
+@click.argument("driver", required=False, default="")
+def unbind(runtime_dir, device, driver):
+    """Unbind DEVICE from its driver (its remove() runs), like sysfs unbind. With DRIVER,
+    as /sys/bus/auxiliary/drivers/DRIVER/unbind: -ENODEV unless DRIVER is bound to DEVICE."""
     from auxipc.observe.client import Client
     with Client(runtime_dir, timeout=30.0) as c:
-        c.query("unbind", device=device)
+        c.query("unbind", device=device, driver=driver)
     click.echo(f"{device}: unbound")
 
 
