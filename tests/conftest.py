@@ -313,10 +313,10 @@ class Bus:
 def _bus_factory(xprocess, label: str, logdir: Path):
     buses: list[Bus] = []
 
-    def make(hb_ivl: float = 0.1, hb_liveness: int = HB_LIVENESS, **kw) -> Bus:
+    def make(hb_ivl: float = 0.1, hb_liveness: int = HB_LIVENESS, broker_args: tuple = (), **kw) -> Bus:
         b = Bus(xprocess, label + (f"-{len(buses)}" if buses else ""), logdir, **kw)
         buses.append(b)
-        b.start_broker(hb_ivl, hb_liveness)
+        b.start_broker(hb_ivl, hb_liveness, *broker_args)
         return b
 
     def close() -> None:
@@ -327,8 +327,8 @@ def _bus_factory(xprocess, label: str, logdir: Path):
 
 @pytest.fixture
 def make_bus(xprocess, request, tmp_path):
-    """``make_bus(hb_ivl=0.1, hb_liveness=5, fresh_dir=False, mode=None) -> Bus``; every bus
-    is torn down."""
+    """``make_bus(hb_ivl=0.1, hb_liveness=5, broker_args=(), fresh_dir=False, mode=None) -> Bus``;
+    every bus is torn down."""
     make, close = _bus_factory(xprocess, _label(request.node.name), tmp_path)
     yield make
     close()

@@ -28,6 +28,10 @@ process started by the fixtures (tests/conftest.py):
     (``adev.get()``); every held reference is put by the next RESET_WARN.
 ``AXT_DEFERS``
     How many times ``Defer`` returns -EPROBE_DEFER per device before binding.
+``AXT_PROBE_SLOW``
+    Seconds ``SlowProbe``'s probe() takes (``time.sleep``), logging probe / probe-end.
+``AXT_NEEDS``
+    ``Needs`` defers the probe of every device until this device is bound in its process.
 
 Parent ``Pair`` handlers:
 - SET_MAC (sync): replies ``filter_id = addr[5]``;
@@ -140,6 +144,25 @@ class Pair(ParentModel):
     @handler(Event.POST_CONFIG)
     def post_config(self, adev, cfg) -> None:
         log("POST_CONFIG", dev=adev.name, vport_id=cfg.vport_id, mtu=cfg.mtu)
+
+
+class Leaky(Pair):
+    """Its PCI remove() returns with its devices still added (and not uninit'd): the bus
+    cleans up after it, and reports it (the kernel's use-after-free)."""
+
+    def remove(self) -> None:
+        log("remove-returns", devices=[a.name for a in self.rt.devices.values() if a.state == "added"])
+
+
+class EarlyUninit(Pair):
+    """Its PCI remove() uninits each device before deleting it (a put, in the kernel)."""
+
+    def remove(self) -> None:
+        for adev in list(self.rt.devices.values()):
+            adev.uninit()
+            log("uninit-done", dev=adev.name)
+            adev.delete()
+            log("delete-done", dev=adev.name)
 
 
 class Dup(Pair):
@@ -270,3 +293,29 @@ class RecShutdown(Rec):
 
     def shutdown(self, adev) -> None:
         log("shutdown", dev=adev.name, driver=self.name)
+
+
+class SlowProbe(Rec):
+    """probe() sleeps $AXT_PROBE_SLOW seconds (default 1): calls to the device meanwhile wait."""
+
+    name = "t_slowprobe"
+
+    def probe(self, adev):
+        log("probe", dev=adev.name, driver=self.name)
+        time.sleep(float(os.environ.get("AXT_PROBE_SLOW", "1")))
+        log("probe-end", dev=adev.name, driver=self.name)
+        return 0
+
+
+class Needs(Rec):
+    """probe() returns -EPROBE_DEFER until the device $AXT_NEEDS is bound in this process
+    (an RDMA driver waiting for its netdev sibling)."""
+
+    name = "t_needs"
+
+    def probe(self, adev):
+        need = os.environ.get("AXT_NEEDS", "")
+        if not any(d.name == need for d in adev.rt.devices.values() if d is not adev):
+            log("probe", dev=adev.name, driver=self.name, result="defer")
+            return -Errno.EPROBE_DEFER
+        return super().probe(adev)

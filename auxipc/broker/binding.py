@@ -133,17 +133,17 @@ class Binding:
         if dev.parent.alive:
             host.send(dev.parent.ident, E.Bind(dev=dev.dev_id, driver=drv.name, inc=drv.peer.inc,
                                                handles=sorted(drv.handles), schema=drv.peer.schema))
-        self.retry_deferred()
+        self.retry_deferred(f"a driver bound: {drv.name} to {dev.name}")
 
     def deferred(self, dev: Device, _drv: Driver, retrigger: bool) -> None:
         """driver_deferred_probe_add, and the emulator's backoff timer for ``dev``."""
         host = self.host
         if retrigger:
-            self.retry_deferred()
+            self.retry_deferred("a driver bound while its probe ran")
         if dev.defer_timer is None or not dev.defer_timer.live:
             lo, hi = DEFER_RETRY
             dev.defer_delay = min(hi, dev.defer_delay * 2 if dev.defer_delay else lo)
-            dev.defer_timer = host.later(dev.defer_delay, self.retry, dev)
+            dev.defer_timer = host.later(dev.defer_delay, self.retry, dev, f"retry timer ({dev.defer_delay:g} s)")
 
     def refused(self, dev: Device, drv: Driver, why: str) -> None:
         """Matching refuses to probe across majors: the device stays unbound, both sides
@@ -158,18 +158,19 @@ class Binding:
             if peer.alive:
                 host.send(peer.ident, E.Unbind(dev=dev.dev_id, reason=why))
 
-    def retry(self, dev: Device) -> None:
+    def retry(self, dev: Device, reason: str) -> None:
         """deferred_probe_work_func for one device: every matching driver tries again."""
         if dev.life.state is DeviceState.ADDED and dev.deferred and dev.bind.state is UNBOUND:
+            self.host.uevent("DEFERRED_PROBE", dev.name, reason=reason)
             self.probe(dev, self.candidates(dev), "bus/deferred-probe", lambda: None)
 
-    def retry_deferred(self) -> None:
+    def retry_deferred(self, reason: str) -> None:
         """driver_deferred_probe_trigger: a bind may satisfy deferred probes; each
         deferred device is probed again, from the bus's own work (not inside the bind)."""
         self.triggers += 1
         for dev in list(self.host.devices.values()):
             if dev.deferred:
-                self.host.later(0, self.retry, dev)
+                self.host.later(0, self.retry, dev, reason)
 
     # ---- sysfs bind / unbind, PM, shutdown -------------------------------------------------
 

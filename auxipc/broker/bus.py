@@ -378,7 +378,7 @@ class Bus:
             self.warn("devices_outlive_parent",
                       f"{peer.label} left with {len(added)} auxiliary device(s) still added: {', '.join(added)}; "
                       "the registering driver must delete them before its remove() returns, or they outlive "
-                      "their parent (a use-after-free in the kernel); deleted for it", parent=peer.label,
+                      "their parent (a use-after-free in the kernel); deleted and put for it", parent=peer.label,
                       devices=added)
         kept = [d.name or f"{peer.name}.{d.short}.{d.id}" for d in peer.devices
                 if d.life.state is not ADDED and d.refs.get(peer.label)]

@@ -36,7 +36,7 @@ from proto import envelope as E
 from proto.errno import AuxError, ProtocolError
 from proto.events import CATALOG, Catalog
 from auxipc.broker import control
-from auxipc.broker.bus import Bus
+from auxipc.broker.bus import HUNG_TASK_SECS, Bus
 from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints, process_start_time
 from auxipc.runtime.transport import recv_ready, send_frames
 
@@ -83,11 +83,13 @@ class SideWatch(threading.Thread):
 
 
 class Broker:
-    def __init__(self, runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, catalog: Catalog = CATALOG):
+    def __init__(self, runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, catalog: Catalog = CATALOG,
+                 hung_task_secs: float = HUNG_TASK_SECS):
         self.ep = endpoints(runtime_dir)
         self.lock = BrokerLock(self.ep.root)
         self.epoch = time.time_ns() // 1_000_000
-        self.bus = Bus(time.monotonic, self.epoch, catalog, hb_ivl=hb_ivl, hb_liveness=hb_liveness)
+        self.bus = Bus(time.monotonic, self.epoch, catalog, hb_ivl=hb_ivl, hb_liveness=hb_liveness,
+                       hung_task_secs=hung_task_secs)
         self.ctl = control.Control(self)
         self._stop = False
         self._wake_r, self._wake_w = os.pipe()
@@ -294,8 +296,8 @@ class Broker:
 
 
 def serve(runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, ready=print,
-          catalog: Catalog = CATALOG) -> None:
-    broker = Broker(runtime_dir, hb_ivl, hb_liveness, catalog)
+          catalog: Catalog = CATALOG, hung_task_secs: float = HUNG_TASK_SECS) -> None:
+    broker = Broker(runtime_dir, hb_ivl, hb_liveness, catalog, hung_task_secs)
     broker.start()
     broker.install_signals()
     try:

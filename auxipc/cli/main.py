@@ -88,12 +88,15 @@ def _serve_until_signal(rt, ready_line) -> None:
               help="Heartbeat interval (seconds) every peer is told to use.")
 @click.option("--hb-liveness", default=3, show_default=True, type=click.IntRange(2, 100),
               help="Missed heartbeats before a peer is declared dead.")
+@click.option("--hung-task-secs", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="A remove() still running after this long is reported, as the kernel's hung-task "
+                   "detector would (hung_task_timeout_secs; 120 in the kernel).")
 @schema_option
-def broker(runtime_dir, hb_ivl, hb_liveness, catalog):
+def broker(runtime_dir, hb_ivl, hb_liveness, hung_task_secs, catalog):
     """Run the bus broker (one per runtime dir)."""
     from auxipc.broker.server import serve
     serve(runtime_dir, hb_ivl, hb_liveness, ready=lambda line: (click.echo(line), sys.stdout.flush()),
-          catalog=catalog)
+          catalog=catalog, hung_task_secs=hung_task_secs)
 
 
 @main.command()

@@ -1,0 +1,181 @@
+"""The driver core's rules across real processes, and the conformance table
+(docs/conformance.md) kept honest: every test a row names exists.
+
+Each test runs its own broker, parents and children as real processes.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(40)
+
+REPO = Path(__file__).resolve().parent.parent
+TABLE = REPO / "docs" / "conformance.md"
+
+
+def seq(events, dev=None):
+    return [(e["action"], e["dev"], e["driver"]) for e in events if dev is None or e["dev"] == dev]
+
+
+# ---- delete waits for remove(); a long remove() is a hung task --------------------------------
+
+def test_delete_waits_for_a_long_remove_and_reports_a_hung_task(make_bus):
+    """remove() takes 1.5 s, past the broker's hung-task threshold (0.5 s here): the
+    parent's delete() still returns only after it, and the wait is reported (WARN
+    uevent, a trace record, ``ls`` warnings) and its end recorded."""
+    bus = make_bus(broker_args=("--hung-task-secs", "0.5"))
+    parent = bus.parent()
+    child = bus.child(AXT_REMOVE_SLOW=1.5)
+    rc, out, err = bus.send("tp.rdma.0", "REQUEST_RESET", "child", {"reset_type": "DEV"}, timeout=20)
+    assert (rc, out["errno"]) == (0, 0), (out, err)
+    [d1] = parent.records("delete-done", dev="tp.eth.0")
+    [r1] = child.records("remove-end", dev="tp.eth.0")
+    assert r1["t"] <= d1["t"], "delete() returned before remove() did"
+    [warn] = [w for w in bus.ls()["warnings"] if w["kind"] == "hung_task"]
+    assert warn["dev"] == "tp.eth.0" and warn["driver"] == "tdrv" and warn["op"] == "remove"
+    assert "blocked for more than 0.5 seconds: remove() of tp.eth.0 by tdrv" in warn["message"]
+    actions = [a for a, _, _ in seq(bus.uevents(), "tp.eth.0")]
+    assert actions[actions.index("WARN"):][:4] == ["WARN", "HUNG_TASK_END", "UNBIND", "REMOVE"]
+
+
+# ---- a call during probe waits for it --------------------------------------------------------
+
+def test_call_during_probe_waits_and_reaches_the_bound_driver(bus):
+    """The parent sends RESET_WARN to tp.eth.0 while the driver's probe() runs: the call
+    waits behind the probe (device_lock) and is delivered to the driver it bound."""
+    child = bus.child("tests.models:SlowProbe", AXT_IDS="tp.eth", AXT_PROBE_SLOW=1.5)
+    bus.popen("parent", "--model", "tests.models:Pair", AXT_DEVS="eth:0")
+    child.wait_record("probe", dev="tp.eth.0")
+    rc, out, err = bus.send("tp.eth.0", "RESET_WARN", "parent", {"reset_type": "FUNC"}, timeout=10)
+    assert (rc, out["errno"]) == (0, 0), (out, err)
+    [p1] = child.records("probe-end", dev="tp.eth.0")
+    [enter] = child.records("enter", dev="tp.eth.0")
+    assert p1["t"] <= enter["t"]
+    assert bus.device("tp.eth.0")["driver"] == "t_slowprobe"
+
+
+# ---- -EPROBE_DEFER: the next driver tries; deferred devices retried on a bind ------------------
+
+def test_deferring_driver_lets_the_next_matching_driver_bind(bus):
+    child = bus.child("tests.models:Defer", "tests.models:Rec", AXT_IDS="tp.eth", AXT_DEFERS=1000)
+    bus.parent(AXT_DEVS="eth:0")
+    assert seq(bus.uevents(), "tp.eth.0") == [
+        ("ADD", "tp.eth.0", ""), ("PROBE_DEFER", "tp.eth.0", "t_defer"), ("BIND", "tp.eth.0", "tdrv")]
+    assert [(r["driver"], r.get("result")) for r in child.records("probe")] == [
+        ("t_defer", "defer"), ("tdrv", None)]
+    dev = bus.device("tp.eth.0")
+    assert (dev["bind"], dev["deferred"]) == ("bound", False)
+
+
+def test_a_bind_retries_deferred_devices(bus):
+    """t_needs defers tp.rdma.0 until tp.eth.0 is bound in its process: the bind of
+    tp.eth.0 triggers the retry (driver_deferred_probe_trigger)."""
+    child = bus.child("tests.models:Needs", "tests.models:Rec", AXT_IDS_T_NEEDS="tp.rdma",
+                      AXT_IDS_TDRV="tp.eth", AXT_NEEDS="tp.eth.0")
+    bus.parent(AXT_DEVS="rdma:0,eth:0")
+    bus.wait_uevent("BIND", "tp.rdma.0")
+    events = bus.uevents()
+    eth_bind = next(e["seq"] for e in events if e["action"] == "BIND" and e["dev"] == "tp.eth.0")
+    triggered = [e for e in events if e["action"] == "DEFERRED_PROBE" and e["dev"] == "tp.rdma.0"
+                 and e["seq"] > eth_bind]
+    assert triggered and triggered[0]["detail"]["reason"] == "a driver bound: tdrv to tp.eth.0"
+    assert bus.device("tp.rdma.0")["driver"] == "t_needs"
+    assert [r["dev"] for r in child.records("probe") if r.get("result") is None] == ["tp.eth.0", "tp.rdma.0"]
+
+
+# ---- a parent leaving its devices on the bus ------------------------------------------------
+
+def test_parent_exiting_with_devices_added_is_reported(bus):
+    """Leaky's PCI remove() returns with tp.eth.0 and tp.rdma.0 still added: the bus
+    deletes them for it (the driver's remove() runs) and reports the bug."""
+    parent = bus.parent("tests.models:Leaky")
+    child = bus.child()
+    bus.stop(parent)
+    bus.wait_uevent("WARN")
+    kinds = {w["kind"]: w for w in bus.ls()["warnings"]}
+    assert kinds["devices_outlive_parent"]["devices"] == ["tp.eth.0", "tp.rdma.0"]
+    assert "use-after-free" in kinds["devices_outlive_parent"]["message"]
+    assert set(kinds) == {"devices_outlive_parent"}      # its message covers the missing uninit too
+    assert sorted(r["dev"] for r in child.records("remove-end")) == ["tp.eth.0", "tp.rdma.0"]
+    assert bus.ls()["devices"] == []
+
+
+# ---- the smaller rules ---------------------------------------------------------------------
+
+def test_sysfs_unbind_is_per_driver(bus):
+    bus.parent(AXT_DEVS="eth:0")
+    bus.child()
+    r = bus.cli("unbind", "tp.eth.0", "tdrv_b")
+    assert r.returncode != 0 and "ENODEV" in r.stderr and "bound to tdrv, not tdrv_b" in r.stderr, r.stderr
+    r = bus.cli("unbind", "tp.eth.0", "tdrv")
+    assert r.returncode == 0, r.stderr
+    assert bus.device("tp.eth.0")["bind"] == "unbound"
+
+
+def test_id_table_name_longer_than_auxiliary_name_size_is_refused(bus):
+    r = bus.cli("child", "--driver", "tests.models:Rec", timeout=20, AXT_IDS="tp." + "e" * 37)
+    assert r.returncode != 0 and "EINVAL" in r.stderr and "AUXILIARY_NAME_SIZE 40" in r.stderr, r.stderr
+
+
+def test_uninit_before_delete_is_a_put(bus):
+    """EarlyUninit's PCI remove() uninits tp.eth.0 before deleting it: the uninit is a
+    put (the bus holds the added device), the delete releases it; nothing is reported."""
+    parent = bus.parent("tests.models:EarlyUninit", AXT_DEVS="eth:0")
+    bus.child()
+    bus.stop(parent)
+    assert [a for a, _, _ in seq(bus.uevents(), "tp.eth.0")] == ["ADD", "BIND", "UNBIND", "REMOVE", "RELEASE"]
+    assert [r["what"] for r in parent.records() if r.get("dev") == "tp.eth.0"] == [
+        "added", "uninit-done", "release", "delete-done"]     # the last put is inside delete
+    assert not bus.ls()["warnings"]
+
+
+# ---- the table ------------------------------------------------------------------------------
+
+def table_rows() -> list[dict]:
+    """The rows of docs/conformance.md's tables: {id, verdict, tests}."""
+    rows = []
+    for line in TABLE.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) < 5 or not re.fullmatch(r"[A-Z]+\d+", cells[0]):
+            continue
+        rows.append({"id": cells[0], "verdict": cells[-1].split(":")[0].strip("* ").lower(),
+                     "tests": re.findall(r"(tests/[\w/]+\.py)::(\w+)", cells[-2])})
+    return rows
+
+
+def defined_tests(path: Path) -> set[str]:
+    return {n.name for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
+
+
+def test_conformance_table_names_only_tests_that_exist():
+    rows = table_rows()
+    assert len(rows) >= 30
+    assert len({r["id"] for r in rows}) == len(rows), "row ids repeat"
+    missing = []
+    for row in rows:
+        assert row["tests"], f"row {row['id']} names no test"
+        assert row["verdict"] in ("reproduced", "departs", "addition"), (row["id"], row["verdict"])
+        for file, name in row["tests"]:
+            path = REPO / file
+            if not path.exists() or name not in defined_tests(path):
+                missing.append(f"{row['id']}: {file}::{name}")
+    assert not missing, "the table names tests that do not exist: " + ", ".join(missing)
+
+
+def test_conformance_table_tests_run_across_processes():
+    """Every test a row names takes a multi-process fixture (a real broker and peers)."""
+    fixtures = {"bus", "make_bus", "auxbus", "module_bus", "make_module_bus"}
+    offenders = []
+    for row in table_rows():
+        for file, name in row["tests"]:
+            tree = ast.parse((REPO / file).read_text())
+            fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name)
+            if not fixtures & {a.arg for a in fn.args.args}:
+                offenders.append(f"{row['id']}: {file}::{name}")
+    assert not offenders, "rows whose test runs no processes: " + ", ".join(offenders)
