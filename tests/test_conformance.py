@@ -7,10 +7,15 @@ Each test runs its own broker, parents and children as real processes.
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
 import pytest
+
+from proto import envelope as E
+from auxipc.runtime_dir import process_start_time
+from tests.test_integration_faults import M, _exchange, _hdr, _raw
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -41,6 +46,41 @@ def test_delete_waits_for_a_long_remove_and_reports_a_hung_task(make_bus):
     assert "blocked for more than 0.5 seconds: remove() of tp.eth.0 by tdrv" in warn["message"]
     actions = [a for a, _, _ in seq(bus.uevents(), "tp.eth.0")]
     assert actions[actions.index("WARN"):][:4] == ["WARN", "HUNG_TASK_END", "UNBIND", "REMOVE"]
+
+
+def test_long_probe_has_no_deadline_and_is_reported_as_a_hung_task(make_bus):
+    bus = make_bus(broker_args=("--hung-task-secs", "0.5"))
+    child = bus.child("tests.models:SlowProbe", AXT_IDS="tp.eth", AXT_PROBE_SLOW=1.5)
+    bus.parent(AXT_DEVS="eth:0")
+    assert bus.device("tp.eth.0")["driver"] == "t_slowprobe"
+    [warn] = bus.ls()["warnings"]
+    assert (warn["kind"], warn["op"], warn["dev"]) == ("hung_task", "probe", "tp.eth.0")
+    assert [a for a, _, _ in seq(bus.uevents(), "tp.eth.0")] == ["ADD", "WARN", "HUNG_TASK_END", "BIND"]
+    assert child.records("probe-end", dev="tp.eth.0")
+
+
+def test_driver_register_requires_probe_and_id_table(make_bus):
+    """A raw child (no runtime to check first): the broker refuses a driver without
+    probe() or without an id_table, with -EINVAL naming the driver."""
+    bus = make_bus(hb_ivl=2.0)
+    ctx, sock = _raw(bus, b"raw:child")
+    r = iter(range(1, 100))
+
+    def req(msg_type, **fields):
+        reply = _exchange(sock, [M + _hdr(t=int(msg_type), r=next(r), **fields)])
+        assert isinstance(reply, E.Result), reply
+        return reply
+    try:
+        assert req(E.Msg.REGISTER, role="child", name="raw", pid=os.getpid(),
+                   start_time=process_start_time(os.getpid()), schema=[1, 0]).e == 0
+        reply = req(E.Msg.DRV_REGISTER, name="x", id_table=["raw.eth"], probe=False)
+        assert (reply.e, reply.m) == (-22, "driver x: probe() is required")
+        reply = req(E.Msg.DRV_REGISTER, name="x", id_table=[], probe=True)
+        assert (reply.e, reply.m) == (-22, "driver x: id_table is empty")
+        assert req(E.Msg.UNREGISTER).e == 0
+    finally:
+        sock.close(linger=0)
+        ctx.term()
 
 
 # ---- a call during probe waits for it --------------------------------------------------------
@@ -169,13 +209,27 @@ def test_conformance_table_names_only_tests_that_exist():
 
 
 def test_conformance_table_tests_run_across_processes():
-    """Every test a row names takes a multi-process fixture (a real broker and peers)."""
-    fixtures = {"bus", "make_bus", "auxbus", "module_bus", "make_module_bus"}
+    """Every test a row names takes, directly or through its module's fixtures, one of
+    the fixtures that start a real broker and real peers (tests/conftest.py)."""
+    real = {"bus", "make_bus", "make_module_bus", "auxbus"}
     offenders = []
     for row in table_rows():
         for file, name in row["tests"]:
-            tree = ast.parse((REPO / file).read_text())
-            fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name)
-            if not fixtures & {a.arg for a in fn.args.args}:
+            funcs = {n.name: n for n in ast.walk(ast.parse((REPO / file).read_text()))
+                     if isinstance(n, ast.FunctionDef)}
+
+            def uses_real(fn, seen=()):
+                args = {a.arg for a in fn.args.args}
+                return bool(args & real) or any(uses_real(funcs[a], (*seen, a)) for a in args
+                                                if a in funcs and a not in seen)
+            if not uses_real(funcs[name]):
                 offenders.append(f"{row['id']}: {file}::{name}")
     assert not offenders, "rows whose test runs no processes: " + ", ".join(offenders)
+
+
+def test_conformance_counts_are_the_table_s():
+    verdicts = [r["verdict"] for r in table_rows()]
+    counts = re.search(r"Reproduced (\d+), departs (\d+), addition (\d+) \((\d+) rows\)", TABLE.read_text())
+    assert counts, "the table's Counts line is missing"
+    assert tuple(map(int, counts.groups())) == (
+        verdicts.count("reproduced"), verdicts.count("departs"), verdicts.count("addition"), len(verdicts))

@@ -235,3 +235,15 @@ def test_failed_add_is_flagged_until_uninit(h):
     h.result(P, r)
     (failed,) = [d for d in snapshot(h.bus)["devices"] if d["id"] == dev2]
     assert failed["state"] == "initialized" and "must auxiliary_device_uninit() it" in failed["last_error"]
+
+
+def test_probe_has_no_deadline_and_a_long_one_is_reported(h):
+    dev, r, probe = probing(h)
+    h.bus.hung_task_secs = 5.0
+    wait(h, 30)
+    assert not results(h, P)                        # add() still waits for probe()
+    (warn,) = h.bus.warnings
+    assert (warn["kind"], warn["op"], warn["dev"]) == ("hung_task", "probe", "ixd.eth.0")
+    h.send(C, E.Result(r=probe.r))
+    assert h.result(P, r)[0].d["driver"] == "idpf_eth"
+    assert h.actions("ixd.eth.0")[-2:] == ["HUNG_TASK_END", "BIND"]

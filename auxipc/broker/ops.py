@@ -23,7 +23,6 @@ from auxipc.broker.records import Adopted, Device, Driver, Host
 
 log = logging.getLogger("auxipc.broker")
 
-PROBE_TIMEOUT = 10.0
 PM_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 2.0
 
@@ -68,6 +67,34 @@ def unbound(host: Host, dev: Device, drv: Driver, reason: str) -> None:
         host.send(dev.parent.ident, E.Unbind(dev=dev.dev_id, reason=reason))
 
 
+class HungWatch:
+    """The hung-task detector for one operation that has no deadline (probe, remove):
+    after ``host.hung_task_secs`` a WARN record (and ``dev.hung`` for ``ls``); when the
+    operation ends after that, a HUNG_TASK_END record with how long it took."""
+
+    __slots__ = ("host", "dev", "drv", "op", "task", "since", "timer")
+
+    def __init__(self, host: Host, dev: Device, drv: Driver, op: str, task: str):
+        self.host, self.dev, self.drv, self.op, self.task = host, dev, drv, op, task
+        self.since = host.clock()
+        self.timer = host.later(host.hung_task_secs, self.fire)
+
+    def fire(self) -> None:
+        dev, drv, secs = self.dev, self.drv, self.host.hung_task_secs
+        dev.hung = (f"INFO: task {self.task} blocked for more than {secs:g} seconds: "
+                    f"{self.op}() of {dev.name} by {drv.name} ({drv.peer.label}) has not returned")
+        self.host.warn("hung_task", dev.hung, dev.name, drv.name, task=self.task, seconds=secs,
+                       op=self.op, peer=drv.peer.label)
+
+    def end(self, errno: int) -> None:
+        host, dev = self.host, self.dev
+        host.cancel(self.timer)
+        if dev.hung:
+            dev.hung = ""
+            host.uevent("HUNG_TASK_END", dev.name, self.drv.name, task=self.task, op=self.op,
+                        seconds=round(host.clock() - self.since, 3), errno=errno)
+
+
 class ProbeHooks(Protocol):
     """What a probe's outcome triggers in the driver core (Binding)."""
 
@@ -86,7 +113,7 @@ class Probe:
     probe errors); a deferral also puts the device on the deferred list. The last
     attempt's errno is left in ``dev.last_probe``."""
 
-    __slots__ = ("host", "hooks", "dev", "drivers", "task", "done", "drv", "lock_op", "triggers")
+    __slots__ = ("host", "hooks", "dev", "drivers", "task", "done", "drv", "lock_op", "triggers", "watch")
 
     def __init__(self, host: Host, hooks: ProbeHooks, dev: Device, drivers: list[Driver], task: str,
                  done: Callable[[], None]):
@@ -95,6 +122,7 @@ class Probe:
         self.drv: Driver | None = None
         self.lock_op: LockedOp | None = None
         self.triggers = 0
+        self.watch: HungWatch | None = None
 
     def run(self) -> None:
         dev, host = self.dev, self.host
@@ -123,7 +151,10 @@ class Probe:
         dev.bind.fire(BindEvent.PROBE)
         dev.prober = drv
         self.triggers = self.hooks.triggers
-        self.host.request(drv.peer, self.message, None, PROBE_TIMEOUT, f"probe of {dev.name} by {drv.name}",
+        # No deadline, as really_probe has none: a long probe is reported, and ends early
+        # only if the driver's process dies.
+        self.watch = HungWatch(self.host, dev, drv, "probe", self.task)
+        self.host.request(drv.peer, self.message, None, None, f"probe of {dev.name} by {drv.name}",
                           self.answered)
 
     def message(self, rid: int) -> E.Probe:
@@ -137,6 +168,7 @@ class Probe:
         """The probe's result, still under the device lock (the kernel binds before it
         unlocks: what queued behind the probe finds the driver bound)."""
         dev, drv = self.dev, self.drv
+        self.watch.end(e)
         dev.last_probe = e
         dev.prober = None
         if e == 0:
@@ -173,14 +205,13 @@ class Remove:
     still running after ``host.hung_task_secs`` is reported as the hung-task detector
     would, and it ends only when it returns or its process dies."""
 
-    __slots__ = ("host", "dev", "reason", "task", "done", "drv", "lock_op", "hung_timer", "since")
+    __slots__ = ("host", "dev", "reason", "task", "done", "drv", "lock_op", "watch")
 
     def __init__(self, host: Host, dev: Device, reason: str, task: str, done: Callable[[], None]):
         self.host, self.dev, self.reason, self.task, self.done = host, dev, reason, task, done
         self.drv: Driver | None = None
         self.lock_op: LockedOp | None = None
-        self.hung_timer = None
-        self.since = 0.0
+        self.watch: HungWatch | None = None
 
     def run(self) -> None:
         self.lock_op = LockedOp(f"remove {self.dev.name}", self.locked, self.dropped, self.task)
@@ -196,30 +227,18 @@ class Remove:
             dev.lock.release(op)
             return self.done()
         dev.bind.fire(BindEvent.REMOVE)
-        host = self.host
-        self.since = host.clock()
-        self.hung_timer = host.later(host.hung_task_secs, self.hung)
-        host.request(drv.peer, self.message, None, None, f"remove of {dev.name} by {drv.name}", self.answered)
+        self.watch = HungWatch(self.host, dev, drv, "remove", self.task)
+        self.host.request(drv.peer, self.message, None, None, f"remove of {dev.name} by {drv.name}",
+                          self.answered)
 
     def message(self, rid: int) -> E.Remove:
         return E.Remove(r=rid, dev=self.dev.dev_id, reason=self.reason, task=self.task)
 
-    def hung(self) -> None:
-        dev, drv, secs = self.dev, self.drv, self.host.hung_task_secs
-        dev.hung = (f"INFO: task {self.task} blocked for more than {secs:g} seconds: "
-                    f"remove() of {dev.name} by {drv.name} ({drv.peer.label}) has not returned")
-        self.host.warn("hung_task", dev.hung, dev.name, drv.name, task=self.task, seconds=secs,
-                       op="remove", peer=drv.peer.label)
-
     def answered(self, e: int, m: str, _p, _d) -> None:
-        dev, drv, host = self.dev, self.drv, self.host
-        host.cancel(self.hung_timer)
-        if dev.hung:
-            dev.hung = ""
-            host.uevent("HUNG_TASK_END", dev.name, drv.name, task=self.task,
-                        seconds=round(host.clock() - self.since, 3), errno=e)
+        dev, drv = self.dev, self.drv
+        self.watch.end(e)
         if e:
-            log.warning("remove of %s by %s: %s %s (its process is gone: removed)", dev.name, drv.name,
+            log.warning("remove of %s by %s: %s %s (remove cannot fail: removed)", dev.name, drv.name,
                         errno_name(e), m)
         if dev.bind.state is REMOVING:
             dev.bind.fire(BindEvent.REMOVED)
