@@ -48,6 +48,7 @@ class Msg(IntEnum):
     DEV_GET = 24
     DEV_PUT = 25
     DEV_PM = 26
+    DEV_FIND = 29
     LOCK = 27
     UNLOCK = 28
     CALL = 30
@@ -107,6 +108,7 @@ class Register(Header):
     schema = Array(Int(0, 65535), length=2)
     handles = codes(default=(), doc="event codes this peer handles")
     restore = Map(default={}, doc="after a broker restart: what this peer had (a child: bound devices)")
+    instance = Str(max_len=64, default="", doc="a parent's identity among instances of its model (a PCI address)")
 
 
 @header(Msg.UNREGISTER)
@@ -155,6 +157,8 @@ class DevInit(Header):
     name = Str(max_len=128, default="")
     id = Int(0, 2**32 - 1, default=0)
     release = Bool(default=False, doc="the parent supplied a release callback")
+    ida = Bool(default=False, doc="id from the module's IDA: the lowest index free among the instances "
+                                  "of this model, one per parent instance (ignores id)")
 
 
 @header(Msg.DEV_ADD)
@@ -185,6 +189,17 @@ class DevGet(Header):
     """get_device from either side; answered {refcount}."""
     r = REQ_ID
     dev = Int(0, 2**53)
+    added = Bool(default=False, doc="only a device still on the bus (auxiliary_find_device), else -ENODEV")
+
+
+@header(Msg.DEV_FIND)
+class DevFind(Header):
+    """The devices on the bus (added), in the order they were added, that have this full
+    name or match name (every one when both are empty): answered {devices: [{dev, name,
+    match, parent, driver}]}, no reference taken (auxiliary_find_device takes one with DEV_GET)."""
+    r = REQ_ID
+    name = Str(max_len=160, default="")
+    match = Str(max_len=160, default="")
 
 
 @header(Msg.DEV_PUT)

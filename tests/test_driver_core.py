@@ -247,3 +247,38 @@ def test_probe_has_no_deadline_and_a_long_one_is_reported(h):
     h.send(C, E.Result(r=probe.r))
     assert h.result(P, r)[0].d["driver"] == "idpf_eth"
     assert h.actions("ixd.eth.0")[-2:] == ["HUNG_TASK_END", "BIND"]
+
+
+# ---- several instances of one model; auxiliary_find_device ---------------------------------
+
+def test_two_instances_of_a_model_get_ids_from_the_module_ida(h):
+    P2 = b"p:ixd-2"
+    h.register(P, "parent", "ixd")
+    h.register(P2, "parent", "ixd")
+    names = {}
+    for ident in (P, P2, P):
+        r = h.r()
+        h.send(ident, E.DevInit(r=r, name="eth" if ident != P or not names else "rdma", ida=True))
+        m, _ = h.result(ident, r)
+        names.setdefault(ident, []).append((m.d["name"], m.d["id"]))
+    assert names == {P: [("ixd.eth.0", 0), ("ixd.rdma.0", 0)], P2: [("ixd.eth.1", 1)]}
+    h.bus.peer_died(h.bus.peers[P], "killed")      # ida_free: index 0 is free again
+    h.register(b"p:ixd-3", "parent", "ixd")
+    h.send(b"p:ixd-3", E.DevInit(r=9, name="eth", ida=True))
+    assert h.result(b"p:ixd-3", 9)[0].d["name"] == "ixd.eth.0"
+
+
+def test_find_device_lists_added_devices_and_get_takes_a_reference_only_if_added(h):
+    dev = bound(h)
+    h.send(C, E.DevFind(r=1, match="ixd.eth"))
+    (found,) = h.result(C, 1)[0].d["devices"]
+    assert (found["dev"], found["name"], found["driver"]) == (dev, "ixd.eth.0", "idpf_eth")
+    h.send(C, E.DevFind(r=2, name="ixd.rdma.0"))
+    assert h.result(C, 2)[0].d["devices"] == []
+    h.send(C, E.DevGet(r=3, dev=dev, added=True))
+    assert h.result(C, 3)[0].d["refcount"] == 2
+    h.send(P, E.DevDelete(r=4, dev=dev))
+    h.answer(C, E.Remove)
+    h.send(C, E.DevGet(r=5, dev=dev, added=True))
+    m, _ = h.result(C, 5)
+    assert m.e == -Errno.ENODEV and m.m == "auxiliary_find_device: ixd.eth.0 is no longer on the bus"

@@ -96,6 +96,7 @@ class Bus:
             E.DrvRegister: b.driver_register, E.DrvUnregister: b.driver_unregister,
             E.DevInit: d.dev_init, E.DevAdd: d.dev_add, E.DevDelete: d.dev_delete,
             E.DevUninit: d.dev_uninit, E.DevGet: d.dev_get, E.DevPut: d.dev_put, E.DevPm: self.dev_pm,
+            E.DevFind: d.dev_find,
             E.LockReq: c.lock_req, E.Resync: self.resync, E.UnlockReq: c.unlock_req,
             E.Unregister: self.unregister,
         }
@@ -349,6 +350,7 @@ class Bus:
         peer = Peer(ident, msg.role, msg.name, msg.pid, msg.start_time, next(self._incs),
                     tuple(msg.schema), frozenset(msg.handles), self.clock())
         peer.machine = peer_machine(peer.label)
+        peer.instance = msg.instance
         if msg.role == "child":
             for item in msg.restore.get("bound", ()):
                 if isinstance(item, dict) and isinstance(item.get("name"), str):

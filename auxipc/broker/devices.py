@@ -40,14 +40,24 @@ class Devices:
             raise AuxError(Errno.EPERM, f"{peer.label}: only a parent creates devices")
         if not msg.name:
             raise AuxError(Errno.EINVAL, "auxiliary_device_init: $.header.name is empty")
+        index = self.ida_index(peer) if msg.ida else msg.id
         dev_id = host.next_id()
-        name = device_name(peer.name, msg.name, msg.id)
-        dev = Device(dev_id, peer, msg.name, msg.id, name, msg.release, device_machine(name), bind_machine(name))
+        name = device_name(peer.name, msg.name, index)
+        dev = Device(dev_id, peer, msg.name, index, name, msg.release, device_machine(name), bind_machine(name))
         dev.lock = Lock(f"device_lock:{name}", host.lockdep)
         dev.refs[peer.label] = 1
         host.devices[dev_id] = dev
         peer.devices.append(dev)
-        host.reply(peer.ident, msg.r, data={"dev": dev_id, "name": name})
+        host.reply(peer.ident, msg.r, data={"dev": dev_id, "name": name, "id": index})
+
+    def ida_index(self, peer: Peer) -> int:
+        """The parent instance's index in its module's IDA (ida_alloc: the lowest free),
+        shared by all its devices, as mlx5 and ice number their PCI functions' devices;
+        freed when the instance leaves."""
+        if peer.index is None:
+            taken = {p.index for p in self.host.peers.values() if p.alive and p.name == peer.name}
+            peer.index = next(i for i in range(len(taken) + 1) if i not in taken)
+        return peer.index
 
     def dev_add(self, peer: Peer, msg: E.DevAdd) -> None:
         host = self.host
@@ -114,9 +124,21 @@ class Devices:
         dev = self.host.devices.get(msg.dev)
         if dev is None:
             raise AuxError(Errno.ENODEV, f"get_device: device #{msg.dev} was released")
+        if msg.added and dev.life.state is not DeviceState.ADDED:
+            raise AuxError(Errno.ENODEV, f"auxiliary_find_device: {dev.name} is no longer on the bus")
         dev.refs[peer.label] += 1
         peer.holding[dev.dev_id] += 1
         self.host.reply(peer.ident, msg.r, data={"refcount": dev.refcount})
+
+    def dev_find(self, peer: Peer, msg: E.DevFind) -> None:
+        """The devices on the bus (bus_find_device walks the bus's klist: added devices, in
+        the order they were added) with this name or match name; the caller's runtime runs
+        its match callback on them and takes a reference with DEV_GET(added)."""
+        found = [{"dev": d.dev_id, "name": d.name, "match": match_name(d.name), "parent": d.parent.label,
+                  "driver": d.driver.name if d.driver else None}
+                 for d in self.host.by_name.values()
+                 if (not msg.name or d.name == msg.name) and (not msg.match or match_name(d.name) == msg.match)]
+        self.host.reply(peer.ident, msg.r, data={"devices": found})
 
     def dev_put(self, peer: Peer, msg: E.DevPut) -> None:
         dev = self.host.devices.get(msg.dev)

@@ -62,6 +62,8 @@ class Peer:
     holding: Counter = field(default_factory=Counter)
     slow_calls: int = 0
     adopt: dict[str, Adopted] = field(default_factory=dict)     # device name -> binding before a restart
+    instance: str = ""              # a parent's identity among instances of its model (a PCI address)
+    index: int | None = None        # its index in the module's IDA, once a device asked for one
 
     @property
     def label(self) -> str:

@@ -51,6 +51,7 @@ def snapshot(bus: Bus) -> dict:
                 "handles": sorted(bus.catalog.lookup(c).name for c in d.handles if bus.catalog.get(c))}
                for d in bus.drivers.values()]
     peers = [{"role": p.role, "name": p.name, "pid": p.pid, "inc": p.inc, "alive": p.alive,
+              "instance": p.instance or None, "index": p.index,
               "state": p.machine.state.value, "schema": ".".join(map(str, p.schema)),
               "last_seen_ms": int((now - p.last_seen) * 1000), "slow_calls": p.slow_calls}
              for p in bus.peers.values()]
