@@ -127,7 +127,9 @@ def test_probe_defer_is_retried_until_bound(bus):
     assert seq(bus.uevents(), "tp.eth.0") == [
         ("ADD", "tp.eth.0", ""),
         ("PROBE_DEFER", "tp.eth.0", "t_defer"),
+        ("DEFERRED_PROBE", "tp.eth.0", ""),        # the retry timer (nothing else binds)
         ("PROBE_DEFER", "tp.eth.0", "t_defer"),
+        ("DEFERRED_PROBE", "tp.eth.0", ""),
         ("BIND", "tp.eth.0", "t_defer"),
     ]
     assert [r.get("result") for r in child.records("probe")] == ["defer", "defer", None]

@@ -41,6 +41,10 @@ STOP_GRACE = 3.0
 BROKER_PREFIX = "auxipc-broker-"
 
 
+# WARN kinds that fail the test at teardown: a parent left devices on the bus.
+LIFETIME_BUGS = ("devices_outlive_parent", "uninit_missing")
+
+
 def _broker_name() -> str:
     """One xprocess name per pytest process: concurrent sessions (xdist workers, two
     terminals in one checkout) never restart each other's broker."""
@@ -337,12 +341,24 @@ class AuxBus:
             info.pidpath.remove()
         return code
 
+    def warnings(self) -> list[dict]:
+        """What the bus reported that the kernel would warn about (``ls`` ``warnings``)."""
+        return self.ls().get("warnings", [])
+
+    def _lifetime_bugs(self) -> list[str]:
+        """The bus's reports of devices their parent left behind (deleted or put for it):
+        a use-after-free or a leak in the kernel, so a failure of the test."""
+        try:
+            found = self.warnings()
+        except Exception:       # the broker is gone (the test killed it): nothing to ask
+            return []
+        return [f"the bus reported: {w['message']}" for w in found if w.get("kind") in LIFETIME_BUGS]
+
     def close(self) -> list[str]:
         problems = []
-        for c in (self.watcher, self.client):
-            if c is not None:
-                c.close()
-        self.watcher = self.client = None
+        if self.watcher is not None:
+            self.watcher.close()
+        self.watcher = None
         # with the broker gone (the test killed it) no process can exit cleanly: do not wait long
         grace = STOP_GRACE if self.broker_pid and _running(self.broker_pid) else 0.5
         for proc in reversed(self.procs):
@@ -354,6 +370,11 @@ class AuxBus:
         left = [f"{p.name} (pid {p.pid})" for p in self.procs if p.popen is not None and p.popen.poll() is None]
         if left:
             problems.append(f"processes left behind: {', '.join(left)}")
+        if self.client is not None:
+            if self.broker_pid and _running(self.broker_pid):
+                problems.extend(self._lifetime_bugs())
+            self.client.close()
+            self.client = None
         code = self._stop_broker()
         if self.broker_pid and _running(self.broker_pid):
             problems.append(f"broker (pid {self.broker_pid}) left behind")
