@@ -170,7 +170,7 @@ class ChildRuntime(Runtime):
             adev.bound = False
             log.warning("%s: %s did not come back after the broker restart: removed", adev.driver.name, adev.name)
             if callable(adev.driver.remove):
-                self._guard(lambda: adev.driver.remove(adev))
+                self.guard(lambda: adev.driver.remove(adev))
 
     # ---- deliveries (each under the device's lock) ---------------------------------------
 

@@ -24,9 +24,11 @@ from typing import Callable
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno
-from proto.events import decode_payload, encode_payload
+from proto.events import decode_payload
+from auxipc.runtime.dispatch import EventsIn
 from auxipc.runtime.handlers import collect_handlers, normalize_result
 from auxipc.runtime.peer import Runtime
+from auxipc.states import DeviceState
 
 log = logging.getLogger("auxipc.parent")
 
@@ -39,14 +41,15 @@ class ParentDevice:
         self.dev_id = 0
         self.name = ""            # full name, known after init
         self.topic = b""
-        self.state = "new"
+        self.state: DeviceState | None = None    # None until init()
+        self.owned = True         # the parent's reference: put by uninit()
         self.driver: str | None = None
         self.child_handles: frozenset = frozenset()
         self.child_inc = 0
         self.child_schema = (0, 0)
         self.last_error = ""      # why no driver could bind (e.g. a schema major mismatch)
         self.data: dict = {}
-        self.early: list = []     # async events that beat the BIND notice here (other socket)
+        self.early: list[EventsIn] = []   # async events that beat the BIND notice here (other socket)
 
     def _req(self, make, what: str, timeout: float = 30.0) -> dict:
         result, _ = self.rt.request(make, timeout=timeout, what=what)
@@ -61,7 +64,8 @@ class ParentDevice:
             raise AuxError(Errno.EINVAL, "auxiliary_device_init: name is empty")
         d = self._req(lambda r: E.DevInit(r=r, name=self.short, id=self.id, release=self.release_cb is not None),
                       "auxiliary_device_init")
-        self.dev_id, self.name, self.state = d["dev"], d["name"], "initialized"
+        self.dev_id, self.name, self.state = d["dev"], d["name"], DeviceState.INITIALIZED
+        self.owned = True
         self.topic = b"C:" + self.name.encode()     # where its async events go
         self.rt.devices[self.dev_id] = self
 
@@ -70,21 +74,24 @@ class ParentDevice:
         the caller still owns the device and must uninit() it."""
         task = self.rt.task
         d = self._req(lambda r: E.DevAdd(r=r, dev=self.dev_id, task=task), f"auxiliary_device_add {self.name}")
-        self.state = "added"
+        self.state = DeviceState.ADDED
         return d.get("driver")
 
     def delete(self) -> None:
         """auxiliary_device_delete: unbinds synchronously."""
         task = self.rt.task
         self._req(lambda r: E.DevDelete(r=r, dev=self.dev_id, task=task), f"auxiliary_device_delete {self.name}")
-        self.state = "deleted"
+        self.state = DeviceState.DELETED
         self.driver = None
 
     def uninit(self) -> None:
-        """auxiliary_device_uninit: put the parent's reference."""
+        """auxiliary_device_uninit: put the parent's reference. The reference is put
+        once: ``state`` stays what the bus says (DELETED until the last put), so a
+        second uninit() is a no-op here rather than the kernel's double put."""
+        if not self.owned:
+            return
         self._req(lambda r: E.DevUninit(r=r, dev=self.dev_id), f"auxiliary_device_uninit {self.name}")
-        if self.state != "released":
-            self.state = "uninitialized"
+        self.owned = False
 
     def suspend(self) -> None:
         """Call the driver's suspend() under device_lock (mlx5 uses it as detach)."""
@@ -121,15 +128,15 @@ class ParentDevice:
         if self.driver is None:
             if spec.state and self.name:
                 # Hardware state (link) a driver binding later must learn: kept for the replay.
-                wire = E.packb(encode_payload(spec, payload))
-                self.rt._last_state.setdefault(b"C:" + self.name.encode(), {})[spec.code] = wire
+                self.rt.publisher.remember_state(b"C:" + self.name.encode(), spec, payload)
             raise AuxError(Errno.ENODEV, f"{self.name or self.short} has no bound driver")
         if spec.code not in self.child_handles:
             raise AuxError(Errno.EOPNOTSUPP, f"driver {self.driver} has no handler for {spec.name}")
         return self.rt.publish_event(self.dev_id, self.topic, spec, payload)
 
     def __repr__(self):
-        return f"<ParentDevice {self.name or self.short} #{self.dev_id} {self.state} driver={self.driver}>"
+        state = "new" if self.state is None else self.state.value if self.owned else f"{self.state.value}, uninit"
+        return f"<ParentDevice {self.name or self.short} #{self.dev_id} {state} driver={self.driver}>"
 
 
 class ParentModel:
@@ -149,9 +156,9 @@ class ParentModel:
     def remove(self) -> None:
         """PCI remove: delete and uninit every device still added (the default does that)."""
         for adev in list(self.rt.devices.values()):
-            if adev.state == "added":
+            if adev.state is DeviceState.ADDED:
                 adev.delete()
-            if adev.state in ("initialized", "deleted"):
+            if adev.state in (DeviceState.INITIALIZED, DeviceState.DELETED) and adev.owned:
                 adev.uninit()
 
     def on_bind(self, adev: ParentDevice) -> None:
@@ -198,9 +205,9 @@ class ParentRuntime(Runtime):
         old, self.devices = self.devices, {}
         for adev in old.values():
             adev.driver, adev.child_handles, adev.early = None, frozenset(), []
-            if adev.state not in ("initialized", "added"):
+            if adev.state not in (DeviceState.INITIALIZED, DeviceState.ADDED) or not adev.owned:
                 continue
-            was_added = adev.state == "added"
+            was_added = adev.state is DeviceState.ADDED
             try:
                 adev.init()
                 if was_added:
@@ -221,18 +228,18 @@ class ParentRuntime(Runtime):
                 early, adev.early = adev.early, []
                 self.model.on_bind(adev)
                 self.replay_state(adev.dev_id)     # the new driver gets the current link state first
-                for topic, ev, items in early:
-                    self.on_async(topic, ev, items)
+                for ev in early:
+                    self.on_async(ev.topic, ev.msg, ev.items)
             case E.Unbind():
                 if adev.driver is None:     # never bound: matching refused it (schema majors differ)
                     log.warning("%s: %s", adev.name, msg.reason)
                     adev.last_error = msg.reason
                 adev.driver, adev.child_handles = None, frozenset()
-                self.stats["async_unbound"] += sum(len(items) // 2 for _, _, items in adev.early)
+                self.stats["async_unbound"] += sum(len(ev.items) // 2 for ev in adev.early)
                 adev.early = []
                 self.model.on_unbind(adev, msg.reason)
             case E.Release():
-                adev.state = "released"
+                adev.state = DeviceState.RELEASED
                 self.devices.pop(adev.dev_id, None)
                 if adev.release_cb is not None:
                     adev.release_cb(adev)
@@ -270,8 +277,8 @@ class ParentRuntime(Runtime):
             self.stats["async_unbound"] += len(items) // 2
             return
         if adev.driver is None:
-            if adev.state == "added" and len(adev.early) < 1024:
-                adev.early.append((topic, msg, items))   # replayed when BIND arrives
+            if adev.state is DeviceState.ADDED and len(adev.early) < 1024:
+                adev.early.append(EventsIn(msg, items, topic))   # replayed when BIND arrives
             else:
                 self.stats["async_unbound"] += len(items) // 2
             return

@@ -1,5 +1,5 @@
-"""Async events batched per device (auxipc/runtime/publishing.py), against a socket double:
-what leaves, when and in which order. The wire form is checked by decoding it, as a
+"""Async events batched per device (auxipc/runtime/publishing.py), against the in-memory
+transport (auxipc/runtime/memory.py): what leaves, when and in which order. The wire form is checked by decoding it, as a
 receiver would (proto/envelope.py)."""
 
 from __future__ import annotations
@@ -9,24 +9,12 @@ import pytest
 from proto import envelope as E
 from proto.events import CATALOG, Event, FwEvent, FwEventKind, LinkChange
 from auxipc.faults import FaultRule
+from auxipc.runtime.memory import MemoryTransport
 from auxipc.runtime.publishing import BATCH_EVENTS
 from parent.runtime import ParentModel, ParentRuntime
 
 LINK, FW = CATALOG.lookup(Event.LINK_CHANGE), CATALOG.lookup(Event.FW_EVENT)
 ETH, RDMA = b"C:tb.eth.0", b"C:tb.rdma.0"
-
-
-class FakePub:
-    def __init__(self):
-        self.sent: list[list[bytes]] = []
-
-    def send_multipart(self, frames, flags=0):
-        self.sent.append(list(frames))
-
-
-class FakeSockets:
-    def __init__(self):
-        self.pub = FakePub()
 
 
 class Model(ParentModel):
@@ -35,16 +23,18 @@ class Model(ParentModel):
 
 @pytest.fixture
 def rt():
-    rt = ParentRuntime(Model())
-    rt.sk, rt.inc, rt.epoch = FakeSockets(), 3, 9
+    tr = MemoryTransport()
+    rt = ParentRuntime(Model(), transport=tr)
+    tr.connect(b"p:tb")
+    rt.inc, rt.epoch = 3, 9
     yield rt
-    rt.sk = None
+    tr.disconnect()
     rt.close()
 
 
 def messages(rt, topic: bytes) -> list[tuple[E.AsyncEvent, list]]:
     out = []
-    for frames in rt.sk.pub.sent:
+    for frames in rt.tr.published:
         if frames[0] == topic:
             msg, payload = E.decode(frames[1:])
             out.append((msg, E.decode_events(payload)))
@@ -54,7 +44,7 @@ def messages(rt, topic: bytes) -> list[tuple[E.AsyncEvent, list]]:
 def test_a_burst_leaves_in_full_batches_in_order(rt):
     seqs = [rt.publish_event(1, ETH, LINK, LinkChange(up=True, speed_mbps=i)) for i in range(2 * BATCH_EVENTS + 2)]
     assert seqs == list(range(1, 2 * BATCH_EVENTS + 3))
-    assert len(rt.sk.pub.sent) == 2                 # two full batches; two events still queued
+    assert len(rt.tr.published) == 2                 # two full batches; two events still queued
     rt.flush_events()
     got = messages(rt, ETH)
     assert [len(items) // 2 for _, items in got] == [BATCH_EVENTS, BATCH_EVENTS, 2]
@@ -68,7 +58,7 @@ def test_devices_queue_apart_each_with_its_own_sequence(rt):
     for i in range(3):
         rt.publish_event(1, ETH, LINK, LinkChange(up=True, speed_mbps=i))
         rt.publish_event(2, RDMA, FW, FwEvent(kind=FwEventKind.HEALTH, state=i))
-    assert rt.sk.pub.sent == []                     # nothing leaves before the runtime waits
+    assert rt.tr.published == []                     # nothing leaves before the runtime waits
     rt.flush_events()
     [(eth, eth_items)] = messages(rt, ETH)
     [(rdma, rdma_items)] = messages(rt, RDMA)
@@ -89,11 +79,11 @@ def test_a_faulted_event_goes_alone_after_what_was_queued(rt):
     got = messages(rt, ETH)
     assert [(m.seq, len(items) // 2) for m, items in got] == [(1, 2), (4, 1)]
     assert rt.stats["async_dropped_by_fault"] == 1
-    assert [frames[0] for frames in rt.sk.pub.sent].count(b"trace") == 1   # the FAULT record
+    assert [frames[0] for frames in rt.tr.published].count(b"trace") == 1   # the FAULT record
 
 
 def test_a_runtime_without_a_broker_counts_what_it_could_not_send(rt):
     rt.publish_event(1, ETH, LINK, LinkChange(up=True, speed_mbps=1))
-    rt._discard_batches()
+    rt.publisher.disconnected()
     rt.flush_events()
-    assert rt.sk.pub.sent == [] and rt.stats["async_dropped_disconnect"] == 1
+    assert rt.tr.published == [] and rt.stats["async_dropped_disconnect"] == 1

@@ -234,7 +234,7 @@ def test_no_event_delivered_concurrently_with_remove(bus):
 
 @pytest.mark.xfail(strict=True, reason=(
     "library bug: the runtime serves requests for other devices nested inside a handler that "
-    "waits (auxipc/runtime/peer.py Runtime.pump/_deliver), so the waiting handler cannot return until "
+    "waits (auxipc/runtime/peer.py Runtime.pump, dispatch.py Dispatch.deliver), so the waiting handler cannot return until "
     "the nested one does; when the nested one needs the outer one to finish (here: a delete "
     "that waits for device_lock), both stall until the nested request's deadline, and only "
     "then can remove() run (it has no deadline: delete() waits for it)"))

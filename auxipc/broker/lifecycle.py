@@ -13,14 +13,7 @@ from __future__ import annotations
 from enum import Enum
 
 from proto.errno import AuxError, Errno
-
-
-class DeviceState(Enum):
-    """auxiliary_device_init -> _add -> _delete -> (last put) release."""
-    INITIALIZED = "initialized"   # init done, not on the bus; uninit releases at last put
-    ADDED = "added"               # on the bus, matchable, named <modname>.<name>.<id>
-    DELETED = "deleted"           # off the bus; references may still be held
-    RELEASED = "released"         # last reference put; release() ran
+from auxipc.states import DeviceState  # noqa: F401  (re-exported: the broker's tables key on it)
 
 
 class DeviceEvent(Enum):

@@ -1,71 +1,79 @@
 """Tasks, cross-process locks, handler contexts and fault points: the part of a
 peer runtime that says *in what context* code runs.
 
-A mixin of ``Runtime`` (peer.py): it uses the runtime's ``request``, ``report``
-and state (``_tasks``, ``_held_here``, ``_atomic``, ``faults``).
+A part of ``Runtime`` (peer.py), built with its host (host.py). It owns the task
+stack, the locks held on this stack and the atomic context; the dispatch part
+reads ``tasks`` and ``held`` (which deliveries must wait) and is told through
+``on_release`` when a lock held here is released (what waited may run now).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import time
-from typing import Iterator
-
-import zmq
+from typing import Callable, Iterator
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import Context, EventSpec
-
-_ATOMIC = Context.ATOMIC
 from auxipc.faults import SIGNALS
+from auxipc.runtime.host import Host
 
 log = logging.getLogger("auxipc.peer")
+_ATOMIC = Context.ATOMIC
+ATOMIC_BUDGET = 0.005  # an atomic-context handler running longer than this is reported
 
 
 class Contexts:
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
+    def __init__(self, host: Host):
+        self.host = host
+        self.faults, self.stats = host.faults, host.stats      # same objects for the runtime's life
+        self.tasks: list[str] = []               # the task stack: top is what runs now
+        self.held: dict[str, list[str]] = {}     # lock name -> tasks on this stack holding it
+        self.atomic: tuple | None = None         # (spec, who) of the atomic-context handler running
+        self.atomic_budget = ATOMIC_BUDGET
+        self.on_release: Callable[[], None] = lambda: None
+        self._task_ids = itertools.count(1)
 
     @property
     def task(self) -> str:
         """The task running now: a handler runs in its caller's task (the chain crosses
         processes, as a kernel call would); top-level code and each timer callback
         (a workqueue item) have tasks of their own."""
-        return self._tasks[-1] if self._tasks else f"{self.name}#{self.inc}/main"
+        return self.tasks[-1] if self.tasks else f"{self.host.name}#{self.host.inc}/main"
 
     @contextlib.contextmanager
     def in_task(self, task: str) -> Iterator[None]:
-        self._tasks.append(task)
+        self.tasks.append(task)
         try:
             yield
         finally:
-            self._tasks.pop()
+            self.tasks.pop()
 
     def new_task(self, kind: str = "w") -> str:
-        return f"{self.name}#{self.inc}/{kind}{next(self._task_ids)}"
+        return f"{self.host.name}#{self.host.inc}/{kind}{next(self._task_ids)}"
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 5.0, ensure: bool = False) -> Iterator[None]:
         """Hold a cross-process lock (``rtnl``, ``mutex:<name>``) for the current task.
         -EDEADLK at once if waiting would deadlock (lockdep), -ETIMEDOUT at the deadline.
         With ``ensure``, a lock the task already holds is fine (and stays held after)."""
-        task = self.task
+        host, task = self.host, self.task
         ms = max(1, int(timeout * 1000))
-        below = tuple(t for t in self._tasks[:-1] if t != task)
-        holders = self._held_here.setdefault(name, [])
+        below = tuple(t for t in self.tasks[:-1] if t != task)
+        holders = self.held.setdefault(name, [])
         holders.append(task)      # from the request on: nested deliveries needing it wait
         try:
-            result, _ = self.request(lambda r: E.LockReq(r=r, name=name, task=task, timeout_ms=ms,
+            result, _ = host.request(lambda r: E.LockReq(r=r, name=name, task=task, timeout_ms=ms,
                                                          ensure=ensure, stack=below),
                                      timeout=timeout, what=f"lock {name}")
-            self.check(result, f"lock {name}")
+            host.check(result, f"lock {name}")
         except BaseException:
             holders.remove(task)
-            self._drain_deferred()
+            self.on_release()
             raise
         already = result.d.get("held", False)
         if already:
@@ -74,44 +82,39 @@ class Contexts:
             yield
         finally:
             if not already:
-                self._held_here[name].remove(task)
-                if self.sk is not None:
-                    result, _ = self.request(lambda r: E.UnlockReq(r=r, name=name, task=task),
+                self.held[name].remove(task)
+                if host.tr.up:
+                    result, _ = host.request(lambda r: E.UnlockReq(r=r, name=name, task=task),
                                              what=f"unlock {name}")
                     if result.e:
                         log.warning("unlock %s: %s", name, result.m)
-                self._drain_deferred()
-
-    def _overrun(self, what: str, took: float) -> None:
-        self.stats["atomic_overrun"] += 1
-        log.warning("BUG: %s ran %.1f ms in atomic context (budget %.1f ms)", what, took * 1000,
-                    self.atomic_budget * 1000)
-        self.report("ATOMIC_OVERRUN", what=what, ms=round(took * 1000, 3), budget_ms=self.atomic_budget * 1000)
+                self.on_release()
 
     def atomic_context(self) -> str | None:
         """What runs in atomic context now (``<EVENT> handler of <who>``), if anything."""
-        return None if self._atomic is None else f"{self._atomic[0].name} handler of {self._atomic[1]}"
+        return None if self.atomic is None else f"{self.atomic[0].name} handler of {self.atomic[1]}"
 
     def might_sleep(self, what: str) -> None:
         """The kernel's might_sleep(): refuse to block in atomic context."""
-        if self._atomic is not None:
+        if self.atomic is not None:
             self.stats["sleep_in_atomic"] += 1
             context = self.atomic_context()
             msg = f"BUG: sleeping function called from invalid context: {what} in {context}"
             log.error("%s", msg)
-            self.report("SLEEP_IN_ATOMIC", what=what, context=context)
+            self.host.report("SLEEP_IN_ATOMIC", what=what, context=context)
             raise AuxError(Errno.EAGAIN, msg)
 
     def fault_point(self, point: str, event: str = "") -> None:
         """A lifecycle point where a kill fault may strike this process."""
-        rule = self.faults.find("kill", self.name, event, point) if self.faults.rules else None
+        rule = self.faults.find("kill", self.host.name, event, point) if self.faults.rules else None
         if rule is not None:
-            self.report("FAULT", rule=rule.id, kind="kill", point=point, event=event, signal=rule.signal)
+            self.host.report("FAULT", rule=rule.id, kind="kill", point=point, event=event, signal=rule.signal)
             log.warning("fault: SIG%s at %s %s", rule.signal, point, event)
             time.sleep(0.02)   # let the I/O thread flush the FAULT record before we die
             os.kill(os.getpid(), SIGNALS[rule.signal.upper()])
 
-    def _sent_fault(self, event: str) -> None:
+    def sent_fault(self, event: str) -> None:
+        """The fault points after a sync event left: ``send``, and ``reset`` for RESET_WARN."""
         self.fault_point("send", event)
         if event == "RESET_WARN":
             self.fault_point("reset", event)
@@ -119,15 +122,15 @@ class Contexts:
     def _handler_fault(self, spec: EventSpec):
         """Apply a handler fault for ``spec`` if one fires: returns a result to use instead
         of calling the handler, or None to call it (after an injected delay)."""
-        rule = self.faults.find("handler", self.name, spec.name) if self.faults.rules else None
+        rule = self.faults.find("handler", self.host.name, spec.name) if self.faults.rules else None
         if rule is None:
             return None
-        self.report("FAULT", rule=rule.id, kind="handler", action=rule.action, event=spec.name)
+        self.host.report("FAULT", rule=rule.id, kind="handler", action=rule.action, event=spec.name)
         if rule.action == "delay":
             time.sleep(rule.delay_ms / 1000)
             return None
         if rule.action == "hang":
-            while not self._stopping:   # a wedged handler: heartbeats go on, callers time out
+            while not self.host.stopping:   # a wedged handler: heartbeats go on, callers time out
                 time.sleep(0.05)
             return -Errno.ESHUTDOWN
         if rule.action == "raise":
@@ -139,20 +142,19 @@ class Contexts:
         time budget) or may-sleep. For events the kernel sends under rtnl the broker
         holds rtnl for the task while the handler runs (``rtnl_held``)."""
         if not rtnl_held:
-            return self._invoke(spec, fn, adev, value, who)
-        holders = self._held_here.get("rtnl")
+            return self.run_handler(spec, fn, adev, value, who)
+        holders = self.held.get("rtnl")
         if holders is None:
-            holders = self._held_here["rtnl"] = []
+            holders = self.held["rtnl"] = []
         task = self.task
         holders.append(task)
         try:
-            return self._invoke(spec, fn, adev, value, who)
+            return self.run_handler(spec, fn, adev, value, who)
         finally:
             holders.remove(task)
-            if self._deferred:
-                self._drain_deferred()
+            self.on_release()
 
-    def _invoke(self, spec, fn, adev, value, who):
+    def run_handler(self, spec, fn, adev, value, who):
         """Run a handler in its event's context: atomic (sleeping is a BUG, time budget
         reported) or may-sleep. Plain try/finally: this runs once an event."""
         if self.faults.rules:
@@ -161,7 +163,7 @@ class Contexts:
                 return injected
         if spec.context is not _ATOMIC:
             return fn(adev, value)
-        outer, self._atomic = self._atomic, (spec, who)    # named only if a BUG is reported
+        outer, self.atomic = self.atomic, (spec, who)    # named only if a BUG is reported
         t0 = time.monotonic()
         try:
             return fn(adev, value)
@@ -169,15 +171,11 @@ class Contexts:
             took = time.monotonic() - t0
             if took > self.atomic_budget:
                 self._overrun(self.atomic_context(), took)
-            self._atomic = outer
+            self.atomic = outer
 
-    def report(self, record: str, /, **detail) -> None:
-        """Publish a trace record (topic ``trace``, action ``record``) about this process."""
-        if self.sk is None:
-            return
-        head = {"t": E.Msg.UEVENT, "seq": 0, "action": record, "dev": "", "driver": "",
-                "detail": {"peer": f"{self.role} {self.name}#{self.inc}", "task": self.task, **detail}}
-        try:
-            self.sk.pub.send_multipart([b"trace", E.MAGIC + E.packb(head)], zmq.NOBLOCK)
-        except zmq.Again:
-            self.stats["trace_dropped"] += 1
+    def _overrun(self, what: str, took: float) -> None:
+        self.stats["atomic_overrun"] += 1
+        log.warning("BUG: %s ran %.1f ms in atomic context (budget %.1f ms)", what, took * 1000,
+                    self.atomic_budget * 1000)
+        self.host.report("ATOMIC_OVERRUN", what=what, ms=round(took * 1000, 3),
+                         budget_ms=self.atomic_budget * 1000)

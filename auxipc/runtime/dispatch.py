@@ -3,20 +3,25 @@ waiting call; requests (PROBE, REMOVE, REQUEST, ...) and async events are
 delivered under device_lock (child side) or deferred while a frame on this stack
 holds the lock or rtnl; each request is answered exactly once.
 
-A mixin of ``Runtime`` (peer.py): it uses the runtime's ``serve``, ``on_async``,
-``on_notice``, sockets and state.
+A part of ``Runtime`` (peer.py), built with its host (host.py), the contexts part
+(the task stack and the locks held on it) and the publisher (queued events leave
+before an answer; a resync replays state). ``results`` is the interface to the
+waiting call: ``on_dealer`` fills it, ``Runtime.request`` pops its own answer.
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
-from typing import Callable
+from collections import deque
+from typing import Callable, NamedTuple
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from auxipc.faults import FaultRule
-from auxipc.runtime.transport import WAKE, send_frames
+from auxipc.runtime.contexts import Contexts
+from auxipc.runtime.host import Host
+from auxipc.runtime.publishing import Publisher
 
 log = logging.getLogger("auxipc.peer")
 
@@ -27,8 +32,42 @@ class BrokerLost(AuxError):
         super().__init__(Errno.ESHUTDOWN, f"lost the broker: {why}")
 
 
+class RequestIn(NamedTuple):
+    """A request to serve (PROBE, REMOVE, SHUTDOWN, PM, REQUEST, INJECT), maybe deferred."""
+    msg: E.Header
+    payload: bytes | None
+
+
+class EventsIn(NamedTuple):
+    """A batch of async events for one device, maybe deferred (or early, parent side)."""
+    msg: E.AsyncEvent
+    items: list          # event code, payload map, alternating
+    topic: bytes
+
+
 class Dispatch:
-    def _on_dealer(self, frames: list) -> None:
+    def __init__(self, host: Host, contexts: Contexts, publisher: Publisher):
+        self.host, self.contexts, self.publisher = host, contexts, publisher
+        self.stats, self.tr = host.stats, host.tr
+        self.tasks, self.held = contexts.tasks, contexts.held    # read: who runs, what is held
+        self.batches = publisher.batches                          # read: anything queued?
+        self.results: dict[int, tuple] = {}
+        self.deferred: deque = deque()
+        self.locked: dict[int, int] = {}    # device id -> deliveries on this stack holding its lock
+        self.depth = 0                      # deliveries on this stack
+        self.hello = False                  # our own hello came back through the broker
+        self._seq_in: dict = {}
+        self._locks_devices = host.locks_devices
+        contexts.on_release = self.drain
+
+    def disconnected(self) -> None:
+        """What was in flight with the broker is void; the next broker numbers anew."""
+        self.results.clear()
+        self.deferred.clear()
+        self._seq_in.clear()
+        self.hello = False
+
+    def on_dealer(self, frames: list) -> None:
         try:
             msg, payload = E.decode(frames)
         except AuxError as exc:
@@ -36,31 +75,29 @@ class Dispatch:
             log.warning("dropped a malformed message from the broker: %s", exc)
             return
         if isinstance(msg, E.Result):
-            self._results[msg.r] = (msg, payload)
+            self.results[msg.r] = (msg, payload)
         elif isinstance(msg, E.Resync):
-            self.replay_state(msg.dev)
+            self.publisher.replay_state(msg.dev)
         elif isinstance(msg, E.Fault):
             try:
-                self.faults.set([FaultRule.from_dict(r) for r in msg.rules])
+                self.host.faults.set([FaultRule.from_dict(r) for r in msg.rules])
                 e, m = 0, ""
             except AuxError as exc:
                 e, m = exc.code, exc.message
-            send_frames(self.sk.dealer, E.encode(E.Result(r=msg.r, e=e, m=m)))
+            self.tr.send(E.encode(E.Result(r=msg.r, e=e, m=m)))
         elif isinstance(msg, (E.Request, E.Probe, E.Remove, E.Shutdown, E.Pm, E.Inject)):
-            self._deliver(("req", msg, payload))
+            self.deliver(RequestIn(msg, payload))
         elif isinstance(msg, E.Reregister):
-            if self.hb is not None:
-                self.hb.lose(f"broker asks to re-register: {msg.reason}")
+            if self.host.hb is not None:
+                self.host.hb.lose(f"broker asks to re-register: {msg.reason}")
             raise BrokerLost(msg.reason)
         else:
-            self._guard(lambda: self.on_notice(msg))
+            self.host.guard(lambda: self.host.on_notice(msg))
 
-    def _on_sub(self, frames: list) -> None:
+    def on_sub(self, frames: list) -> None:
         topic = frames[0]
-        if topic == WAKE:
-            return
         if topic.startswith(b"hello:"):
-            self._hello = True
+            self.hello = True
             return
         try:
             msg, payload = E.decode(frames[1:])
@@ -85,9 +122,9 @@ class Dispatch:
             log.warning("lost %d async events on %r (seq %d -> %d): asking for a resync",
                         first - last - 1, topic, last, first)
             self.stats["resync_requested"] += 1
-            send_frames(self.sk.dealer, E.encode(E.Resync(dev=msg.dev)))
+            self.tr.send(E.encode(E.Resync(dev=msg.dev)))
         self._seq_in[key] = end
-        self._deliver(("ev", msg, items, topic))
+        self.deliver(EventsIn(msg, items, topic))
 
     def run_async(self, adev, items: list, handlers: dict, who: str, still_bound: Callable[[], bool]) -> None:
         """Run the handlers of a batch of async events for one device, each as if it had
@@ -95,7 +132,7 @@ class Dispatch:
         event runs; once ``still_bound()`` is false (a handler unbound the device) the
         rest are skipped like events for an unbound device. Per event this is the hot
         path of async delivery: counters are summed per batch."""
-        spec_of, stats = self.catalog.get, self.stats
+        spec_of, stats, run_handler = self.host.catalog.get, self.stats, self.contexts.run_handler
         delivered = unhandled = 0
         try:
             for i in range(0, len(items), 2):
@@ -114,7 +151,7 @@ class Dispatch:
                     log.warning("%s on %s: %s (event dropped)", spec.name, adev.name, exc)
                     continue
                 try:
-                    self._invoke(spec, fn, adev, value, who)
+                    run_handler(spec, fn, adev, value, who)
                 except AuxError as exc:
                     log.warning("%s", exc)
                 except Exception:
@@ -126,59 +163,68 @@ class Dispatch:
             if unhandled:
                 stats["async_unhandled"] += unhandled
 
-    def _must_wait(self, item: tuple) -> bool:
+    def _locks(self, item) -> int | None:
+        """The device whose lock a delivery takes (child side; an INJECT takes none)."""
+        msg = item.msg
+        return getattr(msg, "dev", None) if self._locks_devices and not isinstance(msg, E.Inject) else None
+
+    def must_wait(self, item) -> bool:
         """Whether a delivery has to wait for a frame on this stack: the device's lock
         (child side), or rtnl held by another task for an event the kernel sends under rtnl.
         Waiting here is what a second kernel thread would do; running it nested on top of
         the holder would deadlock the single thread."""
-        msg = item[1]
-        if self.locks_devices and not isinstance(msg, E.Inject) and self._locked.get(getattr(msg, "dev", None)):
+        msg = item.msg
+        if self._locks_devices and not isinstance(msg, E.Inject) and self.locked.get(getattr(msg, "dev", None)):
             return True
-        if isinstance(msg, E.Request) and self._held_here.get("rtnl"):
-            spec = self.catalog.get(msg.ev)
-            return bool(spec and spec.rtnl and spec.sync and any(t != msg.task for t in self._held_here["rtnl"]))
+        if isinstance(msg, E.Request) and self.held.get("rtnl"):
+            spec = self.host.catalog.get(msg.ev)
+            return bool(spec and spec.rtnl and spec.sync and any(t != msg.task for t in self.held["rtnl"]))
         return False
 
-    def _deliver(self, item: tuple) -> None:
-        if item[0] == "req" and log.isEnabledFor(logging.DEBUG):
-            log.debug("deliver %s r=%d dev=%s (depth %d, locked %s)", item[1].TYPE.name, item[1].r,
-                      getattr(item[1], "dev", "-"), self._depth, dict(self._locked))
-        if self._must_wait(item):
-            self._deferred.append(item)
+    def deliver(self, item: RequestIn | EventsIn) -> None:
+        if type(item) is RequestIn and log.isEnabledFor(logging.DEBUG):
+            log.debug("deliver %s r=%d dev=%s (depth %d, locked %s)", item.msg.TYPE.name, item.msg.r,
+                      getattr(item.msg, "dev", "-"), self.depth, dict(self.locked))
+        if self.must_wait(item):
+            self.deferred.append(item)
             return
-        dev = getattr(item[1], "dev", None) if self.locks_devices and not isinstance(item[1], E.Inject) else None
+        dev = self._locks(item)
+        locked = self.locked
         if dev is not None:
-            self._locked[dev] = self._locked.get(dev, 0) + 1
-        self._depth += 1
+            locked[dev] = locked.get(dev, 0) + 1
+        self.depth += 1
         try:
-            if item[0] == "req":
-                self._serve(item[1], item[2])
+            if type(item) is RequestIn:
+                self._answer(item.msg, item.payload)
             else:
-                self._guard(lambda: self.on_async(item[3], item[1], item[2]))
+                self.host.guard(lambda: self.host.on_async(item.topic, item.msg, item.items))
         finally:
-            self._depth -= 1
+            self.depth -= 1
             if dev is not None:
-                if self._locked[dev] > 1:
-                    self._locked[dev] -= 1
+                if locked[dev] > 1:
+                    locked[dev] -= 1
                 else:
-                    del self._locked[dev]
-        if self._deferred:
-            self._drain_deferred()
+                    del locked[dev]
+        if self.deferred:
+            self.drain()
 
-    def _drain_deferred(self) -> None:
-        for _ in range(len(self._deferred)):
-            item = self._deferred.popleft()
-            if self._must_wait(item):
-                self._deferred.append(item)
+    def drain(self) -> None:
+        """Deliver what was deferred and need not wait any more, in arrival order."""
+        deferred = self.deferred
+        for _ in range(len(deferred)):
+            item = deferred.popleft()
+            if self.must_wait(item):
+                deferred.append(item)
             else:
-                self._deliver(item)
+                self.deliver(item)
 
-    def _serve(self, msg, payload) -> None:
+    def _answer(self, msg, payload) -> None:
+        """Serve a request in its caller's task and answer it exactly once."""
         reply = None
-        tasks = self._tasks
-        tasks.append(getattr(msg, "task", "") or self.new_task("x"))
+        tasks = self.tasks
+        tasks.append(getattr(msg, "task", "") or self.contexts.new_task("x"))
         try:
-            e, m, reply = self.serve(msg, payload)
+            e, m, reply = self.host.serve(msg, payload)
         except AuxError as exc:
             e, m = exc.code, exc.message
         except Exception as exc:
@@ -186,10 +232,10 @@ class Dispatch:
             e, m = -Errno.EIO, f"handler raised {type(exc).__name__}: {exc}"
         finally:
             tasks.pop()
-        if self.sk is None:
+        if not self.tr.up:
             return
-        if self._batches:
-            self.flush_events()
+        if self.batches:
+            self.publisher.flush()
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("answered %s r=%d: %d %s (depth %d)", msg.TYPE.name, msg.r, e, m, self._depth)
-        send_frames(self.sk.dealer, E.fast(E.Result, reply, r=msg.r, e=max(e, -4095), m=m[:4000]))
+            log.debug("answered %s r=%d: %d %s (depth %d)", msg.TYPE.name, msg.r, e, m, self.depth)
+        self.tr.send(E.fast(E.Result, reply, r=msg.r, e=max(e, -4095), m=m[:4000]))

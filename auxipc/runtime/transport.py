@@ -1,5 +1,6 @@
-"""Peer-side sockets: one DEALER for requests/replies, one PUB and one SUB for
-async events, and a heartbeat thread with a DEALER of its own.
+"""The ZeroMQ transport of a peer runtime (the seam is in seam.py): one DEALER for
+requests/replies, one PUB and one SUB for async events, and a heartbeat thread
+with a DEALER of its own.
 
 Socket options here answer the measured facts in shared/reference/zeromq.md:
 explicit linger, bounded queues, no fork with live sockets, heartbeats from a
@@ -15,14 +16,16 @@ import threading
 import time
 
 import zmq
+from zmq.backend import zmq_poll
 
 from proto import envelope as E
+from auxipc.runtime.seam import DEALER, SUB
 from auxipc.runtime_dir import Endpoints
 
 HWM = 100_000
 DIRECT_WAIT_MS = 2    # how long a sync call waits on its DEALER alone before polling everything
 WAKE = b"\0wake"     # topic of the heartbeat thread's wake-ups, on the runtime's SUB
-_SNDMORE, _NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
+_SNDMORE, _NOBLOCK, _POLLIN = int(zmq.SNDMORE), int(zmq.NOBLOCK), int(zmq.POLLIN)
 # The Cython methods under pyzmq's Python wrappers: the wrappers' argument handling
 # costs about as much as the call itself, four times on each hop of a call.
 _send, _recv = zmq.backend.Socket.send, zmq.backend.Socket.recv
@@ -177,3 +180,113 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(2)
+
+
+class ZmqTransport:
+    """The seam (seam.py) over ZeroMQ: one context for the runtime's life, ``Sockets``
+    per incarnation. Until the heartbeat thread runs, the wake pipe is polled here;
+    then that thread relays it (and watches the socket monitor) as a WAKE message on
+    the SUB: one poll item less a pump."""
+
+    def __init__(self, ep: Endpoints):
+        self.ep, self.where = ep, str(ep.root)
+        self.ctx: zmq.Context | None = None      # made at the first connect
+        self.sk: Sockets | None = None
+        self.up = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._items: list = []
+        self._sub_item: list = []
+        self._dealer = self._sub = None
+
+    def connect(self, ident: bytes) -> None:
+        if self.ctx is None:
+            self.ctx = zmq.Context()
+        sk = self.sk = Sockets(self.ctx, self.ep, ident)
+        self._dealer, self._sub = sk.dealer, sk.sub
+        self._items = [(sk.dealer, _POLLIN), (sk.sub, _POLLIN), (self._wake_r, _POLLIN)]
+        self._sub_item = [(sk.sub, _POLLIN)]
+        sk.sub.setsockopt(zmq.SUBSCRIBE, WAKE)
+        self.up = True
+
+    def disconnect(self, linger_ms: int = 0) -> None:
+        if self.sk is not None:
+            self.sk.close(linger_ms)
+            self.sk = self._dealer = self._sub = None
+        self._items, self._sub_item = [(self._wake_r, _POLLIN)], []
+        self.up = False
+
+    def close(self) -> None:
+        self.disconnect(200)
+        if self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def send(self, frames: list) -> None:
+        send_frames(self._dealer, frames)
+
+    def publish(self, frames: list, timeout: float) -> bool:
+        pub = self.sk.pub
+        try:
+            pub.send_multipart(frames, _NOBLOCK)
+        except zmq.Again:
+            if not pub.poll(timeout * 1000, zmq.POLLOUT):
+                return False
+            pub.send_multipart(frames, _NOBLOCK)
+        return True
+
+    def publish_nowait(self, frames: list) -> bool:
+        try:
+            self.sk.pub.send_multipart(frames, _NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def subscribe(self, topic: bytes) -> None:
+        self._sub.setsockopt(zmq.SUBSCRIBE, topic)
+
+    def poll(self, timeout: float) -> int:
+        ready = 0
+        for sock, _ in zmq_poll(self._items, math.ceil(timeout * 1000)):
+            if sock is self._dealer:
+                ready |= DEALER
+            elif sock is self._sub:
+                ready |= SUB
+            else:
+                os.read(self._wake_r, 4096)
+        return ready
+
+    def recv_dealer(self) -> list | None:
+        return recv_ready(self._dealer)
+
+    def recv_sub(self) -> list | None:
+        frames = recv_ready(self._sub)
+        return None if frames is None or frames[0] == WAKE else frames
+
+    def await_dealer(self) -> list | None:
+        try:
+            return recv_frames(self._dealer, 0)     # RCVTIMEO is DIRECT_WAIT_MS
+        except zmq.Again:
+            return None
+
+    def recv_sub_now(self) -> list | None:
+        return self.recv_sub() if self._sub is not None and zmq_poll(self._sub_item, 0) else None
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def start_heartbeat(self, ivl: float, liveness: int, epoch: int, on_lost) -> "Heartbeat":
+        sk = self.sk
+        hb = Heartbeat(self.ctx, self.ep, sk.ident, ivl, liveness, epoch, on_lost, sk.monitor,
+                       self._wake_r, sk.wake)
+        hb.start()
+        self._items = self._items[:2]
+        return hb
