@@ -110,6 +110,10 @@ class ChildRuntime(Runtime):
         adev = self.devices.get(dev_id)
         return b"P:" + adev.name.encode() if adev is not None else None
 
+    def receiver_handles(self, dev_id: int) -> frozenset | None:
+        adev = self.devices.get(dev_id)
+        return adev.parent_handles if adev is not None else None
+
     def subscriptions(self) -> list[bytes]:
         return sorted({f"C:{m}.".encode() for d in self.drivers.values() for m in d.id_table})
 

@@ -190,6 +190,10 @@ class ParentRuntime(Runtime):
         adev = self.devices.get(dev_id)
         return b"C:" + adev.name.encode() if adev is not None and adev.bound else None
 
+    def receiver_handles(self, dev_id: int) -> frozenset | None:
+        adev = self.devices.get(dev_id)
+        return adev.child_handles if adev is not None and adev.bound else None
+
     def subscriptions(self) -> list[bytes]:
         return [f"P:{self.model.modname}.".encode()]
 

@@ -319,3 +319,37 @@ class Needs(Rec):
             log("probe", dev=adev.name, driver=self.name, result="defer")
             return -Errno.EPROBE_DEFER
         return super().probe(adev)
+
+
+class ResetOnly(AuxDriver):
+    """Binds ``ixd.eth`` and declares only RESET_WARN (not LINK_CHANGE); its remove()
+    logs what its runtime counted of async events."""
+
+    name = "t_reset_only"
+    id_table = ["ixd.eth"]
+
+    def probe(self, adev):
+        return 0
+
+    def remove(self, adev) -> None:
+        stats = adev.rt.stats
+        log("remove-stats", dev=adev.name, unhandled=stats["async_unhandled"], delivered=stats["async_delivered"])
+
+    @handler(Event.RESET_WARN)
+    def reset_warn(self, adev, warn) -> int:
+        log("RESET_WARN", dev=adev.name)
+        return 0
+
+
+def _ixd():
+    from parent.ixd import Ixd
+    return Ixd
+
+
+class IxdCounting(_ixd()):
+    """The reference ixd model, logging its runtime's replay counters at its PCI remove."""
+
+    def remove(self) -> None:
+        stats = self.rt.stats
+        log("parent-stats", replayed=stats["state_replayed"], undeclared=stats["async_undeclared"])
+        super().remove()

@@ -181,6 +181,22 @@ def test_auxbus_fixture_fails_a_test_whose_parent_leaves_devices_behind(tmp_path
     assert "auxbus teardown: the bus reported: parent lk" in out and "lk.eth.0" in out, out
 
 
+# ---- the NULL check: an undeclared event never reaches a handler ---------------------------------
+
+def test_undeclared_async_event_is_not_sent_to_a_driver(bus):
+    """ixd replays its link state (LINK_CHANGE) to a driver that binds; t_reset_only
+    declared only RESET_WARN: the parent counts the event and does not send it."""
+    parent = bus.parent("tests.models:IxdCounting")
+    child = bus.child("tests.models:ResetOnly")
+    rc, out, err = bus.send("ixd.eth.0", "RESET_WARN", "parent", {"reset_type": "FUNC"})   # after the BIND
+    assert (rc, out["errno"]) == (0, 0), (out, err)
+    bus.stop(parent)
+    [counts] = parent.records("parent-stats")
+    assert (counts["replayed"], counts["undeclared"]) == (0, 1)
+    [seen] = child.records("remove-stats", dev="ixd.eth.0")
+    assert seen["unhandled"] == 0
+
+
 # ---- the smaller rules ---------------------------------------------------------------------
 
 def test_sysfs_unbind_is_per_driver(bus):

@@ -341,3 +341,17 @@ def test_parent_serves_a_child_call_with_rtnl_held(parent, broker):
     res = broker.answer(r)
     assert res.e == 0 and model.links == [("set_mac", "ut.eth.0")]
     assert rt.contexts.held == {"rtnl": []}
+
+
+def test_parent_replays_to_a_driver_only_what_it_declared(parent, broker):
+    """The NULL check at the sender: the link state is not replayed to a driver that
+    declared only RESET_WARN; the event is counted, not sent."""
+    rt, model = parent
+    adev = model.eth
+    with pytest.raises(AuxError):
+        adev.notify(Event.LINK_CHANGE, LinkChange(up=True, speed_mbps=100))
+    rt.tr.to_peer.append(E.encode(E.Bind(dev=1, driver="ut_eth", inc=3, handles=(int(Event.RESET_WARN),))))
+    serve_all(rt)
+    rt.flush_events()
+    assert [f for f in rt.tr.published if f[0] == b"C:ut.eth.0"] == []
+    assert (rt.stats["state_replayed"], rt.stats["async_undeclared"]) == (0, 1)

@@ -112,6 +112,10 @@ class Runtime:
         """The topic this process publishes on for a device (None if it has no such device)."""
         return None
 
+    def receiver_handles(self, dev_id: int) -> frozenset | None:
+        """The event codes the other side of a device declared it handles (None: not known)."""
+        return None
+
     def on_registered(self) -> None:
         """Runs after each registration (drivers are declared, devices created here)."""
 
