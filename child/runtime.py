@@ -135,7 +135,7 @@ class ChildRuntime(Runtime):
         result, _ = self.request(lambda r: E.DrvRegister(
             r=r, name=drv.name, task=task, id_table=tuple(drv.id_table), probe=callable(getattr(drv, "probe", None)),
             remove=callable(drv.remove), shutdown=callable(drv.shutdown),
-            handles=sorted(self.handlers[drv.name])), timeout=60.0, what=f"register driver {drv.name}")
+            handles=sorted(self.handlers[drv.name])), timeout=None, what=f"register driver {drv.name}")
         self.check(result, f"register driver {drv.name}")
         self.registered.append(drv.name)
         return result.d.get("probed", [])
@@ -143,7 +143,7 @@ class ChildRuntime(Runtime):
     def driver_unregister(self, drv: AuxDriver) -> None:
         """auxiliary_driver_unregister: remove() runs for every bound device first."""
         task = self.task
-        result, _ = self.request(lambda r: E.DrvUnregister(r=r, name=drv.name, task=task), timeout=60.0,
+        result, _ = self.request(lambda r: E.DrvUnregister(r=r, name=drv.name, task=task), timeout=None,
                                  what=f"unregister driver {drv.name}")
         self.check(result, f"unregister driver {drv.name}")
         self.registered.remove(drv.name)

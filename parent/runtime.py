@@ -51,7 +51,7 @@ class ParentDevice:
         self.data: dict = {}
         self.early: list[EventsIn] = []   # async events that beat the BIND notice here (other socket)
 
-    def _req(self, make, what: str, timeout: float = 30.0) -> dict:
+    def _req(self, make, what: str, timeout: float | None = 30.0) -> dict:
         result, _ = self.rt.request(make, timeout=timeout, what=what)
         self.rt.check(result, what)
         return result.d
@@ -73,14 +73,20 @@ class ParentDevice:
         """auxiliary_device_add: returns the bound driver's name (or None). On error
         the caller still owns the device and must uninit() it."""
         task = self.rt.task
-        d = self._req(lambda r: E.DevAdd(r=r, dev=self.dev_id, task=task), f"auxiliary_device_add {self.name}")
+        # No deadline: add returns once probe() did, however long it takes (the broker
+        # reports a hung probe; a dead driver process ends it).
+        d = self._req(lambda r: E.DevAdd(r=r, dev=self.dev_id, task=task), f"auxiliary_device_add {self.name}",
+                      timeout=None)
         self.state = DeviceState.ADDED
         return d.get("driver")
 
     def delete(self) -> None:
         """auxiliary_device_delete: unbinds synchronously."""
         task = self.rt.task
-        self._req(lambda r: E.DevDelete(r=r, dev=self.dev_id, task=task), f"auxiliary_device_delete {self.name}")
+        # No deadline: delete returns once remove() did (auxiliary_device_delete cannot
+        # return before it); the broker reports a hung remove.
+        self._req(lambda r: E.DevDelete(r=r, dev=self.dev_id, task=task), f"auxiliary_device_delete {self.name}",
+                  timeout=None)
         self.state = DeviceState.DELETED
         self.driver = None
 

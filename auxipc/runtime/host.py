@@ -28,7 +28,7 @@ class Host(Protocol):
     @property
     def stopping(self) -> bool: ...
 
-    def request(self, make: Callable[[int], E.Header], payload=None, timeout: float = 5.0,
+    def request(self, make: Callable[[int], E.Header], payload=None, timeout: float | None = 5.0,
                 what: str = "request", after_send: Callable[[], None] | None = None,
                 ) -> tuple[E.Result, bytes | None]:
         """Send a request to the broker and serve others until its answer comes."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import time
 import traceback
@@ -311,9 +312,12 @@ class Runtime:
 
     # ---- requests to the broker -----------------------------------------------------------
 
-    def request(self, make: Callable[[int], E.Header], payload=None, timeout: float = 5.0,
+    def request(self, make: Callable[[int], E.Header], payload=None, timeout: float | None = 5.0,
                 what: str = "request", after_send: Callable[[], None] | None = None,
                 ) -> tuple[E.Result, bytes | None]:
+        """Send a request to the broker and serve others until its answer comes: within
+        ``timeout`` seconds, or (None) for as long as the broker lives, as the driver
+        core's add and delete wait for probe() and remove()."""
         self.might_sleep(what)
         r = next(self._r)
         msg = make(r)
@@ -323,7 +327,7 @@ class Runtime:
         tr.send(msg if isinstance(msg, list) else E.encode(msg, payload))
         if after_send is not None:
             after_send()
-        deadline = time.monotonic() + timeout + GRACE
+        deadline = math.inf if timeout is None else time.monotonic() + timeout + GRACE
         results = self._results
         if self._connected:
             # The answer usually comes within the DEALER's short wait; async events and
@@ -341,7 +345,7 @@ class Runtime:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AuxError(Errno.ETIMEDOUT, f"{what}: no answer from the broker within {timeout + GRACE:.1f} s")
-            self.pump(remaining)
+            self.pump(min(remaining, 1.0))
         return results.pop(r)
 
     @staticmethod
