@@ -353,3 +353,18 @@ class IxdCounting(_ixd()):
         stats = self.rt.stats
         log("parent-stats", replayed=stats["state_replayed"], undeclared=stats["async_undeclared"])
         super().remove()
+
+
+class WithIds(Rec):
+    """id_table entries carry driver_data; probe(adev, id) logs the entry that matched."""
+
+    name = "t_ids"
+
+    def __init__(self):
+        super().__init__()
+        from child.runtime import AuxDeviceId
+        self.id_table = [AuxDeviceId("tp.eth", {"queues": 4}), ("tp.rdma", "roce")]
+
+    def probe(self, adev, id):
+        log("probe", dev=adev.name, driver=self.name, id=id.name, driver_data=id.driver_data)
+        return 0

@@ -197,6 +197,13 @@ def test_undeclared_async_event_is_not_sent_to_a_driver(bus):
     assert seen["unhandled"] == 0
 
 
+def test_probe_gets_the_matched_id_and_its_driver_data(bus):
+    child = bus.child("tests.models:WithIds")
+    bus.parent()
+    got = {r["dev"]: (r["id"], r["driver_data"]) for r in child.records("probe")}
+    assert got == {"tp.eth.0": ("tp.eth", {"queues": 4}), "tp.rdma.0": ("tp.rdma", "roce")}
+
+
 # ---- the smaller rules ---------------------------------------------------------------------
 
 def test_sysfs_unbind_is_per_driver(bus):
