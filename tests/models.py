@@ -368,3 +368,29 @@ class WithIds(Rec):
     def probe(self, adev, id):
         log("probe", dev=adev.name, driver=self.name, id=id.name, driver_data=id.driver_data)
         return 0
+
+
+class Finder(Rec):
+    """Binds ``tp.rdma`` and, in probe(), finds its sibling ``tp.eth.0`` with
+    auxiliary_find_device (a match callback), holding the reference until remove()."""
+
+    name = "t_finder"
+
+    def __init__(self):
+        super().__init__()
+        self.id_table = ["tp.rdma"]
+        self.found = {}
+
+    def probe(self, adev):
+        want = adev.name.replace(".rdma.", ".eth.")
+        dev = adev.rt.find_device(lambda info, data: info.name == data, want)
+        none = adev.rt.find_device(match_name="tp.nothing")
+        log("found", dev=adev.name, sibling=dev.name if dev else None, none=none)
+        if dev is not None:
+            self.found[adev.name] = dev
+        return 0
+
+    def remove(self, adev) -> None:
+        dev = self.found.pop(adev.name, None)
+        if dev is not None:
+            log("put", dev=dev.name, refcount=dev.put())

@@ -204,6 +204,20 @@ def test_probe_gets_the_matched_id_and_its_driver_data(bus):
     assert got == {"tp.eth.0": ("tp.eth", {"queues": 4}), "tp.rdma.0": ("tp.rdma", "roce")}
 
 
+def test_find_device_returns_a_held_reference_shown_in_ls(bus):
+    """t_finder's probe of tp.rdma.0 finds tp.eth.0 (a match callback) and holds it:
+    ``ls`` shows the reference among tp.eth.0's holders until remove() puts it."""
+    bus.parent()
+    child = bus.child("tests.models:Finder", "tests.models:Rec", AXT_IDS="tp.eth")
+    [found] = child.records("found", dev="tp.rdma.0")
+    assert (found["sibling"], found["none"]) == ("tp.eth.0", None)
+    eth = bus.device("tp.eth.0")
+    assert eth["refcount"] == 2 and sorted(h.split("[")[0] for h in eth["holders"]) == [
+        "child t_finder+tdrv", "parent tp"]
+    bus.stop(child)
+    assert child.records("put", dev="tp.eth.0")[0]["refcount"] == 1
+
+
 # ---- the smaller rules ---------------------------------------------------------------------
 
 def test_sysfs_unbind_is_per_driver(bus):

@@ -37,6 +37,7 @@ from proto.events import CATALOG, Catalog
 from auxipc.faults import FaultPlan, FaultRule
 from auxipc.runtime.contexts import Contexts
 from auxipc.runtime.dispatch import BrokerLost, Dispatch
+from auxipc.runtime.lookup import find_device
 from auxipc.runtime.publishing import Publisher
 from auxipc.runtime.seam import DEALER, SUB, Heartbeat, Transport
 from auxipc.runtime.transport import ZmqTransport, peer_ident
@@ -91,6 +92,11 @@ class Runtime:
         self.spec_to_send, self.call_event, self.publish_event = p.spec_to_send, p.call, p.publish
         self.flush_events, self.replay_state = p.flush, p.replay_state
         self.run_async = d.run_async
+
+    def find_device(self, match=None, data=None, *, start=None, name: str = "", match_name: str = ""):
+        """auxiliary_find_device: the first device on the bus ``match(info, data)`` accepts,
+        with a reference the caller must ``put()``; None if none (see lookup.py)."""
+        return find_device(self, match, data, start=start, name=name, match_name=match_name)
 
     # ---- subclass hooks -------------------------------------------------------------
 
