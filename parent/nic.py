@@ -64,7 +64,10 @@ class NicParent(NicHandlers, ParentModel):
     # ---- the PCI probe and remove ----
 
     def device_specs(self) -> list[tuple[str, int]]:
-        return [(kind, i) for i in range(self.count) for kind in self.KINDS]
+        # Ids from this instance's index, as drivers number a PCI function's devices from
+        # an IDA: a second instance of the model adds ixd.eth.1 (or ixd.eth.N..2N-1).
+        base = self.index * self.count
+        return [(kind, base + i) for i in range(self.count) for kind in self.KINDS]
 
     def probe(self) -> None:
         self.hw.mbx.m.fire("init")          # the FW is up when the driver loads

@@ -156,6 +156,13 @@ class ParentModel:
     def device(self, name: str, id: int = 0, release: Callable | None = None) -> ParentDevice:
         return ParentDevice(self.rt, name, id, release)
 
+    @property
+    def index(self) -> int:
+        """This instance's index among the running instances of its model (0 when alone),
+        from the bus, as a driver's IDA numbers its PCI functions: number the aux devices
+        from it so that two instances do not clash (``ixd.eth.0``, ``ixd.eth.1``)."""
+        return self.rt.index
+
     def probe(self) -> None:
         """PCI probe: create, init and add the auxiliary devices."""
 
@@ -180,10 +187,11 @@ class ParentModel:
 class ParentRuntime(Runtime):
     role = "parent"
 
-    def __init__(self, model: ParentModel, **kw):
+    def __init__(self, model: ParentModel, instance: str = "", **kw):
         if not model.modname:
             raise AuxError(Errno.EINVAL, f"{type(model).__name__}: modname is empty")
         super().__init__(model.modname, **kw)
+        self.instance = instance
         self.model = model
         model.rt = self
         self.handlers = collect_handlers(model, self.catalog)
@@ -199,6 +207,14 @@ class ParentRuntime(Runtime):
     def receiver_handles(self, dev_id: int) -> frozenset | None:
         adev = self.devices.get(dev_id)
         return adev.child_handles if adev is not None and adev.bound else None
+
+    @property
+    def index(self) -> int:
+        """This instance's index among the instances of its model (the bus allocates it)."""
+        return self.welcome.get("index") or 0
+
+    def restore_state(self) -> dict:
+        return {"index": self.welcome["index"]} if self.welcome.get("index") is not None else {}
 
     def subscriptions(self) -> list[bytes]:
         return [f"P:{self.model.modname}.".encode()]

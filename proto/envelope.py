@@ -98,7 +98,8 @@ def codes(**kw):
 
 @header(Msg.REGISTER)
 class Register(Header):
-    """First message of a peer; answered by RESULT with {peer, incarnation, epoch, hb_ivl_ms, hb_liveness}."""
+    """First message of a peer; answered by RESULT with {peer, incarnation, epoch, hb_ivl_ms, hb_liveness,
+    index}: a parent's index among the instances of its model (the lowest free, or restore.index)."""
     r = REQ_ID
     role = Str(max_len=16, doc="'parent' or 'child'")
     name = Str(max_len=64, doc="the model (parent) or the process's name (child)")
@@ -157,8 +158,6 @@ class DevInit(Header):
     name = Str(max_len=128, default="")
     id = Int(0, 2**32 - 1, default=0)
     release = Bool(default=False, doc="the parent supplied a release callback")
-    ida = Bool(default=False, doc="id from the module's IDA: the lowest index free among the instances "
-                                  "of this model, one per parent instance (ignores id)")
 
 
 @header(Msg.DEV_ADD)

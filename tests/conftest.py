@@ -192,8 +192,8 @@ class Bus:
         self.client = Client(self.root)
         return self.broker
 
-    def parent(self, model: str = "tests.models:Pair", **env) -> Proc:
-        return self._start("parent", ["--model", model], env)
+    def parent(self, model: str = "tests.models:Pair", *args: str, **env) -> Proc:
+        return self._start("parent", ["--model", model, *args], env)
 
     def child(self, *drivers: str, **env) -> Proc:
         cmd = [x for d in (drivers or ("tests.models:Rec",)) for x in ("--driver", d)]

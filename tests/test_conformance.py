@@ -218,6 +218,23 @@ def test_find_device_returns_a_held_reference_shown_in_ls(bus):
     assert child.records("put", dev="tp.eth.0")[0]["refcount"] == 1
 
 
+def test_two_instances_of_one_model_add_distinct_ids(bus):
+    """Two ixd processes are two PCI functions of one model: the second gets index 1
+    and adds ixd.eth.1 (no -EEXIST); idpf_eth binds both; ``ls`` shows each instance."""
+    first = bus.parent("ixd", "--pci", "0000:3b:00.0")
+    second = bus.parent("ixd", "--pci", "0000:3b:00.1")
+    bus.child("idpf_eth")
+    snap = bus.wait_ls(lambda s: sum(1 for d in s["devices"] if d["driver"]) == 2)
+    assert {d["name"]: d["parent"].split("[")[1].split("]")[0] for d in snap["devices"]} == {
+        "ixd.eth.0": str(first.pid), "ixd.eth.1": str(second.pid)}
+    assert sorted((p["instance"], p["index"]) for p in snap["peers"] if p["role"] == "parent") == [
+        ("0000:3b:00.0", 0), ("0000:3b:00.1", 1)]
+    bus.stop(first)                                  # its index is free again
+    third = bus.parent("ixd")
+    assert [d["name"] for d in bus.ls()["devices"] if d["parent"].startswith(f"parent ixd[{third.pid}]")] == [
+        "ixd.eth.0"]
+
+
 # ---- the smaller rules ---------------------------------------------------------------------
 
 def test_sysfs_unbind_is_per_driver(bus):

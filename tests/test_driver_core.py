@@ -251,21 +251,21 @@ def test_probe_has_no_deadline_and_a_long_one_is_reported(h):
 
 # ---- several instances of one model; auxiliary_find_device ---------------------------------
 
-def test_two_instances_of_a_model_get_ids_from_the_module_ida(h):
-    P2 = b"p:ixd-2"
+def test_instances_of_a_model_get_the_lowest_free_index(h):
+    assert h.register(P, "parent", "ixd")["index"] == 0
+    assert h.register(b"p:ixd-2", "parent", "ixd")["index"] == 1
+    assert h.register(b"p:ice", "parent", "ice")["index"] == 0
+    h.bus.peer_died(h.bus.peers[P], "killed")              # ida_free: index 0 is free again
+    assert h.register(b"p:ixd-3", "parent", "ixd")["index"] == 0
+    assert h.register(C, "child", "idpf")["index"] is None
+
+
+def test_a_restarted_broker_gives_an_instance_back_its_index(h):
     h.register(P, "parent", "ixd")
-    h.register(P2, "parent", "ixd")
-    names = {}
-    for ident in (P, P2, P):
-        r = h.r()
-        h.send(ident, E.DevInit(r=r, name="eth" if ident != P or not names else "rdma", ida=True))
-        m, _ = h.result(ident, r)
-        names.setdefault(ident, []).append((m.d["name"], m.d["id"]))
-    assert names == {P: [("ixd.eth.0", 0), ("ixd.rdma.0", 0)], P2: [("ixd.eth.1", 1)]}
-    h.bus.peer_died(h.bus.peers[P], "killed")      # ida_free: index 0 is free again
-    h.register(b"p:ixd-3", "parent", "ixd")
-    h.send(b"p:ixd-3", E.DevInit(r=9, name="eth", ida=True))
-    assert h.result(b"p:ixd-3", 9)[0].d["name"] == "ixd.eth.0"
+    r = h.r()
+    h.send(b"p:ixd-2", E.Register(r=r, role="parent", name="ixd", pid=7, start_time=1, schema=(1, 0),
+                                  restore={"index": 3}))
+    assert h.result(b"p:ixd-2", r)[0].d["index"] == 3
 
 
 def test_find_device_lists_added_devices_and_get_takes_a_reference_only_if_added(h):

@@ -351,6 +351,8 @@ class Bus:
                     tuple(msg.schema), frozenset(msg.handles), self.clock())
         peer.machine = peer_machine(peer.label)
         peer.instance = msg.instance
+        if msg.role == "parent":
+            peer.index = self._instance_index(msg.name, msg.restore.get("index"))
         if msg.role == "child":
             for item in msg.restore.get("bound", ()):
                 if isinstance(item, dict) and isinstance(item.get("name"), str):
@@ -359,6 +361,16 @@ class Bus:
         self.hb_idents[ident + b"#hb"] = peer
         self.uevent("REGISTER", role=msg.role, name=msg.name, pid=msg.pid, inc=peer.inc)
         self.reply(ident, msg.r, data=self._welcome(peer))
+
+    def _instance_index(self, name: str, wanted) -> int:
+        """A parent instance's index among the live instances of its model: what it had
+        before a broker restart if still free, else the lowest free (ida_alloc). Drivers
+        number their PCI functions' auxiliary devices from such an IDA, so two instances
+        of one model add ``ixd.eth.0`` and ``ixd.eth.1``."""
+        taken = {p.index for p in self.peers.values() if p.alive and p.role == "parent" and p.name == name}
+        if isinstance(wanted, int) and wanted >= 0 and wanted not in taken:
+            return wanted
+        return next(i for i in range(len(taken) + 1) if i not in taken)
 
     def resync(self, peer: Peer, msg: E.Resync) -> None:
         """Pass a receiver's gap report to the other side of the device (no answer)."""
@@ -394,7 +406,7 @@ class Bus:
         return {"peer": peer.label, "inc": peer.inc, "epoch": self.epoch,
                 "faults": [r.to_dict() for r in self.faults.rules if r.matches(peer.name) or r.target == "*"],
                 "hb_ivl_ms": int(self.hb_ivl * 1000), "hb_liveness": self.hb_liveness,
-                "schema": list(self.catalog.version)}
+                "schema": list(self.catalog.version), "index": peer.index}
 
     def unregister(self, peer: Peer, msg: E.Unregister) -> None:
         self.reply(peer.ident, msg.r)

@@ -40,24 +40,14 @@ class Devices:
             raise AuxError(Errno.EPERM, f"{peer.label}: only a parent creates devices")
         if not msg.name:
             raise AuxError(Errno.EINVAL, "auxiliary_device_init: $.header.name is empty")
-        index = self.ida_index(peer) if msg.ida else msg.id
         dev_id = host.next_id()
-        name = device_name(peer.name, msg.name, index)
-        dev = Device(dev_id, peer, msg.name, index, name, msg.release, device_machine(name), bind_machine(name))
+        name = device_name(peer.name, msg.name, msg.id)
+        dev = Device(dev_id, peer, msg.name, msg.id, name, msg.release, device_machine(name), bind_machine(name))
         dev.lock = Lock(f"device_lock:{name}", host.lockdep)
         dev.refs[peer.label] = 1
         host.devices[dev_id] = dev
         peer.devices.append(dev)
-        host.reply(peer.ident, msg.r, data={"dev": dev_id, "name": name, "id": index})
-
-    def ida_index(self, peer: Peer) -> int:
-        """The parent instance's index in its module's IDA (ida_alloc: the lowest free),
-        shared by all its devices, as mlx5 and ice number their PCI functions' devices;
-        freed when the instance leaves."""
-        if peer.index is None:
-            taken = {p.index for p in self.host.peers.values() if p.alive and p.name == peer.name}
-            peer.index = next(i for i in range(len(taken) + 1) if i not in taken)
-        return peer.index
+        host.reply(peer.ident, msg.r, data={"dev": dev_id, "name": name})
 
     def dev_add(self, peer: Peer, msg: E.DevAdd) -> None:
         host = self.host

@@ -63,7 +63,7 @@ class Peer:
     slow_calls: int = 0
     adopt: dict[str, Adopted] = field(default_factory=dict)     # device name -> binding before a restart
     instance: str = ""              # a parent's identity among instances of its model (a PCI address)
-    index: int | None = None        # its index in the module's IDA, once a device asked for one
+    index: int | None = None        # a parent's index among the live instances of its model
 
     @property
     def label(self) -> str:

@@ -104,10 +104,13 @@ def broker(runtime_dir, hb_ivl, hb_liveness, hung_task_secs, catalog):
 @click.option("--model", required=True,
               help="Parent model: ixd (Model A), idpf (Model B), mlx5_core, ice, or module:Class. "
                    "Their emulated hardware takes knobs from $AUXIPC_HW (docs/models.md).")
-@click.option("--devices", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="How many auxiliary devices the model adds (ids 0..N-1).")
+@click.option("--devices", default=1, show_default=True, type=click.IntRange(1, 4096),
+              help="How many auxiliary devices of each kind the model adds (ids 0..N-1, or from "
+                   "N*index for the index-th running instance of the model).")
+@click.option("--pci", default="", metavar="ADDR",
+              help="This instance's identity (a PCI address, e.g. 0000:3b:00.1), shown in 'auxipc ls'.")
 @schema_option
-def parent(runtime_dir, model, devices, catalog):
+def parent(runtime_dir, model, devices, pci, catalog):
     """Run a PCI-owner emulator process that adds auxiliary devices."""
     from auxipc.registry import MODELS, load
     from parent.runtime import ParentRuntime
@@ -116,7 +119,7 @@ def parent(runtime_dir, model, devices, catalog):
         instance = cls(devices=devices)
     except TypeError:
         instance = cls()
-    rt = ParentRuntime(instance, runtime_dir=runtime_dir, catalog=catalog)
+    rt = ParentRuntime(instance, pci, runtime_dir=runtime_dir, catalog=catalog)
     _serve_until_signal(rt, lambda rt: f"auxipc parent {rt.name} ready: "
                         + (", ".join(d.name for d in rt.devices.values()) or "no devices"))
 

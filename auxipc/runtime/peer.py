@@ -64,6 +64,7 @@ class Runtime:
     def __init__(self, name: str, runtime_dir=None, catalog: Catalog = CATALOG,
                  connect_timeout: float = 10.0, transport: Transport | None = None):
         self.name = name
+        self.instance = ""        # a parent's identity among instances of its model (a PCI address)
         self.catalog = catalog
         self.tr: Transport = transport if transport is not None else ZmqTransport(endpoints(runtime_dir))
         self.connect_timeout = connect_timeout
@@ -170,7 +171,8 @@ class Runtime:
         restore = self.restore_state()
         result, _ = self.request(lambda r: E.Register(
             r=r, role=self.role, name=self.name, pid=os.getpid(), start_time=start,
-            schema=self.catalog.version, handles=sorted(self.handles()), restore=restore),
+            schema=self.catalog.version, handles=sorted(self.handles()), restore=restore,
+            instance=self.instance),
             timeout=timeout, what="register")
         self.check(result, "register")
         w = self.welcome = result.d
