@@ -282,3 +282,12 @@ def test_find_device_lists_added_devices_and_get_takes_a_reference_only_if_added
     h.send(C, E.DevGet(r=5, dev=dev, added=True))
     m, _ = h.result(C, 5)
     assert m.e == -Errno.ENODEV and m.m == "auxiliary_find_device: ixd.eth.0 is no longer on the bus"
+
+
+def test_a_device_is_named_by_add(h):
+    h.register(P, "parent", "ixd")
+    h.send(P, E.DevInit(r=1, name="eth", id=0))
+    dev = h.result(P, 1)[0].d["dev"]
+    assert h.bus.devices[dev].name == "" and snapshot(h.bus)["devices"][0]["name"] == "ixd.eth.0 (never added)"
+    h.send(P, E.DevAdd(r=2, dev=dev))
+    assert h.bus.devices[dev].name == "ixd.eth.0" and h.result(P, 2)[0].d["name"] == "ixd.eth.0"

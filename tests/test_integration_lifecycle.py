@@ -181,7 +181,10 @@ def test_duplicate_device_name_is_eexist(bus):
     snap = bus.ls()
     assert [(d["name"], d["state"]) for d in snap["devices"]] == [("tp.eth.0", "added")]
     # One ADD; the failed device was released by its uninit (the caller frees on failure).
-    assert bus.actions("tp.eth.0") == ["ADD", "RELEASE"]
+    # It was never named (add names a device): its RELEASE says what add would have named it.
+    assert bus.actions("tp.eth.0") == ["ADD"]
+    [release] = [e for e in bus.uevents() if e["action"] == "RELEASE"]
+    assert (release["dev"], release["detail"]["never_added"]) == ("", "tp.eth.0")
 
     r = bus.cli("parent", "--model", "tests.models:Pair", timeout=20, AXT_DEVS="eth:0")
     assert r.returncode != 0

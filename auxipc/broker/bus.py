@@ -394,7 +394,7 @@ class Bus:
                       "the registering driver must delete them before its remove() returns, or they outlive "
                       "their parent (a use-after-free in the kernel); deleted and put for it", parent=peer.label,
                       devices=added)
-        kept = [d.name or f"{peer.name}.{d.short}.{d.id}" for d in peer.devices
+        kept = [d.name or d.pending for d in peer.devices
                 if d.life.state is not ADDED and d.refs.get(peer.label)]
         if kept:
             self.warn("uninit_missing",

@@ -191,7 +191,7 @@ class Calls:
                 SyncCall(host, peer, msg, payload, None, dev, None, spec, task, deadline).take_device_lock()
                 return
             if state is not REMOVING and (state is not BOUND or dev.life.state is not ADDED):
-                raise AuxError(Errno.ENODEV, f"{dev.name} is {dev.life.state.value}, {state.value}: "
+                raise AuxError(Errno.ENODEV, f"{dev.label} is {dev.life.state.value}, {state.value}: "
                                "no driver to deliver to")
             # While remove() runs the call waits for device_lock, as the kernel's sender
             # blocks in device_lock(); it then finds no driver (-ENODEV). Lockdep sees the wait.

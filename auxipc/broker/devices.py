@@ -31,7 +31,7 @@ class Devices:
         if dev is None:
             raise AuxError(Errno.ENODEV, f"device #{dev_id} does not exist (released or never initialized)")
         if dev.parent is not peer:
-            raise AuxError(Errno.EPERM, f"device {dev.name} belongs to {dev.parent.label}, not {peer.label}")
+            raise AuxError(Errno.EPERM, f"device {dev.label} belongs to {dev.parent.label}, not {peer.label}")
         return dev
 
     def dev_init(self, peer: Peer, msg: E.DevInit) -> None:
@@ -54,12 +54,13 @@ class Devices:
         dev = self.own(peer, msg.dev)
         if not peer.name:
             raise AuxError(Errno.EINVAL, "auxiliary_device_add: modname is empty")
-        if dev.life.state is DeviceState.INITIALIZED and dev.name in host.by_name:
+        if dev.life.state is DeviceState.INITIALIZED and dev.pending in host.by_name:
             dev.last_error = (f"auxiliary_device_add failed (EEXIST): the parent must "
                               "auxiliary_device_uninit() it")
-            raise AuxError(Errno.EEXIST, f"auxiliary_device_add: {dev.name} already exists on the bus "
-                           f"(added by {host.by_name[dev.name].parent.label})")
+            raise AuxError(Errno.EEXIST, f"auxiliary_device_add: {dev.pending} already exists on the bus "
+                           f"(added by {host.by_name[dev.pending].parent.label})")
         dev.life.fire(DeviceEvent.ADD)
+        dev.name = dev.pending                     # dev_set_name: named by add
         host.by_name[dev.name] = dev
         host.uevent("ADD", dev.name, modalias=f"auxiliary:{match_name(dev.name)}", parent=peer.label)
         self.binding.probe(dev, self.binding.candidates(dev), host.task_of(peer, msg), lambda: host.reply(
@@ -94,7 +95,7 @@ class Devices:
         parent's reference: the bus holds its own until delete, which then releases."""
         dev = self.own(peer, msg.dev)
         if dev.refs.get(peer.label, 0) == 0:
-            raise AuxError(Errno.EINVAL, f"auxiliary_device_uninit: {dev.name} was already uninitialized")
+            raise AuxError(Errno.EINVAL, f"auxiliary_device_uninit: {dev.label} was already uninitialized")
         self.host.reply(peer.ident, msg.r, data={"refcount": dev.refcount - 1})
         self.put(dev, peer)
 
@@ -154,14 +155,16 @@ class Devices:
         del host.devices[dev.dev_id]
         if dev in dev.parent.devices:
             dev.parent.devices.remove(dev)
+        # A device never added has no name: its record says what add would have named it.
+        unnamed = {} if dev.name else {"never_added": dev.pending}
         if dev.parent.alive and dev.has_release:
             host.send(dev.parent.ident, E.Release(dev=dev.dev_id, name=dev.name))
-            host.uevent("RELEASE", dev.name)
+            host.uevent("RELEASE", dev.name, **unnamed)
         elif not dev.has_release:
-            log.warning("device %s has no release() callback (the kernel WARNs here)", dev.name)
-            host.uevent("RELEASE", dev.name, warning="no release() callback")
+            log.warning("device %s has no release() callback (the kernel WARNs here)", dev.label)
+            host.uevent("RELEASE", dev.name, warning="no release() callback", **unnamed)
         else:
-            host.uevent("RELEASE", dev.name, note="parent gone: release() not run")
+            host.uevent("RELEASE", dev.name, note="parent gone: release() not run", **unnamed)
 
     def leaks(self) -> list[dict]:
         """Deleted devices whose references are still held: who holds them."""

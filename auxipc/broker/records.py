@@ -86,11 +86,13 @@ class Driver:
 
 @dataclass(eq=False, slots=True)
 class Device:
+    """An auxiliary device. ``name`` is set by add, as dev_set_name() in
+    __auxiliary_device_add: empty before (``pending`` is what add will name it)."""
     dev_id: int
     parent: Peer
     short: str
     id: int
-    name: str
+    pending: str
     has_release: bool
     life: Machine
     bind: Machine
@@ -104,10 +106,16 @@ class Device:
     last_error: str = ""
     last_probe: int = 0
     hung: str = ""                  # what a hung-task warning said while the operation still blocks
+    name: str = ""                  # <modname>.<name>.<id> once added
 
     @property
     def refcount(self) -> int:
         return sum(self.refs.values())
+
+    @property
+    def label(self) -> str:
+        """The device in messages: its name, or what add would name it."""
+        return self.name or f"{self.pending} (never added)"
 
 
 @dataclass(eq=False, slots=True)

@@ -36,7 +36,8 @@ def snapshot(bus: Bus) -> dict:
                            "parent": spec.code in dev.parent.handles, "child": spec.code in child_handles,
                            "deliverable": bool(dev.driver) and spec.code in receiver})
         devices.append({
-            "id": dev.dev_id, "name": dev.name, "match": match_name(dev.name),
+            "id": dev.dev_id, "name": dev.label, "match": match_name(dev.name) if dev.name else None,
+            "pending": dev.pending,
             "driver": dev.driver.name if dev.driver else None,
             "state": dev.life.state.value,
             "bind": "deferred" if dev.deferred and dev.bind.state is BindState.UNBOUND else dev.bind.state.value,
