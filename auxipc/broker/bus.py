@@ -36,7 +36,7 @@ from proto.events import CATALOG, Catalog
 from auxipc.broker.binding import Binding
 from auxipc.broker.calls import Calls
 from auxipc.broker.devices import Devices
-from auxipc.broker.lifecycle import DeviceState, PeerEvent, peer_machine
+from auxipc.broker.lifecycle import PeerEvent, peer_machine
 from auxipc.broker.lockdep import LockDep
 from auxipc.broker.records import Adopted, Device, Driver, Peer, Pending, device_name, match_name
 from auxipc.broker.timers import Timer, Timers
@@ -47,8 +47,6 @@ log = logging.getLogger("auxipc.broker")
 # The kernel's hung-task detector reports a task blocked for hung_task_timeout_secs
 # (120 by default); the emulator's remove() has no deadline and is reported sooner.
 HUNG_TASK_SECS = 10.0
-
-ADDED = DeviceState.ADDED
 
 __all__ = ["Bus", "Device", "Driver", "Peer", "Pending", "device_name", "match_name"]
 
@@ -97,7 +95,7 @@ class Bus:
             E.DevInit: d.dev_init, E.DevAdd: d.dev_add, E.DevDelete: d.dev_delete,
             E.DevUninit: d.dev_uninit, E.DevGet: d.dev_get, E.DevPut: d.dev_put, E.DevPm: self.dev_pm,
             E.DevFind: d.dev_find,
-            E.LockReq: c.lock_req, E.Resync: self.resync, E.UnlockReq: c.unlock_req,
+            E.LockReq: c.lock_req, E.Resync: c.resync, E.UnlockReq: c.unlock_req,
             E.Unregister: self.unregister,
         }
         self._on_result, self._call = c.on_result, c.call
@@ -206,7 +204,7 @@ class Bus:
                                        topic=b"trace"))
 
     @staticmethod
-    def task_of(peer: "Peer", msg) -> str:
+    def task_of(peer: Peer, msg) -> str:
         """The task a request runs in: the one it names, else a task of its own (a
         peer that does not name tasks never has two requests in one task)."""
         return msg.task or f"{peer.name}#{peer.inc}/r{msg.r}"
@@ -352,7 +350,7 @@ class Bus:
         peer.machine = peer_machine(peer.label)
         peer.instance = msg.instance
         if msg.role == "parent":
-            peer.index = self._instance_index(msg.name, msg.restore.get("index"))
+            peer.index = self.lifetime.instance_index(msg.name, msg.restore.get("index"))
         if msg.role == "child":
             for item in msg.restore.get("bound", ()):
                 if isinstance(item, dict) and isinstance(item.get("name"), str):
@@ -361,46 +359,6 @@ class Bus:
         self.hb_idents[ident + b"#hb"] = peer
         self.uevent("REGISTER", role=msg.role, name=msg.name, pid=msg.pid, inc=peer.inc)
         self.reply(ident, msg.r, data=self._welcome(peer))
-
-    def _instance_index(self, name: str, wanted) -> int:
-        """A parent instance's index among the live instances of its model: what it had
-        before a broker restart if still free, else the lowest free (ida_alloc). Drivers
-        number their PCI functions' auxiliary devices from such an IDA, so two instances
-        of one model add ``ixd.eth.0`` and ``ixd.eth.1``."""
-        taken = {p.index for p in self.peers.values() if p.alive and p.role == "parent" and p.name == name}
-        if isinstance(wanted, int) and wanted >= 0 and wanted not in taken:
-            return wanted
-        return next(i for i in range(len(taken) + 1) if i not in taken)
-
-    def resync(self, peer: Peer, msg: E.Resync) -> None:
-        """Pass a receiver's gap report to the other side of the device (no answer)."""
-        dev = self.devices.get(msg.dev)
-        if dev is None or dev.driver is None:
-            return
-        other = dev.driver.peer if peer is dev.parent else dev.parent if dev.driver.peer is peer else None
-        if other is not None and other.alive:
-            self.stats["resyncs"] += 1
-            self.send(other.ident, E.Resync(dev=msg.dev))
-
-    def _devices_left_behind(self, peer: Peer) -> None:
-        """A parent that leaves cleanly must have deleted and uninit'd its devices first
-        ("before its own driver.remove() is completed"). The bus still cleans up after it,
-        as after a crash, but says so: in the kernel these devices would outlive their
-        parent (a use-after-free), or never be released (a leak)."""
-        added = [d.name for d in peer.devices if d.life.state is ADDED]
-        if added:
-            self.warn("devices_outlive_parent",
-                      f"{peer.label} left with {len(added)} auxiliary device(s) still added: {', '.join(added)}; "
-                      "the registering driver must delete them before its remove() returns, or they outlive "
-                      "their parent (a use-after-free in the kernel); deleted and put for it", parent=peer.label,
-                      devices=added)
-        kept = [d.name or d.pending for d in peer.devices
-                if d.life.state is not ADDED and d.refs.get(peer.label)]
-        if kept:
-            self.warn("uninit_missing",
-                      f"{peer.label} left without auxiliary_device_uninit() of {', '.join(kept)}; their "
-                      "release() would never run (a leak in the kernel); put for it", parent=peer.label,
-                      devices=kept)
 
     def _welcome(self, peer: Peer) -> dict:
         return {"peer": peer.label, "inc": peer.inc, "epoch": self.epoch,
@@ -435,7 +393,7 @@ class Bus:
                 p.on_result(-Errno.ENODEV, f"{p.what}: {peer.label} is gone ({reason})", None, {})
         self.calls.locks_gone(peer)
         if not crash and peer.devices:
-            self._devices_left_behind(peer)
+            self.lifetime.left_behind(peer)
         for dev in list(peer.devices):
             self.lifetime.parent_gone(dev, reason)
         for dev_id, n in list(peer.holding.items()):

@@ -210,6 +210,16 @@ class Calls:
                 raise AuxError(Errno.EOPNOTSUPP, f"parent {parent.name} has no handler for {spec.name}")
             SyncCall(host, peer, msg, payload, parent, dev, drv, spec, task, deadline).forward()
 
+    def resync(self, peer: Peer, msg: E.Resync) -> None:
+        """Pass a receiver's gap report to the other side of the device (no answer)."""
+        dev = self.host.devices.get(msg.dev)
+        if dev is None or dev.driver is None:
+            return
+        other = dev.driver.peer if peer is dev.parent else dev.parent if dev.driver.peer is peer else None
+        if other is not None and other.alive:
+            self.host.stats["resyncs"] += 1
+            self.host.send(other.ident, E.Resync(dev=msg.dev))
+
     def on_result(self, peer: Peer, msg: E.Result, payload: bytes | None) -> None:
         host = self.host
         p = host.pending.get(msg.r)

@@ -99,6 +99,36 @@ class Devices:
         self.host.reply(peer.ident, msg.r, data={"refcount": dev.refcount - 1})
         self.put(dev, peer)
 
+    def left_behind(self, peer: Peer) -> None:
+        """A parent that leaves cleanly must have deleted and uninit'd its devices first
+        ("before its own driver.remove() is completed"). The bus still cleans up after it,
+        as after a crash, but says so: in the kernel these devices would outlive their
+        parent (a use-after-free), or never be released (a leak)."""
+        added = [d.name for d in peer.devices if d.life.state is DeviceState.ADDED]
+        if added:
+            self.host.warn("devices_outlive_parent",
+                      f"{peer.label} left with {len(added)} auxiliary device(s) still added: {', '.join(added)}; "
+                      "the registering driver must delete them before its remove() returns, or they outlive "
+                      "their parent (a use-after-free in the kernel); deleted and put for it", parent=peer.label,
+                      devices=added)
+        kept = [d.name or d.pending for d in peer.devices
+                if d.life.state is not DeviceState.ADDED and d.refs.get(peer.label)]
+        if kept:
+            self.host.warn("uninit_missing",
+                      f"{peer.label} left without auxiliary_device_uninit() of {', '.join(kept)}; their "
+                      "release() would never run (a leak in the kernel); put for it", parent=peer.label,
+                      devices=kept)
+
+    def instance_index(self, name: str, wanted) -> int:
+        """A parent instance's index among the live instances of its model: what it had
+        before a broker restart if still free, else the lowest free (ida_alloc). Drivers
+        number their PCI functions' auxiliary devices from such an IDA, so two instances
+        of one model add ``ixd.eth.0`` and ``ixd.eth.1``."""
+        taken = {p.index for p in self.host.peers.values() if p.alive and p.role == "parent" and p.name == name}
+        if isinstance(wanted, int) and wanted >= 0 and wanted not in taken:
+            return wanted
+        return next(i for i in range(len(taken) + 1) if i not in taken)
+
     def parent_gone(self, dev: Device, reason: str) -> None:
         """The parent process died or left: delete and uninit its device for it."""
         def uninit() -> None:
