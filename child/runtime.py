@@ -57,6 +57,9 @@ def takes_id(probe) -> bool:
 class AuxDriver:
     name: str = ""
     id_table: list = []     # match names, or AuxDeviceId(name, driver_data) / (name, driver_data)
+    # KBUILD_MODNAME of the module the driver is in: on the bus the driver is then named
+    # "<modname>.<name>" (mlx5_core.eth), so two modules may each have an "eth".
+    modname: str = ""
 
     def probe(self, adev: "ChildDevice", id: AuxDeviceId | None = None):
         return 0
@@ -123,6 +126,9 @@ class ChildRuntime(Runtime):
     locks_devices = True
 
     def __init__(self, drivers: list[AuxDriver], name: str | None = None, **kw):
+        for d in drivers:
+            if d.modname and not d.name.startswith(d.modname + "."):
+                d.name = f"{d.modname}.{d.name}"    # driver.name, as __auxiliary_driver_register sets it
         super().__init__(name or "+".join(d.name for d in drivers) or "child", **kw)
         self.drivers = {d.name: d for d in drivers}
         self.handlers = {d.name: collect_handlers(d, self.catalog) for d in drivers}

@@ -394,3 +394,13 @@ class Finder(Rec):
         dev = self.found.pop(adev.name, None)
         if dev is not None:
             log("put", dev=dev.name, refcount=dev.put())
+
+
+class Eth(Rec):
+    """A driver named ``eth`` in module $AXT_MODNAME: ``<modname>.eth`` on the bus."""
+
+    name = "eth"
+
+    def __init__(self):
+        super().__init__()
+        self.modname = os.environ.get("AXT_MODNAME", "")

@@ -235,6 +235,21 @@ def test_two_instances_of_one_model_add_distinct_ids(bus):
         "ixd.eth.0"]
 
 
+def test_drivers_are_named_by_their_module(bus):
+    """Two modules each with a driver called ``eth``: both register, as
+    ``mod_a.eth`` and ``mod_b.eth``; the first matching one binds and is shown by its
+    qualified name; a bare duplicate name is still -EBUSY."""
+    bus.parent(AXT_DEVS="eth:0")
+    bus.child("tests.models:Eth", AXT_MODNAME="mod_a", AXT_IDS="tp.eth")
+    bus.child("tests.models:Eth", AXT_MODNAME="mod_b", AXT_IDS="tp.eth")
+    snap = bus.ls()
+    assert sorted(d["name"] for d in snap["drivers"]) == ["mod_a.eth", "mod_b.eth"]
+    assert bus.device("tp.eth.0", snap)["driver"] == "mod_a.eth"
+    assert [e["driver"] for e in bus.uevents() if e["action"] == "BIND"] == ["mod_a.eth"]
+    r = bus.cli("child", "--driver", "tests.models:Eth", timeout=20, AXT_MODNAME="mod_a")
+    assert r.returncode != 0 and "EBUSY" in r.stderr and "driver mod_a.eth is already registered" in r.stderr
+
+
 # ---- the smaller rules ---------------------------------------------------------------------
 
 def test_sysfs_unbind_is_per_driver(bus):
