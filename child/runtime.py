@@ -74,7 +74,7 @@ class ChildDevice:
     """The auxiliary device as its driver sees it, from probe until remove returns."""
 
     def __init__(self, rt: "ChildRuntime", dev_id: int, name: str, driver: AuxDriver,
-                 parent_handles, parent_schema):
+                 parent_handles, parent_schema, attrs: dict | None = None):
         self.rt, self.dev_id, self.name, self.driver = rt, dev_id, name, driver
         self.match = name.rsplit(".", 1)[0]
         # The id_table entry that matched (auxiliary_match_id), as probe() received it.
@@ -82,6 +82,7 @@ class ChildDevice:
         self.topic = b"P:" + name.encode()     # where its async events go
         self.parent_handles = frozenset(parent_handles)
         self.parent_schema = tuple(parent_schema)
+        self.attrs: dict = dict(attrs or {})    # the device's attributes, as its parent set them
         self.bound = True
         self.data: dict = {}     # the driver's private state (dev_set_drvdata)
         self.refs = 0
@@ -277,7 +278,7 @@ class ChildRuntime(Runtime):
                 return 0, "adopted", None
         if self.faults.rules:
             self.fault_point("probe")
-        adev = ChildDevice(self, msg.dev, msg.name, drv, msg.parent_handles, msg.parent_schema)
+        adev = ChildDevice(self, msg.dev, msg.name, drv, msg.parent_handles, msg.parent_schema, msg.attrs)
         self.devices[msg.dev] = adev     # probe may already call the parent
         try:
             rc = drv.probe(adev, adev.id) if takes_id(drv.probe) else drv.probe(adev)

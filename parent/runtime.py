@@ -36,8 +36,10 @@ log = logging.getLogger("auxipc.parent")
 class ParentDevice:
     """An auxiliary_device owned by this parent."""
 
-    def __init__(self, rt: "ParentRuntime | None", name: str, id: int, release: Callable | None = None):
+    def __init__(self, rt: "ParentRuntime | None", name: str, id: int, release: Callable | None = None,
+                 attrs: dict | None = None):
         self.rt, self.short, self.id, self.release_cb = rt, name, id, release
+        self.attrs: dict = dict(attrs or {})   # sysfs/udev attributes: set before add(), as drivers expect
         self.dev_id = 0
         self.name = ""            # full name, known after init
         self.topic = b""
@@ -75,8 +77,8 @@ class ParentDevice:
         task = self.rt.task
         # No deadline: add returns once probe() did, however long it takes (the broker
         # reports a hung probe; a dead driver process ends it).
-        d = self._req(lambda r: E.DevAdd(r=r, dev=self.dev_id, task=task), f"auxiliary_device_add {self.name}",
-                      timeout=None)
+        d = self._req(lambda r: E.DevAdd(r=r, dev=self.dev_id, task=task, attrs=self.attrs),
+                      f"auxiliary_device_add {self.name}", timeout=None)
         self.state = DeviceState.ADDED
         return d.get("driver")
 
@@ -153,8 +155,9 @@ class ParentModel:
     def __init__(self):
         self.rt: ParentRuntime | None = None
 
-    def device(self, name: str, id: int = 0, release: Callable | None = None) -> ParentDevice:
-        return ParentDevice(self.rt, name, id, release)
+    def device(self, name: str, id: int = 0, release: Callable | None = None,
+               attrs: dict | None = None) -> ParentDevice:
+        return ParentDevice(self.rt, name, id, release, attrs)
 
     @property
     def index(self) -> int:

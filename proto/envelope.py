@@ -166,6 +166,7 @@ class DevAdd(Header):
     r = REQ_ID
     dev = Int(0, 2**53)
     task = Str(max_len=128, default="", doc="the task (call chain) this runs in; lockdep's unit")
+    attrs = Map(default={}, doc="the device's attributes (sysfs, udev), set before a driver binds")
 
 
 @header(Msg.DEV_DELETE)
@@ -293,6 +294,7 @@ class Probe(Header):
     adopt = Bool(default=False, doc="the child had this device bound before a broker restart: "
                                     "take it back without calling probe() again")
     task = Str(max_len=128, default="", doc="the task (call chain) this runs in; lockdep's unit")
+    attrs = Map(default={}, doc="the device's attributes, as its parent set them before add")
 
 
 @header(Msg.REMOVE)

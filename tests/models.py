@@ -165,6 +165,13 @@ class EarlyUninit(Pair):
             log("delete-done", dev=adev.name)
 
 
+class WithAttrs(Pair):
+    """Pair whose devices carry attributes, set before add (a subfunction number, a role)."""
+
+    def device(self, name, id=0, release=None, attrs=None):
+        return super().device(name, id, release, {"sfnum": id + 3, "role": "uplink", "trusted": True})
+
+
 class Dup(Pair):
     """Adds ``tp.eth.0`` twice: the second add fails -EEXIST, is logged and uninit."""
 
@@ -194,6 +201,8 @@ class Rec(AuxDriver):
 
     def probe(self, adev):
         log("probe", dev=adev.name, driver=self.name)
+        if adev.attrs:
+            log("attrs", dev=adev.name, attrs=adev.attrs)
         if adev.match in self.hold:
             refcount = adev.get()
             self.held.append(adev)

@@ -250,6 +250,16 @@ def test_drivers_are_named_by_their_module(bus):
     assert r.returncode != 0 and "EBUSY" in r.stderr and "driver mod_a.eth is already registered" in r.stderr
 
 
+def test_device_attributes_reach_udev_and_the_driver_before_it_binds(bus):
+    bus.parent("tests.models:WithAttrs", AXT_DEVS="eth:0")
+    child = bus.child()
+    want = {"sfnum": 3, "role": "uplink", "trusted": True}
+    [add] = [e for e in bus.uevents() if e["action"] == "ADD"]
+    assert add["detail"]["attrs"] == want
+    assert child.records("attrs", dev="tp.eth.0")[0]["attrs"] == want
+    assert bus.device("tp.eth.0")["attrs"] == want
+
+
 # ---- the smaller rules ---------------------------------------------------------------------
 
 def test_sysfs_unbind_is_per_driver(bus):

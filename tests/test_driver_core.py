@@ -291,3 +291,15 @@ def test_a_device_is_named_by_add(h):
     assert h.bus.devices[dev].name == "" and snapshot(h.bus)["devices"][0]["name"] == "ixd.eth.0 (never added)"
     h.send(P, E.DevAdd(r=2, dev=dev))
     assert h.bus.devices[dev].name == "ixd.eth.0" and h.result(P, 2)[0].d["name"] == "ixd.eth.0"
+
+
+def test_device_attributes_are_checked_at_add(h):
+    h.register(P, "parent", "ixd")
+    h.send(P, E.DevInit(r=1, name="eth"))
+    dev = h.result(P, 1)[0].d["dev"]
+    h.send(P, E.DevAdd(r=2, dev=dev, attrs={"sfnum": [1, 2]}))
+    m, _ = h.result(P, 2)
+    assert m.e == -Errno.EINVAL and m.m == "$.header.attrs.sfnum: expected a string (<= 4096 chars), number or bool, got list"
+    assert h.bus.devices[dev].life.state.value == "initialized"      # nothing changed
+    h.send(P, E.DevAdd(r=3, dev=dev, attrs={"sfnum": 1}))
+    assert h.result(P, 3)[0].e == 0 and snapshot(h.bus)["devices"][0]["attrs"] == {"sfnum": 1}

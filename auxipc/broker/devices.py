@@ -21,6 +21,18 @@ from auxipc.broker.records import Device, Host, Peer, device_name, match_name
 log = logging.getLogger("auxipc.broker")
 
 
+def check_attrs(attrs: dict) -> dict:
+    """Device attributes: names of at most 64 characters, values a string, number or bool
+    (what a sysfs attribute shows); -EINVAL naming the field otherwise."""
+    for key, value in attrs.items():
+        if not isinstance(key, str) or not key or len(key) > 64:
+            raise AuxError(Errno.EINVAL, f"$.header.attrs: {key!r} is not an attribute name (1..64 chars)")
+        if not isinstance(value, (str, int, float, bool)) or (isinstance(value, str) and len(value) > 4096):
+            raise AuxError(Errno.EINVAL, f"$.header.attrs.{key}: expected a string (<= 4096 chars), number or "
+                           f"bool, got {type(value).__name__}")
+    return dict(attrs)
+
+
 class Devices:
     def __init__(self, host: Host, binding: Binding):
         self.host, self.binding = host, binding
@@ -59,10 +71,13 @@ class Devices:
                               "auxiliary_device_uninit() it")
             raise AuxError(Errno.EEXIST, f"auxiliary_device_add: {dev.pending} already exists on the bus "
                            f"(added by {host.by_name[dev.pending].parent.label})")
+        attrs = check_attrs(msg.attrs)
         dev.life.fire(DeviceEvent.ADD)
         dev.name = dev.pending                     # dev_set_name: named by add
+        dev.attrs = attrs                          # before a driver binds, as udev and drivers expect
         host.by_name[dev.name] = dev
-        host.uevent("ADD", dev.name, modalias=f"auxiliary:{match_name(dev.name)}", parent=peer.label)
+        host.uevent("ADD", dev.name, modalias=f"auxiliary:{match_name(dev.name)}", parent=peer.label,
+                    **({"attrs": attrs} if attrs else {}))
         self.binding.probe(dev, self.binding.candidates(dev), host.task_of(peer, msg), lambda: host.reply(
             peer.ident, msg.r, data={"name": dev.name, "driver": dev.driver.name if dev.driver else None}))
 

@@ -162,7 +162,7 @@ class Probe:
         parent = dev.parent
         return E.Probe(r=rid, dev=dev.dev_id, name=dev.name, driver=drv.name, task=self.task,
                        adopt=drv.peer.adopt.get(dev.name, NOT_ADOPTED).driver == drv.name,
-                       parent_handles=sorted(parent.handles), parent_schema=parent.schema)
+                       parent_handles=sorted(parent.handles), parent_schema=parent.schema, attrs=dev.attrs)
 
     def answered(self, e: int, m: str, _p, _d) -> None:
         """The probe's result, still under the device lock (the kernel binds before it

@@ -107,6 +107,7 @@ class Device:
     last_probe: int = 0
     hung: str = ""                  # what a hung-task warning said while the operation still blocks
     name: str = ""                  # <modname>.<name>.<id> once added
+    attrs: dict = field(default_factory=dict)   # attributes for drivers and udev, set by add
 
     @property
     def refcount(self) -> int:

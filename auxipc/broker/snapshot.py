@@ -37,7 +37,7 @@ def snapshot(bus: Bus) -> dict:
                            "deliverable": bool(dev.driver) and spec.code in receiver})
         devices.append({
             "id": dev.dev_id, "name": dev.label, "match": match_name(dev.name) if dev.name else None,
-            "pending": dev.pending,
+            "pending": dev.pending, "attrs": dev.attrs,
             "driver": dev.driver.name if dev.driver else None,
             "state": dev.life.state.value,
             "bind": "deferred" if dev.deferred and dev.bind.state is BindState.UNBOUND else dev.bind.state.value,
