@@ -91,6 +91,8 @@ class NicParent(NicHandlers, ParentModel):
                     adev.call(Event.PREPARE_DETACH, PrepareDetach(reason=DetachReason.UNLOAD), timeout=1.0)
                 except AuxError as exc:
                     log.warning("PREPARE_DETACH %s: %s", adev.name, exc)
+        for adev in list(self.rt.devices.values()):
+            self.unpublish(adev)
         super().remove()
 
     def plug(self, name: str, i: int) -> ParentDevice:
@@ -98,15 +100,25 @@ class NicParent(NicHandlers, ParentModel):
         adev.init()
         if name in LINK_KINDS:
             self.send_link(adev)            # kept for the driver that binds (state replay)
+        self.publish(adev)
         try:
             driver = adev.add()
         except AuxError:
+            self.unpublish(adev)
             adev.uninit()                   # a failed add still needs uninit
             raise
         self.note("plug", dev=adev.name, driver=driver)
         return adev
 
+    def publish(self, adev: ParentDevice) -> None:
+        """Make an initialized device known to the rest of the driver (before add, as ice
+        sets pf->adev); a model with a lock for it overrides this (ice.py)."""
+
+    def unpublish(self, adev: ParentDevice) -> None:
+        """Forget a device before deleting it (see ``publish``)."""
+
     def unplug(self, adev: ParentDevice) -> None:
+        self.unpublish(adev)
         if adev.state == "added":
             adev.delete()
         if adev.state in ("initialized", "deleted"):

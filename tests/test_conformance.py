@@ -260,6 +260,24 @@ def test_device_attributes_reach_udev_and_the_driver_before_it_binds(bus):
     assert bus.device("tp.eth.0")["attrs"] == want
 
 
+def test_parent_unpublishes_under_its_own_lock_then_deletes(bus):
+    """ice: events go out under adev_mutex to a published device; a reset unpublishes the
+    device under the mutex, then deletes it outside (irdma's remove() runs), then plugs
+    again. Lockdep sees adev_mutex -> device_lock only: no inversion."""
+    p = bus.parent("ice", AUXIPC_HW="lldp=0")
+    c = bus.child("irdma")
+    rc, out, err = bus.send("ice.roce.0", "REQUEST_RESET", "child", {"reset_type": "FUNC"})
+    assert (rc, out["errno"]) == (0, 0), (out, err)
+    p.wait_record("reset", state="IDLE")
+    [unpub] = p.records("unpublish", dev="ice.roce.0")
+    [unplug] = p.records("unplug", dev="ice.roce.0")
+    [removed] = c.records("remove", dev="ice.roce.0")
+    assert unpub["t"] < removed["t"] < unplug["t"]
+    snap = bus.ls()
+    assert "mutex:ice.adev_mutex" in [lock["name"] for lock in snap["locks"]]
+    assert snap["lockdep"] == {"inversions": [], "deadlocks": []}
+
+
 # ---- the smaller rules ---------------------------------------------------------------------
 
 def test_sysfs_unbind_is_per_driver(bus):
