@@ -1,3 +1,3 @@
-from auxipc.cli.main import main
+from auxipc.cli import run
 
-main(prog_name="auxipc")
+run(prog_name="auxipc")

@@ -21,6 +21,7 @@ the same faults. Each application is recorded in the trace (action FAULT).
 from __future__ import annotations
 
 import random
+import signal as _signal
 from dataclasses import asdict, dataclass, field
 
 from proto import envelope as E
@@ -29,7 +30,9 @@ from proto.errno import AuxError, Errno
 KINDS = {"kill": {"point": ("probe", "remove", "request", "send", "reset")},
          "handler": {"action": ("delay", "hang", "raise", "errno")},
          "message": {"action": ("drop", "delay", "duplicate", "reorder", "corrupt")}}
-SIGNALS = {"KILL": 9, "TERM": 15, "STOP": 19, "INT": 2, "ABRT": 6, "SEGV": 11}
+# The signals a user may send (a fault rule, ``auxipc fault signal``, a scenario's kill step): one table.
+SIGNALS = {s.name[3:]: s for s in (_signal.SIGTERM, _signal.SIGKILL, _signal.SIGSTOP, _signal.SIGCONT, _signal.SIGINT,
+                                   _signal.SIGHUP, _signal.SIGABRT, _signal.SIGSEGV)}
 
 
 @dataclass

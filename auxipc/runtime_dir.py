@@ -13,8 +13,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import zmq
-
 from proto.errno import AuxError, Errno
 
 SOCKETS = ("bus.sock", "pub.sock", "sub.sock", "notify.sock")
@@ -58,6 +56,7 @@ class Endpoints:
 
     def check(self) -> None:
         longest = max(len(str(self.root / name)) for name in SOCKETS)
+        import zmq  # here, not at the top: `auxipc --help` needs the paths, not zmq
         limit = getattr(zmq, "IPC_PATH_MAX_LEN", 107) or 107
         if longest > limit:
             raise AuxError(Errno.EINVAL, f"runtime dir {self.root} is too long for an ipc socket path "
@@ -76,13 +75,11 @@ class BrokerLock:
 
     def __init__(self, root: Path):
         self.root = root
-        self.created = False
         self._fd: int | None = None
 
     def acquire(self) -> None:
         try:
             self.root.mkdir(mode=0o700, parents=True)
-            self.created = True
         except FileExistsError:
             if not self.root.is_dir():
                 raise AuxError(Errno.EEXIST, f"runtime dir {self.root} exists and is not a directory") from None
@@ -125,18 +122,3 @@ class BrokerLock:
             self.root.rmdir()
         except OSError:
             pass
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot (None if it is gone or a zombie).
-
-    With the pid it identifies a process for good: a reused pid has another start time."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data[data.rindex(b")") + 2:].split()
-    if rest[0] in (b"Z", b"X"):
-        return None
-    return int(rest[19])

@@ -13,8 +13,6 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-import click
-
 from proto.errno import AuxError, Errno
 from proto.events import CATALOG, Catalog
 from proto.extend import build_catalog
@@ -46,16 +44,3 @@ def load_catalog(names=(), use_entry_points: bool = True) -> Catalog:
     """The built-in catalog plus every schema module (the shared CATALOG when there is none)."""
     mods = load_modules(names, use_entry_points)
     return build_catalog(mods) if mods else CATALOG
-
-
-def _to_catalog(ctx, param, value) -> Catalog:
-    try:
-        return load_catalog(value)
-    except AuxError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
-
-
-schema_option = click.option(
-    "--schema", "catalog", multiple=True, envvar="AUXIPC_SCHEMA", metavar="MODULE", callback=_to_catalog,
-    help="Load user-defined events from MODULE (EVENTS, optional SCHEMA_VERSION); repeatable. "
-         f"Modules of the '{ENTRY_POINT_GROUP}' entry-point group are always loaded. Env: AUXIPC_SCHEMA.")

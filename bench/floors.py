@@ -1,7 +1,7 @@
 """Floor cases: the same traffic with nothing but pyzmq + msgpack, for comparison.
 
 Every end is its own OS process, started by ``bench/run.py`` with multiprocessing
-``spawn`` (never fork), as in shared/anchors/cases.py, whose cases these follow:
+``spawn`` (never fork):
 
 - ``router_echo`` + ``dealer_client``: direct DEALER -> ROUTER round trip;
 - ``forwarder`` + ``dealer_worker`` + ``dealer_client``: a minimal Python

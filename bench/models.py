@@ -27,11 +27,10 @@ import os
 import time
 import traceback
 
+from auxipc import AuxDriver, ChildDevice, ParentDevice, ParentModel, handler
 from proto.errno import AuxError
 from proto.events import Duplex, Event, LinkChange, ResetType, ResetWarn, SetMac, SetMacReply
-from auxipc.runtime.handlers import handler
-from child.runtime import AuxDriver, ChildDevice
-from parent.runtime import ParentDevice, ParentModel
+
 from .floors import rt_loop
 
 IDLE_S = 2.0      # async: the child reports what it has after this long without an event

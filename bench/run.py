@@ -9,11 +9,11 @@ Usage (from the project root, with the venv's python):
     python bench/run.py --profile /tmp/prof   # cProfile the auxipc processes, print hot spots
 
 Every end is its own OS process: the floors are started with multiprocessing
-``spawn`` (like shared/anchors), auxipc with ``python -m auxipc broker|parent|child``
+``spawn``, auxipc with ``python -m auxipc broker|parent|child``
 and the bench model/driver in bench/models.py. Each case is run once per rep;
 the order rotates every rep; figures are medians across reps. Round trips are also
-run with every process pinned to one CPU (``@pinned``): see shared/anchors/README.md
-for why (a cross-vCPU wake-up costs ~30 us on the 2-vCPU VM). See bench/README.md.
+run with every process pinned to one CPU (``@pinned``): a cross-vCPU wake-up
+costs ~30 us on the 2-vCPU VM. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from auxipc.testing.harness import Harness  # noqa: E402
 from bench import floors  # noqa: E402
 from bench.report import PIN, build_table, rt_stats, summarize  # noqa: E402
+from proto.errno import AuxError  # noqa: E402
 
 SPAWN = mp.get_context("spawn")
 SRC = [ROOT]              # the tree whose auxipc is measured (--src / --rev change it)
 CHILDREN: list = []       # multiprocessing.Process: every floor end we start
-POPENS: list = []         # subprocess.Popen: every auxipc process we start
-RDIRS: list = []          # auxipc runtime dirs (outside the scratch dir), removed at the end
 
 
 class Failed(RuntimeError):
@@ -62,9 +62,6 @@ def _dead_child():
     for p in CHILDREN:
         if p.exitcode not in (None, 0, -signal.SIGTERM):
             return f"pid {p.pid} exited with {p.exitcode}"
-    for p in POPENS:
-        if p.poll() is not None:
-            return f"{' '.join(p.args[-5:])} (pid {p.pid}) exited with {p.returncode}"
     return None
 
 
@@ -105,23 +102,7 @@ def finish(procs, timeout=10, quiet=False):
             CHILDREN.remove(p)
 
 
-def stop_popen(p, grace=5.0):
-    """SIGTERM by pid, wait, SIGKILL: auxipc processes stop cleanly on SIGTERM."""
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(grace)
-        except subprocess.TimeoutExpired:
-            print(f"  ! pid {p.pid} ignored SIGTERM for {grace} s, killing", file=sys.stderr)
-            p.kill()
-            p.wait(5)
-    if p in POPENS:
-        POPENS.remove(p)
-
-
 def reap_all():
-    for p in list(reversed(POPENS)):
-        stop_popen(p, 3.0)
     for p in list(CHILDREN):
         if p.is_alive():
             p.terminate()
@@ -284,61 +265,27 @@ def floor_pubsub(tmp, n, warm, via_proxy):
 
 # ---- auxipc cases ---------------------------------------------------------------------------
 
-def _wait_line(p, log, word, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        with open(log, errors="replace") as f:
-            if word in f.read():
-                return
-        if p.poll() is not None:
-            raise Failed(f"{what} exited with {p.returncode} before it was ready:\n{_tail(log)}")
-        if time.monotonic() > deadline:
-            raise Failed(f"{what} not ready within {timeout} s:\n{_tail(log)}")
-        time.sleep(0.01)
-
-
-def _tail(path, n=15):
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-n:])
-    except OSError:
-        return ""
-
-
 def aux_case(tmp, mode, n, warm, cpu=None, profile_dir=None, timeout=120):
     """broker, parent, child as separate ``python -m auxipc`` processes on a fresh
-    runtime dir; the bench model/driver run the loop and write JSON into ``out``."""
-    rdir = tempfile.mkdtemp(prefix="axb-", dir="/tmp")     # short: ipc paths max 107 chars
-    RDIRS.append(rdir)
+    runtime dir (the project's bus harness, without its watcher and client: nothing
+    but the three processes on the bus); the bench model/driver run the loop and
+    write JSON into ``out``."""
     out = tempfile.mkdtemp(prefix=f"{mode}-", dir=tmp)
-    env = dict(os.environ, AUXB_MODE=mode, AUXB_N=str(n), AUXB_WARM=str(warm), AUXB_OUT=out,
-               PYTHONUNBUFFERED="1",
+    env = dict(AUXB_MODE=mode, AUXB_N=str(n), AUXB_WARM=str(warm), AUXB_OUT=out,
                PYTHONPATH=os.pathsep.join(dict.fromkeys([SRC[0], ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])))
-    env.pop("AUXIPC_RUNTIME_DIR", None)
-    pre = ["taskset", "-c", str(cpu)] if cpu is not None else []
-    procs = []
+    wrap = ["taskset", "-c", str(cpu)] if cpu is not None else []
 
-    def launch(role, *args):
-        log = os.path.join(out, f"{role}.log")
-        py = [sys.executable]
-        if profile_dir:
-            py += ["-m", "cProfile", "-o", os.path.join(profile_dir, f"{mode}-{role}.prof")]
-        with open(log, "w") as f:
-            p = subprocess.Popen(pre + py + ["-m", "auxipc", role, "--runtime-dir", rdir, *args],
-                                 cwd=SRC[0], env=env, stdin=subprocess.DEVNULL, stdout=f,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-        POPENS.append(p)
-        procs.append(p)
-        return p, log
+    def launch(role):
+        prof = ["-m", "cProfile", "-o", os.path.join(profile_dir, f"{mode}-{role}.prof")] if profile_dir else []
+        return {"wrap": wrap, "py_args": prof, "cwd": SRC[0], "timeout": 30.0}
 
     want = {"c2p": ["child.json"], "p2c": ["parent.json"], "async": ["parent.json", "child.json"]}[mode]
+    h = Harness(prefix="axb-", env=env)     # a short runtime dir under /tmp: ipc paths max 107 chars
     try:
         with pinned(cpu):
-            b, blog = launch("broker")
-            _wait_line(b, blog, "ready", "auxipc broker")
-            p, plog = launch("parent", "--model", "bench.models:BenchParent")
-            _wait_line(p, plog, "ready", "auxipc parent")
-            launch("child", "--driver", "bench.models:BenchDriver")
+            procs = [h.broker(connect=False, **launch("broker")),
+                     h.start("parent", "parent", "--model", "bench.models:BenchParent", **launch("parent")),
+                     h.start("child", "child", "--driver", "bench.models:BenchDriver", **launch("child"))]
             caller = {"c2p": "child", "p2c": "parent", "async": "parent"}[mode]
             roles = dict(zip(("broker", "parent", "child"), procs))
             pids = {"caller": roles[caller].pid, "broker": roles["broker"].pid,
@@ -352,10 +299,9 @@ def aux_case(tmp, mode, n, warm, cpu=None, profile_dir=None, timeout=120):
                        and "error" in _load(os.path.join(out, w))]
                 if bad:
                     raise Failed(f"{mode}: {_load(os.path.join(out, bad[0]))['trace']}")
-                for q, role in zip(procs, ("broker", "parent", "child")):
-                    if q.poll() is not None:
-                        raise Failed(f"auxipc {role} exited with {q.returncode} during {mode}:\n"
-                                     + _tail(os.path.join(out, f"{role}.log")))
+                for role, q in roles.items():
+                    if not q.alive():
+                        raise Failed(f"auxipc {role} exited with {q.popen.poll()} during {mode}:\n{q.tail(15)}")
                 if time.monotonic() > deadline:
                     raise Failed(f"{mode}: no result within {timeout} s")
                 time.sleep(0.002 if c0 is None else 0.005)
@@ -364,11 +310,13 @@ def aux_case(tmp, mode, n, warm, cpu=None, profile_dir=None, timeout=120):
             for side in res.values():
                 if "error" in side:
                     raise Failed(f"{mode}: {side['trace']}")
+    except AuxError as exc:        # a process that did not start: its log is in the message
+        raise Failed(f"{mode}: {exc}") from None
     finally:
-        for q in reversed(procs):          # child, parent, broker: each unregisters cleanly
-            stop_popen(q)
-        shutil.rmtree(rdir, ignore_errors=True)
+        left = h.close()           # child, parent, broker: each unregisters cleanly
         shutil.rmtree(out, ignore_errors=True)
+    if left:
+        raise Failed(f"{mode}: {'; '.join(left)}")
     cpu = cpu_per_op(c0 or {}, c1, n)
     if mode == "c2p":
         return rt_stats(res["child"]) | {"stats": res["child"]["stats"], "cpu": cpu}
@@ -534,8 +482,6 @@ def main():
                       file=sys.stderr, flush=True)
     finally:
         reap_all()
-        for d in RDIRS:
-            shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
     info["loadavg_end"] = os.getloadavg()
     info["wall_s"] = round(time.monotonic() - t_all, 1)

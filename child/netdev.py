@@ -21,12 +21,11 @@ What it knows is in ``adev.data`` and journalled (auxipc/runtime/journal.py): re
 
 from __future__ import annotations
 
+from auxipc import ChildDevice, handler
 from proto.errno import AuxError
 from proto.events import EnableQueues, Event, PostConfig, QueueConfig
-from auxipc.runtime.handlers import handler
-from .reference import ReferenceDriver
-from .runtime import ChildDevice
 
+from .reference import ReferenceDriver
 
 
 class NetDriver(ReferenceDriver):

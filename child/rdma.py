@@ -14,12 +14,11 @@ Journal records: ``probe``, ``qsets`` (teids per TC, errors), ``reset``, ``tc``,
 
 from __future__ import annotations
 
+from auxipc import AuxDeviceId, ChildDevice, handler
 from proto.errno import AuxError
 from proto.events import Event, QsetParams
-from auxipc.runtime.handlers import handler
-from .reference import ReferenceDriver
-from .runtime import AuxDeviceId, ChildDevice
 
+from .reference import ReferenceDriver
 
 QS_HANDLE_BASE = 0x100       # the qs_handle of TC n is QS_HANDLE_BASE + n
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import logging
 
+from auxipc import AuxDriver, ChildDevice, journal
 from proto.errno import AuxError, Errno
-from auxipc.runtime.journal import journal
-from .runtime import AuxDriver, ChildDevice
 
 log = logging.getLogger("auxipc.child")
 

@@ -9,11 +9,9 @@ remove puts it, so the soak can check that every reference comes back.
 
 from __future__ import annotations
 
+from auxipc import AuxDriver, SoakLoad, handler
 from proto.errno import AuxError
 from proto.events import Event, PostConfig, SetMac
-from auxipc.runtime.handlers import handler
-from auxipc.testing.soak import Load
-from .runtime import AuxDriver
 
 PERIOD = 0.01
 
@@ -23,7 +21,7 @@ class SoakDriver(AuxDriver):
     id_table = ["soak.a"]
 
     def __init__(self):
-        self.load = Load("child", self.name)
+        self.load = SoakLoad("child", self.name)
         self.stats = self.load.stats
         self.last: dict = {}           # (device, sender pid) -> last counter
         self.ticking = False

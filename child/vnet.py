@@ -7,10 +7,8 @@ virtqueues on detach (suspend) until attach (resume).
 
 from __future__ import annotations
 
+from auxipc import AuxDriver, ChildDevice, handler, journal
 from proto.events import Event
-from auxipc.runtime.handlers import handler
-from auxipc.runtime.journal import journal
-from .runtime import AuxDriver, ChildDevice
 
 
 class Mlx5Vnet(AuxDriver):

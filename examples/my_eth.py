@@ -5,8 +5,7 @@ It binds ``ixd.eth`` devices and handles only LINK_CHANGE: the bus negotiates
 that at bind time, so anything else the parent sends it is -EOPNOTSUPP.
 """
 
-from auxipc.runtime.handlers import handler
-from child.runtime import AuxDriver
+from auxipc import AuxDriver, handler
 from proto.events import Event
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from proto.errno import AuxError
 from proto.events import CritErr, Event
+
 from .nic import NicParent
 from .runtime import ParentDevice
 

@@ -14,8 +14,9 @@ RESET_COMPLETE), instead of Model A's unplug + replug.
 
 from __future__ import annotations
 
+from auxipc import handler
 from proto.events import Event, ResetType
-from auxipc.runtime.handlers import handler
+
 from .nic import NicParent
 
 

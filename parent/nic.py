@@ -28,14 +28,26 @@ import signal
 import time
 from typing import Callable
 
+from auxipc import ParentDevice, ParentModel, journal, plain
 from proto.errno import AuxError, Errno
-from proto.events import (DcbConfig, DetachReason, Ets, Event, FwEvent, FwEventKind, Pfc, PrepareDetach,
-                          ResetComplete, ResetType, ResetWarn, Tsa)
-from auxipc.runtime.journal import _plain, journal
+from proto.events import (
+    DcbConfig,
+    DetachReason,
+    Ets,
+    Event,
+    FwEvent,
+    FwEventKind,
+    Pfc,
+    PrepareDetach,
+    ResetComplete,
+    ResetType,
+    ResetWarn,
+    Tsa,
+)
+
 from .hw import Hardware, HwConfig
 from .hw.reset import HW_NAME, ResetState
 from .nic_ops import NicHandlers
-from .runtime import ParentDevice, ParentModel
 
 log = logging.getLogger("auxipc.nic")
 
@@ -153,9 +165,9 @@ class NicParent(NicHandlers, ParentModel):
 
     def note(self, what: str, **fields) -> None:
         journal(what, **fields)
-        log.info("%s %s", what, " ".join(f"{k}={v}" for k, v in _plain(fields).items()))
+        log.info("%s %s", what, " ".join(f"{k}={v}" for k, v in plain(fields).items()))
         if self.cfg.report:
-            self.rt.report(f"HW {what}", what=what, **_plain(fields))
+            self.rt.report(f"HW {what}", what=what, **plain(fields))
 
     # ---- the FW mailbox ----
 

@@ -18,10 +18,10 @@ journals the new state. The three pain points of the proposal:
 
 from __future__ import annotations
 
+from auxipc import handler
 from proto.errno import AuxError, Errno
-from proto.events import (EthtoolCmd, Event, FilterOp, QsetReply, QueueChunks, SetMacReply, ShaperScope,
-                          VirtchnlReply)
-from auxipc.runtime.handlers import handler
+from proto.events import EthtoolCmd, Event, FilterOp, QsetReply, QueueChunks, SetMacReply, ShaperScope, VirtchnlReply
+
 from .hw.sched import Kind
 from .hw.shaper import validate as validate_shaper
 

@@ -25,7 +25,7 @@ from typing import Callable
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import decode_payload
-from auxipc.runtime.dispatch import EventsIn
+from auxipc.runtime.dispatch import BrokerLost, EventsIn
 from auxipc.runtime.handlers import collect_handlers, normalize_result
 from auxipc.runtime.peer import Runtime
 from auxipc.states import DeviceState
@@ -45,6 +45,7 @@ class ParentDevice:
         self.topic = b""
         self.state: DeviceState | None = None    # None until init()
         self.owned = True         # the parent's reference: put by uninit()
+        self.restore_added = False  # a restore cut short owes this device an add()
         self.driver: str | None = None
         self.child_handles: frozenset = frozenset()
         self.child_inc = 0
@@ -199,6 +200,7 @@ class ParentRuntime(Runtime):
         model.rt = self
         self.handlers = collect_handlers(model, self.catalog)
         self.devices: dict[int, ParentDevice] = {}
+        self.interrupted: list[ParentDevice] = []   # devices whose restore the broker cut short
 
     def handles(self) -> set[int]:
         return set(self.handlers)
@@ -231,16 +233,25 @@ class ParentRuntime(Runtime):
     def on_reregistered(self) -> None:
         """A new broker (or we were declared dead): init and add again every device
         that was on the bus; the bound driver takes it back without a second probe."""
-        old, self.devices = self.devices, {}
-        for adev in old.values():
+        # A restore the broker's loss cut short (``interrupted``) is retried here: its
+        # devices would otherwise be gone for good after a second broker restart.
+        old = [*self.devices.values(), *self.interrupted]
+        self.devices, self.interrupted = {}, []
+        for adev in old:
             adev.driver, adev.child_handles, adev.early = None, frozenset(), []
             if adev.state not in (DeviceState.INITIALIZED, DeviceState.ADDED) or not adev.owned:
                 continue
-            was_added = adev.state is DeviceState.ADDED
+            want_added = adev.state is DeviceState.ADDED or adev.restore_added
             try:
                 adev.init()
-                if was_added:
+                if want_added:
                     adev.add()
+                adev.restore_added = False
+            except BrokerLost as exc:
+                self.devices.pop(adev.dev_id, None)
+                adev.restore_added = want_added
+                self.interrupted.append(adev)
+                log.warning("restoring %s cut short (%s): retried at the next registration", adev.name, exc)
             except AuxError as exc:
                 log.error("could not restore %s: %s", adev.name, exc)
         self.model.on_restored()

@@ -2,17 +2,15 @@
 
 Every ``PERIOD`` it sends a sync RESET_WARN and an async FW_EVENT whose
 ``data`` carries ``<pid>:<counter>``, so the driver can check order and
-duplicates (``auxipc.soak.Load`` keeps the figures).
+duplicates (``auxipc.SoakLoad`` keeps the figures).
 """
 
 from __future__ import annotations
 
 import os
 
+from auxipc import ParentModel, SoakLoad, handler
 from proto.events import Event, FwEvent, FwEventKind, ResetType, ResetWarn, SetMacReply
-from auxipc.runtime.handlers import handler
-from auxipc.testing.soak import Load
-from .runtime import ParentModel
 
 PERIOD = 0.01
 
@@ -23,7 +21,7 @@ class SoakParent(ParentModel):
     def __init__(self, devices: int = 2):
         super().__init__()
         self.count = devices
-        self.load = Load("parent", self.modname)
+        self.load = SoakLoad("parent", self.modname)
         self.counter = 0
 
     def probe(self) -> None:

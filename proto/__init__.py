@@ -5,8 +5,20 @@ in, bytes come out, and back.
 """
 
 from .errno import AuxError, Errno, ProtocolError, errno_name, strerror
-from .events import (CATALOG, SCHEMA_VERSION, USER_EVENT_BASE, Catalog, Context, Delivery, Direction, Event,
-                     EventSpec, decode_payload, encode_payload, negotiate)
+from .events import (
+    CATALOG,
+    SCHEMA_VERSION,
+    USER_EVENT_BASE,
+    Catalog,
+    Context,
+    Delivery,
+    Direction,
+    Event,
+    EventSpec,
+    decode_payload,
+    encode_payload,
+    negotiate,
+)
 from .extend import build_catalog
 from .schema import Payload
 

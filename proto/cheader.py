@@ -162,7 +162,7 @@ def render(catalog: Catalog) -> str:
         out += [f"enum auxipc_{snake(enum.__name__)} {{",
                 *[f"\t{prefix}_{m.name} = {m.value}," for m in enum], "};", ""]
 
-    since_of = {}
+    since_of: dict[type, tuple[int, int]] = {}
     for spec in catalog:
         for cls in (spec.payload, spec.reply):
             for s in cls.structs():

@@ -11,11 +11,13 @@ field-by-field path of schema.py, which finds and names the fault.
 from __future__ import annotations
 
 import keyword
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errno import AuxError
-from .schema import MISSING, Bool, Bytes, Enum, Int, Payload, Str, _Slow
+from .fields import MISSING, Bool, Bytes, Enum, Int, Str, _Slow
 
+if TYPE_CHECKING:
+    from .schema import Payload
 
 _INLINE = (Int, Bool, Str, Enum, Bytes)    # kinds whose strict and lenient checks agree
 
@@ -28,7 +30,9 @@ def compile_payload(cls: type[Payload]):
     _Slow, and the field-by-field path decides and names the fault. ``cls._flat``:
     every field is a scalar, so the instance's ``__dict__`` is its wire map."""
     env: dict[str, Any] = {"Slow": _Slow, "MISSING": MISSING, "AuxError": AuxError}
-    checks, wire = [], []
+    checks: list[str] = []
+    wire: list[str] = []
+    f: Any                  # a Field of the kind just tested (type(f) is Int, ...)
     for i, (name, f) in enumerate(cls.fields.items()):
         env[f"F{i}"] = f
         env[f"D{i}"] = f.default
@@ -95,7 +99,7 @@ def compile_payload(cls: type[Payload]):
     exec("\n".join(lines), env)
     cls._fill, cls._to_wire = env["fill"], env["to_wire"]
     if "init" in env:
-        cls.__init__ = env["init"]
+        cls.__init__ = env["init"]  # type: ignore[method-assign]
     return cls._fill
 
 

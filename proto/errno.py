@@ -102,8 +102,3 @@ class ProtocolError(AuxError):
     def __init__(self, message: str, errno: int = Errno.EPROTO):
         super().__init__(errno, message)
 
-
-def check_errno(code: int, message: str | None = None) -> None:
-    """Raise AuxError for a non-zero (negative) result code."""
-    if code:
-        raise AuxError(code, message)

@@ -16,11 +16,36 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 
 from .errno import AuxError, Errno
+from .names import version_str
 from .payloads import *  # noqa: F403  (the union members, re-exported: proto.events is their home)
-from .payloads import (Caps, CritErr, DcbConfig, EnableQueues, EthtoolOp, FwEvent, LinkChange, MacFilter,
-                       MtuChangeAfter, MtuChangeBefore, NetshaperSet, PostConfig, PrepareDetach, Qos,
-                       QsetParams, QsetReply, QueueChunks, QueueConfig, RequestReset, ResetComplete,
-                       ResetWarn, SetMac, SetMacReply, Virtchnl, VirtchnlReply, VlanFilter)
+from .payloads import (
+    Caps,
+    CritErr,
+    DcbConfig,
+    EnableQueues,
+    EthtoolOp,
+    FwEvent,
+    LinkChange,
+    MacFilter,
+    MtuChangeAfter,
+    MtuChangeBefore,
+    NetshaperSet,
+    PostConfig,
+    PrepareDetach,
+    Qos,
+    QsetParams,
+    QsetReply,
+    QueueChunks,
+    QueueConfig,
+    RequestReset,
+    ResetComplete,
+    ResetWarn,
+    SetMac,
+    SetMacReply,
+    Virtchnl,
+    VirtchnlReply,
+    VlanFilter,
+)
 from .payloads import __all__ as _payload_names
 from .schema import Array, Empty, Nested, Payload, Str
 from .schema import Enum as EnumField
@@ -183,7 +208,7 @@ def negotiate(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
     """The contract two peers share: the older minor of one major. Across majors there
     is none: -EPROTO, worded for ``auxipc ls`` and both peers' logs."""
     if a[0] != b[0]:
-        raise AuxError(Errno.EPROTO, f"schema {a[0]}.{a[1]} and {b[0]}.{b[1]} differ in major version")
+        raise AuxError(Errno.EPROTO, f"schema {version_str(a)} and {version_str(b)} differ in major version")
     return (a[0], min(a[1], b[1]))
 
 
@@ -238,7 +263,7 @@ class Catalog:
 
     @property
     def version_str(self) -> str:
-        return f"{self.version[0]}.{self.version[1]}"
+        return version_str(self.version)
 
     def payloads(self) -> list[type[Payload]]:
         """Every payload and reply type, each once, in catalog order."""

@@ -27,17 +27,13 @@ import re
 from typing import Any, Iterable
 
 from .errno import AuxError, Errno
-from .events import (BUILTIN_EVENTS, SCHEMA_VERSION, USER_EVENT_BASE, Catalog, Delivery, Direction,
-                     EventSpec, _walk)
-from .schema import Nested, Payload
+from .events import BUILTIN_EVENTS, SCHEMA_VERSION, USER_EVENT_BASE, Catalog, Delivery, Direction, EventSpec, _walk
+from .names import version_str as _v
 from .schema import Enum as EnumField
+from .schema import Nested, Payload
 
 NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 MAX_CODE = 2**31 - 1
-
-
-def _v(version) -> str:
-    return f"{version[0]}.{version[1]}"
 
 
 def _version(obj: Any, where: str) -> tuple[int, int]:

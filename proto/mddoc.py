@@ -7,6 +7,7 @@ import json
 
 from .cheader import _base
 from .events import Catalog, Direction, EventSpec
+from .names import version_str as _v
 from .schema import Array, Field, Map, Nested, Payload
 from .schema import Enum as EnumField
 
@@ -39,10 +40,6 @@ def _sentence(text: str) -> str:
     if not text:
         return ""
     return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
-
-
-def _v(version) -> str:
-    return f"{version[0]}.{version[1]}"
 
 
 def _ctype(field: Field) -> str:

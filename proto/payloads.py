@@ -1,6 +1,6 @@
 """The built-in payloads: the members of the payload union, and the enums they use.
 
-Each class is one kernel struct of kernel-semantics.md §3, field for field where
+Each class is one kernel struct, field for field where
 the kernel has one (``iidc_rdma_qset_params``, ``ieee_ets``, ``ieee_pfc``,
 ``net_shaper``, ``ethtool_ringparam``...). Field order is ABI (it is the order of
 the generated C structs): only append, with a default and ``since``.
@@ -9,14 +9,15 @@ the generated C structs): only append, with a default and ``since``.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 from .schema import Array, Bool, Bytes, Empty, Int, Nested, Payload
 from .schema import Enum as EnumField
 
-U16 = dict(min=0, max=2**16 - 1)
-U32 = dict(min=0, max=2**32 - 1)
-U64 = dict(min=0, max=2**64 - 1)
-MTU = dict(min=68, max=9728)
+U16: dict[str, Any] = dict(min=0, max=2**16 - 1)
+U32: dict[str, Any] = dict(min=0, max=2**32 - 1)
+U64: dict[str, Any] = dict(min=0, max=2**64 - 1)
+MTU: dict[str, Any] = dict(min=68, max=9728)
 MAC_EXAMPLE = b"\x02\x00\x5e\x10\x00\x01"
 ALL_ON_TC0 = (100, 0, 0, 0, 0, 0, 0, 0)
 

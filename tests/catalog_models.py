@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import os
 
-from auxipc.runtime.handlers import handler
+from auxipc import AuxDriver, ParentModel, handler
 from auxipc.schemas import load_catalog
-from child.runtime import AuxDriver
-from parent.runtime import ParentModel
 from proto.events import EventSpec
 
 from .models import log

@@ -16,9 +16,7 @@ import os
 
 from proto.events import Event, LinkChange, SetMac
 from proto.payloads import MtuChangeBefore
-from auxipc.runtime.handlers import handler
-from child.runtime import AuxDriver
-from parent.runtime import ParentModel
+from auxipc import AuxDriver, ParentModel, handler
 from tests.models import log
 
 

@@ -51,9 +51,7 @@ import time
 
 from proto.errno import AuxError, Errno
 from proto.events import Event, ResetType, SetMac, SetMacReply
-from auxipc.runtime.handlers import handler
-from child.runtime import AuxDriver
-from parent.runtime import ParentModel
+from auxipc import AuxDriver, ParentModel, handler
 
 
 def log(what: str, **fields) -> None:

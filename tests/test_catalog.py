@@ -38,7 +38,7 @@ def rejects(fn, message: str) -> AuxError:
 
 # ---- the declarations ------------------------------------------------------------------------
 
-# name: (code, direction, delivery, context, rtnl), from kernel-semantics.md §3
+# name: (code, direction, delivery, context, rtnl), as the kernel's aux drivers exchange them
 EXPECTED = {
     "LINK_CHANGE": (1, P2C, ASYNC, ATOMIC, False),
     "RESET_WARN": (2, P2C, SYNC, SLEEP, False),

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from proto import envelope as E
 from auxipc.runtime_dir import process_start_time
+from proto import envelope as E
 from tests.test_integration_faults import M, _exchange, _hdr, _raw
 
 pytestmark = pytest.mark.timeout(40)
@@ -146,7 +146,7 @@ def test_parent_exiting_with_devices_added_is_reported(bus):
 
 
 LEAKY_MODEL = '''
-from parent.runtime import ParentModel
+from auxipc import ParentModel
 
 class Leaky(ParentModel):
     modname = "lk"
@@ -352,7 +352,7 @@ def test_conformance_table_tests_run_across_processes():
             funcs = {n.name: n for n in ast.walk(ast.parse((REPO / file).read_text()))
                      if isinstance(n, ast.FunctionDef)}
 
-            def uses_real(fn, seen=()):
+            def uses_real(fn, seen=(), funcs=funcs):
                 args = {a.arg for a in fn.args.args}
                 return bool(args & real) or any(uses_real(funcs[a], (*seen, a)) for a in args
                                                 if a in funcs and a not in seen)

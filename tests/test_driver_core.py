@@ -1,14 +1,14 @@
 """The driver core's kernel fidelity, driven in memory (docs/conformance.md names
 these tests; the same rules across real processes are in test_conformance.py)."""
 
+import pytest
+
+from auxipc.broker.lifecycle import BindState
+from auxipc.broker.snapshot import snapshot
 from proto import envelope as E
 from proto.errno import Errno
 from proto.events import Event
-from auxipc.broker.lifecycle import BindState
-from auxipc.broker.snapshot import snapshot
-from tests.test_bus import C, C2, P, Harness, bound
-
-import pytest
+from tests.test_bus import C2, C, Harness, P, bound
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Events across real processes: both directions through ``auxipc send``, every
-errno path of a call, and device_lock (kernel-semantics.md §4, §5.4-5, §5.11).
+errno path of a call, and device_lock, with the kernel's semantics.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Multi-process lifecycle: registration, matching, probe outcomes, duplicates,
-synchronous delete and release at the last put (kernel-semantics.md §1, §5.1-3, §5.9).
+synchronous delete and release at the last put, as the kernel's driver core does them.
 
 Each test runs its own broker, parents and children as real processes.
 """

@@ -375,6 +375,7 @@ def test_ls_tree_table_json_and_wait(auxbus):
     assert {"devices", "drivers", "peers"} <= set(snap)
 
 
+@pytest.mark.slow
 def test_demo_record_draws_a_diagram(tmp_path):
     record = tmp_path / "demo.jsonl"
     r = subprocess.run([PY, "-m", "auxipc", "demo", "--record", str(record)], capture_output=True, text=True,

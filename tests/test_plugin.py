@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from auxipc.testing.pytest_plugin import AuxBus
-from auxipc.runtime_dir import process_start_time
+from auxipc.testing.auxbus import AuxBus
+from auxipc.procfs import process_start_time
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -115,6 +115,7 @@ def test_hangs_and_times_out(auxbus):
 '''
 
 
+@pytest.mark.slow
 def test_example_file_runs_in_its_own_pytest_and_failures_leave_nothing():
     """examples/test_example.py as a user runs it (the plugin comes from the entry point),
     next to tests that fail and time out after starting processes."""
@@ -143,7 +144,7 @@ def test_example_file_runs_in_its_own_pytest_and_failures_leave_nothing():
 
 
 def test_a_broker_left_by_a_killed_pytest_is_stopped_by_the_next(xprocess):
-    from auxipc.testing.pytest_plugin import BROKER_PREFIX, _is_broker, _reap_stale
+    from auxipc.testing.auxbus import BROKER_PREFIX, _is_broker, _reap_stale
     from auxipc.process.launch import Proc
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()

@@ -161,6 +161,7 @@ def _ps(root: str) -> dict:
     return {p["name"]: p for p in json.loads(ok(_cli(root, "ps", "--json")).stdout)["processes"]}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_up_restarts_crashes_not_operator_stops_and_shuts_down_clean():
     root = tempfile.mkdtemp(prefix="axt-", dir="/tmp")
@@ -195,6 +196,7 @@ def test_up_restarts_crashes_not_operator_stops_and_shuts_down_clean():
     assert not os.path.exists(root), os.listdir(root)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_up_gives_up_after_the_restart_intensity(tmp_path):
     root = tempfile.mkdtemp(prefix="axt-", dir="/tmp")
@@ -243,6 +245,7 @@ restart = "temporary"
     assert not os.path.exists(root)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_chaos_soak_holds_its_invariants():
     """About a minute of chaos in CI (``auxipc soak --duration N`` for longer)."""

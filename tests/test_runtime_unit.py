@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import pytest
 
-from proto import envelope as E
-from proto.errno import AuxError, Errno
-from proto.events import Event, LinkChange, PostConfig, ResetType, ResetWarn, SetMac, SetMacReply
 from auxipc.runtime.dispatch import BrokerLost
 from auxipc.runtime.handlers import handler
 from auxipc.runtime.memory import MemoryTransport, Starved
 from auxipc.states import DeviceState
 from child.runtime import AuxDriver, ChildRuntime
 from parent.runtime import ParentModel, ParentRuntime
+from proto import envelope as E
+from proto.errno import AuxError, Errno
+from proto.events import Event, LinkChange, PostConfig, ResetType, ResetWarn, SetMac, SetMacReply
 
 RESET_WARN, SET_MAC, LINK = int(Event.RESET_WARN), int(Event.SET_MAC), int(Event.LINK_CHANGE)
 POST_CONFIG = int(Event.POST_CONFIG)
@@ -112,9 +112,8 @@ def child(broker):
     rt.close()
 
 
-def probe(broker: Broker, dev: int, name: str, **kw) -> E.Result:
-    r = broker.request(E.Probe, dev=dev, name=name, driver="ut_eth", parent_handles=(SET_MAC,), **kw)
-    return r
+def probe(broker: Broker, dev: int, name: str, **kw) -> int:
+    return broker.request(E.Probe, dev=dev, name=name, driver="ut_eth", parent_handles=(SET_MAC,), **kw)
 
 
 def serve_all(rt) -> None:
@@ -244,7 +243,11 @@ def test_timers_wait_for_the_stack_to_unwind(child, broker):
     probe(broker, 1, "ut.eth.0")
     serve_all(rt)
     answer_set_mac(broker, lambda: rt.call_soon_threadsafe(lambda: ran.append(rt.task)))
-    drv.during_reset = lambda adev: adev.call(Event.SET_MAC, SetMac(addr=MAC)) and ran.append("call returned")
+
+    def during(adev):
+        adev.call(Event.SET_MAC, SetMac(addr=MAC))
+        ran.append("call returned")
+    drv.during_reset = during
     reset_warn(broker, 1)
     serve_all(rt)
     assert ran[0] == "call returned" and ran[1].startswith("ut_eth#1/w")
@@ -259,8 +262,7 @@ def test_a_lost_heartbeat_ends_the_pump(child):
 
 def test_a_call_nobody_answers_fails_at_once_on_the_twin(child, broker):
     rt, _ = child
-    broker.hooks[E.DevGet] = lambda msg, p: None
-    rt.tr.broker = None
+    rt.tr.broker = None          # nobody answers
     with pytest.raises(Starved) as exc:
         rt.request(lambda r: E.DevGet(r=r, dev=1), what="get_device")
     assert exc.value.errno == Errno.ETIMEDOUT and "did not answer" in exc.value.message
@@ -355,3 +357,24 @@ def test_parent_replays_to_a_driver_only_what_it_declared(parent, broker):
     rt.flush_events()
     assert [f for f in rt.tr.published if f[0] == b"C:ut.eth.0"] == []
     assert (rt.stats["state_replayed"], rt.stats["async_undeclared"]) == (0, 1)
+
+
+def test_a_restore_the_broker_cut_short_is_retried_at_the_next_registration(parent, broker, monkeypatch):
+    """A broker lost again while the parent restores its devices must not lose them for
+    good: the device whose add() was cut short is init'd and added at the next REGISTER."""
+    rt, model = parent
+    adev, add = model.eth, type(model.eth).add
+    attempts: list = []
+
+    def add_lost_once(self):
+        attempts.append(self.name)
+        if len(attempts) == 1:
+            raise BrokerLost("test: the broker went away mid-restore")
+        return add(self)
+
+    monkeypatch.setattr(type(adev), "add", add_lost_once)
+    rt.on_reregistered()
+    assert rt.devices == {} and rt.interrupted == [adev] and adev.restore_added
+    rt.on_reregistered()
+    assert rt.devices == {1: adev} and rt.interrupted == [] and adev.state is DeviceState.ADDED
+    assert attempts == ["ut.eth.0", "ut.eth.0"] and len(broker.sent(E.DevInit)) == 3

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from auxipc.cli.main import main
 from auxipc.testing.scenario import (ExpectRecord, ExpectResult, ProcessSpec, SendSpec, SignalSpec, StartSpec, StopSpec,
                              WaitSpec, parse, subset_mismatch)
-from auxipc.runtime_dir import process_start_time
+from auxipc.procfs import process_start_time
 from auxipc.testing.scenario_run import run_scenario
 from auxipc.testing.scenario import load
 from proto.errno import AuxError
@@ -193,6 +193,7 @@ def fresh_dir():
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", ["model-a.toml", "crash.toml"])
 def test_shipped_examples_pass(example):
     sc = load(EXAMPLES / example)
@@ -231,6 +232,7 @@ kill = { process = "eth", signal = "CONT" }
 '''
 
 
+@pytest.mark.slow
 def test_run_reports_pass_fail_with_the_trace_of_the_failing_step(tmp_path, fresh_dir):
     f = tmp_path / "failing.toml"
     f.write_text(FAILING)
@@ -269,6 +271,7 @@ def test_run_invalid_file_is_a_usage_error_and_warnings_go_to_stderr(tmp_path):
     assert r.exit_code == 1 and "cannot read scenario" in r.output
 
 
+@pytest.mark.slow
 def test_run_setup_failure_is_reported_and_cleaned_up(tmp_path, fresh_dir):
     f = tmp_path / "nostart.toml"
     f.write_text("[[process]]\nname='p'\nrole='parent'\nmodel='no.such.module:Model'\nfuture_key=1\n"

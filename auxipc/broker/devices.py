@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from proto import envelope as E
-from proto.errno import AuxError, Errno
 from auxipc.broker.binding import Binding
 from auxipc.broker.lifecycle import DeviceEvent, DeviceState, bind_machine, device_machine
 from auxipc.broker.lockdep import Lock
 from auxipc.broker.records import Device, Host, Peer, device_name, match_name
+from proto import envelope as E
+from proto.errno import AuxError, Errno
 
 log = logging.getLogger("auxipc.broker")
 
@@ -67,7 +67,7 @@ class Devices:
         if not peer.name:
             raise AuxError(Errno.EINVAL, "auxiliary_device_add: modname is empty")
         if dev.life.state is DeviceState.INITIALIZED and dev.pending in host.by_name:
-            dev.last_error = (f"auxiliary_device_add failed (EEXIST): the parent must "
+            dev.last_error = ("auxiliary_device_add failed (EEXIST): the parent must "
                               "auxiliary_device_uninit() it")
             raise AuxError(Errno.EEXIST, f"auxiliary_device_add: {dev.pending} already exists on the bus "
                            f"(added by {host.by_name[dev.pending].parent.label})")

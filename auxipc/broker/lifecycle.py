@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from enum import Enum
 
-from proto.errno import AuxError, Errno
 from auxipc.states import DeviceState  # noqa: F401  (re-exported: the broker's tables key on it)
+from proto.errno import AuxError, Errno
 
 
 class DeviceEvent(Enum):

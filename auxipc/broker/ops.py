@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterable, Protocol
 
-from proto import envelope as E
-from proto.errno import Errno, errno_name
 from auxipc.broker.lifecycle import BindEvent, BindState, DeviceState
 from auxipc.broker.lockdep import LockedOp
 from auxipc.broker.records import Adopted, Device, Driver, Host
+from proto import envelope as E
+from proto.errno import Errno, errno_name
 
 log = logging.getLogger("auxipc.broker")
 

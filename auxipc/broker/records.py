@@ -13,23 +13,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Protocol
 
-from proto import envelope as E
-from proto.events import Catalog
 from auxipc.broker.lifecycle import Machine, PeerState
 from auxipc.broker.lockdep import Lock, LockDep
 from auxipc.broker.timers import Timer
-
-
-def match_name(device_name: str) -> str:
-    """The name a driver's id_table is compared with: the device name cut at its last '.'."""
-    return device_name.rsplit(".", 1)[0]
-
-
-def device_name(modname: str, name: str, dev_id: int) -> str:
-    # auxiliary_device_add formats the id with %d: ids >= 2^31 print negative.
-    signed = dev_id - 2**32 if dev_id >= 2**31 else dev_id
-    return f"{modname}.{name}.{signed}"
-
+from proto import envelope as E
+from proto.events import Catalog
+from proto.names import device_name, match_name  # noqa: F401  (the bus's names: one rule each)
 
 # Enum members looked up as class attributes cost a metaclass call each time; the
 # hot path compares with module constants.

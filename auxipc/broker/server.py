@@ -37,7 +37,8 @@ from proto.errno import AuxError, ProtocolError
 from proto.events import CATALOG, Catalog
 from auxipc.broker import control
 from auxipc.broker.bus import HUNG_TASK_SECS, Bus
-from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints, process_start_time
+from auxipc.procfs import process_start_time
+from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints
 from auxipc.runtime.transport import recv_ready, send_frames
 
 NOBLOCK = int(zmq.NOBLOCK)

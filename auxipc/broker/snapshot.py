@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from proto.errno import AuxError
 from proto.events import negotiate
+from proto.names import match_name, version_str
 from auxipc.broker.bus import Bus
-from auxipc.broker.records import match_name
 from auxipc.broker.lifecycle import BindState, DeviceState
 
 
 def _schemas(dev) -> dict:
     """Both sides' schema versions and the contract they share (None when unbound)."""
-    v = lambda t: "%d.%d" % tuple(t)
     parent, child = dev.parent.schema, dev.driver.peer.schema if dev.driver else None
     shared = None
     if child is not None:
         try:
-            shared = v(negotiate(parent, child))
+            shared = version_str(negotiate(parent, child))
         except AuxError:
             pass
-    return {"parent": v(parent), "child": v(child) if child else None, "negotiated": shared}
+    return {"parent": version_str(parent), "child": version_str(child) if child else None, "negotiated": shared}
 
 
 def snapshot(bus: Bus) -> dict:
@@ -32,7 +31,7 @@ def snapshot(bus: Bus) -> dict:
             receiver = child_handles if spec.direction.allows("parent") else dev.parent.handles
             events.append({"event": spec.name, "code": int(spec.code), "direction": spec.direction.value,
                            "delivery": spec.delivery.value, "context": spec.context.value, "rtnl": spec.rtnl,
-                           "since": "%d.%d" % tuple(spec.since),
+                           "since": version_str(spec.since),
                            "parent": spec.code in dev.parent.handles, "child": spec.code in child_handles,
                            "deliverable": bool(dev.driver) and spec.code in receiver})
         devices.append({
@@ -53,7 +52,7 @@ def snapshot(bus: Bus) -> dict:
                for d in bus.drivers.values()]
     peers = [{"role": p.role, "name": p.name, "pid": p.pid, "inc": p.inc, "alive": p.alive,
               "instance": p.instance or None, "index": p.index,
-              "state": p.machine.state.value, "schema": ".".join(map(str, p.schema)),
+              "state": p.machine.state.value, "schema": version_str(p.schema),
               "last_seen_ms": int((now - p.last_seen) * 1000), "slow_calls": p.slow_calls}
              for p in bus.peers.values()]
     locks = [{"name": lock.name, "holder": lock.owner.task if lock.owner else None,

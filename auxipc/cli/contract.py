@@ -11,14 +11,13 @@ import json
 
 import click
 
+from auxipc.cli.options import RUNTIME_DIR, SCHEMA, json_option
+from auxipc.observe.render import table
 from proto import cheader, mddoc
 from proto.errno import AuxError, Errno
 from proto.events import Catalog
-from auxipc.observe.render import table
-from auxipc.schemas import schema_option
+from proto.names import version_str
 
-RUNTIME_DIR = click.option("--runtime-dir", envvar="AUXIPC_RUNTIME_DIR", type=click.Path(file_okay=False),
-                           help="Bus runtime dir (as for 'auxipc ls').")
 OUTPUT = click.option("-o", "--output", type=click.File("w"), default="-", show_default=True,
                       help="Write to FILE instead of stdout.")
 
@@ -30,8 +29,8 @@ def _yes(flag: bool) -> str:
 @click.command()
 @RUNTIME_DIR
 @click.argument("device", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@schema_option
+@json_option()
+@SCHEMA
 def events(runtime_dir, device, as_json, catalog: Catalog):
     """The event catalog, or the negotiated contract of DEVICE's binding.
 
@@ -53,7 +52,7 @@ def events(runtime_dir, device, as_json, catalog: Catalog):
             return
         click.echo(f"schema {catalog.version_str}: {len(rows)} events")
         click.echo(table([[str(r["code"]), r["name"], r["direction"], r["delivery"], r["context"],
-                           _yes(r["rtnl"]), "%d.%d" % tuple(r["since"]), r["payload"], r["reply"] or ""]
+                           _yes(r["rtnl"]), version_str(r["since"]), r["payload"], r["reply"] or ""]
                           for r in rows],
                          ["CODE", "EVENT", "DIRECTION", "DELIVERY", "CONTEXT", "RTNL", "SINCE", "PAYLOAD", "REPLY"]))
         return
@@ -91,7 +90,7 @@ def proto():
 
 @proto.command("c-header")
 @OUTPUT
-@schema_option
+@SCHEMA
 def c_header(output, catalog: Catalog):
     """A kernel-style C header: event enum, flags, one struct per payload, the unions.
 
@@ -104,7 +103,7 @@ def c_header(output, catalog: Catalog):
 
 @proto.command()
 @OUTPUT
-@schema_option
+@SCHEMA
 def doc(output, catalog: Catalog):
     """The Markdown reference of the catalog (docs/events.md is this output)."""
     output.write(mddoc.render(catalog))
@@ -112,8 +111,8 @@ def doc(output, catalog: Catalog):
 
 @proto.command()
 @OUTPUT
-@click.option("--json", "as_json", is_flag=True, help="The machine-readable schema (the default is a summary).")
-@schema_option
+@json_option("The machine-readable schema (the default is a summary).")
+@SCHEMA
 def dump(output, as_json, catalog: Catalog):
     """The schema: events, structs with their fields and rules, enums."""
     d = catalog.describe()

@@ -12,11 +12,10 @@ import signal as signals
 
 import click
 
-from proto.errno import AuxError, Errno
+from auxipc.cli.options import RUNTIME_DIR, json_option
 from auxipc.faults import SIGNALS
+from proto.errno import AuxError, Errno
 
-RUNTIME_DIR = click.option("--runtime-dir", envvar="AUXIPC_RUNTIME_DIR", type=click.Path(file_okay=False),
-                           help="Bus runtime dir.")
 COMMON = [
     click.option("--count", default=0, type=click.IntRange(0), help="Apply at most N times (0: always)."),
     click.option("--probability", default=1.0, type=click.FloatRange(0, 1), help="Chance per occasion."),
@@ -150,7 +149,7 @@ def message(runtime_dir, target, event, action, delay_ms, count, probability, se
 
 @fault.command(name="ls")
 @RUNTIME_DIR
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 def list_(runtime_dir, as_json):
     """The fault rules in force."""
     from auxipc.observe.client import Client

@@ -1,7 +1,6 @@
 """The ``auxipc`` command line. Commands parse, call the library, print.
 
-Exit codes: 0 success; 1 the operation or event failed (the errno is printed);
-2 usage error. Long-running commands print one line containing ``ready`` once
+Exit codes and shared options: auxipc/cli/options.py. Long-running commands print one line containing ``ready`` once
 they serve, and stop cleanly on SIGINT/SIGTERM.
 """
 
@@ -14,35 +13,12 @@ import sys
 
 import click
 
-from proto.errno import AuxError, Errno
-from auxipc.schemas import schema_option
-
-RUNTIME_DIR = click.option("--runtime-dir", envvar="AUXIPC_RUNTIME_DIR", type=click.Path(file_okay=False),
-                           help="Bus runtime dir (default: $AUXIPC_RUNTIME_DIR, $XDG_RUNTIME_DIR/auxipc, "
-                                "/tmp/auxipc-$UID).")
-
-
-def fail(exc: AuxError, code: int = 1):
-    click.echo(f"auxipc: {exc}", err=True)
-    sys.exit(code)
-
-
-class Group(click.Group):
-    """Turns every AuxError escaping a command into one line and exit 1."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except AuxError as exc:
-            fail(exc, 2 if exc.errno == Errno.EINVAL and "usage" in exc.message else 1)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit,
-                KeyboardInterrupt):
-            raise
-        except Exception as exc:  # a bug: one line, and the traceback with -v
-            logging.getLogger("auxipc").debug("internal error", exc_info=True)
-            click.echo(f"auxipc: internal error: {type(exc).__name__}: {exc} "
-                       "(run with -vv for the traceback, and please report it)", err=True)
-            sys.exit(1)
+from auxipc.cli.contract import events, proto
+from auxipc.cli.fault import fault
+from auxipc.cli.observe import monitor, run, trace, wait
+from auxipc.cli.options import OWN_RUNTIME_DIR, RUNTIME_DIR, SCHEMA, Group, json_option
+from auxipc.cli.up import COMMANDS as SUPERVISION
+from proto.errno import AuxError
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,9 +65,9 @@ def _serve_until_signal(rt, ready_line) -> None:
 @click.option("--hb-liveness", default=3, show_default=True, type=click.IntRange(2, 100),
               help="Missed heartbeats before a peer is declared dead.")
 @click.option("--hung-task-secs", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
-              help="A remove() still running after this long is reported, as the kernel's hung-task "
-                   "detector would (hung_task_timeout_secs; 120 in the kernel).")
-@schema_option
+              help="A probe() or remove() still running after this long is reported, as the kernel's "
+                   "hung-task detector would (hung_task_timeout_secs; 120 in the kernel).")
+@SCHEMA
 def broker(runtime_dir, hb_ivl, hb_liveness, hung_task_secs, catalog):
     """Run the bus broker (one per runtime dir)."""
     from auxipc.broker.server import serve
@@ -109,7 +85,7 @@ def broker(runtime_dir, hb_ivl, hb_liveness, hung_task_secs, catalog):
                    "N*index for the index-th running instance of the model).")
 @click.option("--pci", default="", metavar="ADDR",
               help="This instance's identity (a PCI address, e.g. 0000:3b:00.1), shown in 'auxipc ls'.")
-@schema_option
+@SCHEMA
 def parent(runtime_dir, model, devices, pci, catalog):
     """Run a PCI-owner emulator process that adds auxiliary devices."""
     from auxipc.registry import MODELS, load
@@ -129,7 +105,7 @@ def parent(runtime_dir, model, devices, pci, catalog):
 @click.option("--driver", "drivers", multiple=True, required=True,
               help="Auxiliary driver: idpf_eth, idpf_prime, mlx5e, irdma, mlx5_ib, mlx5_vdpa, "
                    "or module:Class. Repeatable.")
-@schema_option
+@SCHEMA
 def child(runtime_dir, drivers, catalog):
     """Run an auxiliary-driver process."""
     from auxipc.registry import DRIVERS, load
@@ -141,7 +117,7 @@ def child(runtime_dir, drivers, catalog):
 
 @main.command()
 @RUNTIME_DIR
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @click.option("--tree/--table", "tree", default=True, show_default=True,
               help="Parent -> device -> driver tree, or the flat tables.")
 def ls(runtime_dir, as_json, tree):
@@ -169,8 +145,8 @@ def ls(runtime_dir, as_json, tree):
 @click.option("--payload", default="{}", help="The payload as a JSON object.")
 @click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.001, 3600),
               help="Deadline in seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print {errno, error, reply} as JSON.")
-@schema_option
+@json_option("Print {errno, error, reply} as JSON.")
+@SCHEMA
 def send(runtime_dir, device, event, side, payload, timeout, as_json, catalog):
     """Send EVENT on DEVICE through the parent's or the child's runtime.
 
@@ -233,8 +209,7 @@ def unbind(runtime_dir, device, driver):
 
 
 @main.command()
-@click.option("--runtime-dir", type=click.Path(file_okay=False),
-              help="Run in this (empty or new) dir instead of a fresh temporary one.")
+@OWN_RUNTIME_DIR
 @click.option("--record", type=click.Path(dir_okay=False, writable=True),
               help="Also write every trace record to FILE (JSON lines; draw it with "
                    "'auxipc trace render FILE --mermaid OUT.md').")
@@ -254,22 +229,7 @@ def demo(runtime_dir, record, which):
     sys.exit(run_demo(runtime_dir, record))
 
 
-from auxipc.cli.contract import events, proto  # noqa: E402
-main.add_command(proto)
-main.add_command(events)
-from auxipc.cli.observe import monitor, run, trace, wait  # noqa: E402
-main.add_command(monitor)
-main.add_command(trace)
-main.add_command(wait)
-main.add_command(run)
-
-from auxipc.cli.fault import fault  # noqa: E402
-
-main.add_command(fault)
-
-from auxipc.cli.up import COMMANDS as SUPERVISION  # noqa: E402
-
-for command in SUPERVISION:
+for command in (proto, events, monitor, trace, wait, run, fault, *SUPERVISION):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Commands to see and script a bus: ``monitor``, ``trace``, ``wait``, ``run``.
 
-Registered on the main group by ``cli.py``. Long-running commands print a line
+Registered on the main group by ``auxipc/cli/main.py``. Long-running commands print a line
 containing ``ready`` on stderr once subscribed and stop cleanly on SIGINT and
 SIGTERM; every command honours ``--runtime-dir`` / ``$AUXIPC_RUNTIME_DIR``.
 """
@@ -15,13 +15,9 @@ import time
 
 import click
 
-from proto.errno import AuxError, Errno
+from auxipc.cli.options import OWN_RUNTIME_DIR, RUNTIME_DIR, exit_code, fail, json_option
 from auxipc.observe.conditions import CONDITIONS
-
-# the same option as cli.RUNTIME_DIR (not imported: cli.py imports this module at its end)
-RUNTIME_DIR = click.option("--runtime-dir", envvar="AUXIPC_RUNTIME_DIR", type=click.Path(file_okay=False),
-                           help="Bus runtime dir (default: $AUXIPC_RUNTIME_DIR, $XDG_RUNTIME_DIR/auxipc, "
-                                "/tmp/auxipc-$UID).")
+from proto.errno import AuxError
 
 
 @contextlib.contextmanager
@@ -82,7 +78,7 @@ def _filters(f):
 @click.command(short_help="Print bus notifications as they happen, like udevadm monitor.")
 @RUNTIME_DIR
 @click.option("-p", "--property", "properties", is_flag=True, help="Also print each event's KEY=value properties.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per event (udev properties + the record).")
+@json_option("One JSON object per event (udev properties + the record).")
 @click.option("--replay", is_flag=True, help="First print the notifications the broker kept (its last 20,000).")
 @_filters
 @COUNT
@@ -148,7 +144,7 @@ def monitor(runtime_dir, properties, as_json, replay, devices, events, peers, co
              short_help="Live trace of calls, events and notifications; render recorded traces.")
 @RUNTIME_DIR
 @_filters
-@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of text.")
+@json_option("Print JSON lines instead of text.")
 @click.option("--record", type=click.Path(dir_okay=False, writable=True),
               help="Also write every record (unfiltered) to FILE as JSON lines.")
 @COUNT
@@ -219,6 +215,7 @@ def render(recorded, mermaid_out, html_out, title, devices, events, peers):
       auxipc trace render demo.jsonl --html demo.html --event 'SET_MAC' --event 'BIND'
     """
     from pathlib import Path
+
     from auxipc.observe.diagram import to_html, to_markdown, to_mermaid
     from auxipc.observe.trace import Filter, Lifelines, load
     records = load(recorded)
@@ -281,13 +278,12 @@ def wait(runtime_dir, condition, name, timeout, quiet):
 
 @click.command(short_help="Run a scenario file: processes, steps, PASS/FAIL per step.")
 @click.argument("scenario_file", metavar="SCENARIO", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (progress still on stderr).")
+@json_option("Print the report as JSON (progress still on stderr).")
 @click.option("-x", "--exitfirst", is_flag=True, help="Stop at the first failing step.")
 @click.option("--record", type=click.Path(dir_okay=False, writable=True),
               help="Write the whole trace to FILE (JSON lines).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
-@click.option("--runtime-dir", type=click.Path(file_okay=False),
-              help="Run in this (new or empty) dir instead of a fresh temporary one.")
+@OWN_RUNTIME_DIR
 def run(scenario_file, as_json, exitfirst, record, quiet, runtime_dir):
     """Run a SCENARIO file (TOML): start a broker and its processes in a fresh
     runtime dir, play its steps, report PASS/FAIL per step (with the trace of a
@@ -302,14 +298,13 @@ def run(scenario_file, as_json, exitfirst, record, quiet, runtime_dir):
 
     The format is in docs/testing.md.
     """
+    from auxipc.observe.trace import format_trace
     from auxipc.testing.scenario import load
     from auxipc.testing.scenario_run import Runner
-    from auxipc.observe.trace import format_trace
     try:
         sc = load(scenario_file)
     except AuxError as exc:
-        click.echo(f"auxipc: {exc}", err=True)
-        sys.exit(2 if exc.errno == Errno.EINVAL else 1)
+        fail(exc, exit_code(exc, invalid_input=True))
     progress = None if quiet else (lambda text: click.echo(f"  {text}", err=True))
     if not as_json:
         click.echo(f"scenario {sc.name}: {scenario_file} ({len(sc.processes)} processes, {len(sc.steps)} steps)")

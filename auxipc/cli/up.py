@@ -8,11 +8,9 @@ import tomllib
 
 import click
 
-from proto.errno import AuxError, Errno
+from auxipc.cli.options import RUNTIME_DIR, json_option
 from auxipc.observe.render import table
-
-RUNTIME_DIR = click.option("--runtime-dir", envvar="AUXIPC_RUNTIME_DIR", type=click.Path(file_okay=False),
-                           help="Bus runtime dir.")
+from proto.errno import AuxError, Errno
 
 MODEL_A = """
 name = "model-a"
@@ -38,8 +36,8 @@ SUPERVISOR_KEYS = {"strategy": str, "intensity": int, "period": (int, float), "b
 def supervisor_spec(text: str, path: str):
     """A SupervisorSpec from a scenario's TOML: the broker first, then its [[process]]
     tables (with ``restart``), tuned by an optional [supervisor] table."""
-    from auxipc.testing.scenario import parse
     from auxipc.process.supervisor import ChildSpec, SupervisorSpec
+    from auxipc.testing.scenario import parse
     scenario = parse(text, path)
     data = tomllib.loads(text)
     sup = data.get("supervisor", {})
@@ -97,7 +95,7 @@ def _ask(runtime_dir, op, name=""):
 
 @click.command()
 @RUNTIME_DIR
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def ps(runtime_dir, as_json):
     """The supervised processes: state, pid, restarts, last exit."""
     d = _ask(runtime_dir, "ps")
@@ -144,7 +142,7 @@ COMMANDS = [up, ps, stop, start, restart, down]
 @click.option("--seed", default=1, show_default=True, type=int, help="Seed of the fault schedule.")
 @click.option("--interval", default=1.5, show_default=True, type=click.FloatRange(0.1, 60),
               help="Mean seconds between faults.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option("Print the report as JSON.")
 def soak(duration, seed, interval, as_json):
     """Chaos under load: kill, stop and restart drivers, the parent and the broker while
     events flow both ways; then check the invariants and print the figures."""

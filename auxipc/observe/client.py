@@ -8,10 +8,10 @@ import time
 
 import zmq
 
+from auxipc.runtime_dir import endpoints
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
 from proto.events import CATALOG, Catalog
-from auxipc.runtime_dir import endpoints
 
 
 class Client:

@@ -9,10 +9,13 @@ timeout can tell the user what it saw instead of only "timed out".
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from proto.errno import AuxError, Errno
-from auxipc.observe.client import Client
 from auxipc.runtime_dir import endpoints
+from proto.errno import AuxError, Errno
+
+if TYPE_CHECKING:
+    from auxipc.observe.client import Client
 
 # name -> (needs an argument, help)
 CONDITIONS: dict[str, tuple[bool, str]] = {
@@ -82,6 +85,7 @@ def wait(cond: str, arg: str | None = None, timeout: float = 10.0, runtime_dir=N
 
     Keeps trying while no broker answers (it may be starting). Raises ETIMEDOUT
     with what the bus showed last (or why no broker answered)."""
+    from auxipc.observe.client import Client  # zmq: only once something waits (not for --help)
     validate(cond, arg)
     t0 = time.monotonic()
     deadline = t0 + timeout

@@ -23,6 +23,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from proto.names import match_name
+
 BROKER = "broker"
 
 # bus action -> (sender, receiver) as lifeline kinds: "peer" (the registering
@@ -39,10 +41,6 @@ _ROUTES = {
 def lifeline(label: str | None) -> str:
     """``parent ixd[5870]#1`` -> ``parent ixd`` (a restarted process keeps its lifeline)."""
     return re.sub(r"\[\d+\]#\d+$", "", str(label or "")).strip()
-
-
-def match_name(dev: str) -> str:
-    return dev.rsplit(".", 1)[0]
 
 
 @dataclass
@@ -182,15 +180,32 @@ class Filter:
 
 
 def summary(value, limit: int = 80) -> str:
-    """A short one-line JSON rendering of a payload."""
+    """A short one-line JSON rendering of a payload (``limit`` 0: all of it)."""
     text = json.dumps(value, separators=(",", ":"), default=_json_default)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if not limit or len(text) <= limit else text[:limit - 1] + "…"
 
 
-def format_trace(rec: dict) -> str:
-    """One line per record: time, kind, name, device, who -> whom, result or payload."""
+def is_hw(rec: dict) -> bool:
+    """A parent's hardware change: a trace record 'HW <what>' (a model's ``rt.report``)."""
+    return rec.get("kind") == "trace" and str(rec.get("action", "")).startswith("HW ")
+
+
+def _hw_line(ts: str, rec: dict) -> str:
+    d = dict(rec.get("detail") or {})
+    peer = str(d.pop("peer", "")).split("[")[0].split("#")[0]
+    d.pop("task", None)
+    what, dev = d.pop("what", "?"), d.pop("dev", "") or peer.replace("parent ", "")
+    body = " ".join(f"{k}={summary(v, 0) if isinstance(v, (list, dict)) else v}" for k, v in d.items())
+    return f"{ts}  hw     {what:<13} {dev:<12} {body}".rstrip()
+
+
+def format_trace(rec: dict, payload_limit: int = 80) -> str:
+    """One line per record: time, kind, name, device, who -> whom, result or payload
+    (cut at ``payload_limit`` characters; 0: whole). A model's hardware report is an ``hw`` line."""
     ts = f"+{rec.get('ts', 0.0):7.3f}s"
     kind = rec.get("kind", "?")
+    if is_hw(rec):
+        return _hw_line(ts, rec)
     arrow = f"{rec['src']} -> {rec['dst']}" if rec.get("src") and rec["src"] != rec.get("dst") else ""
     if kind in ("bus", "trace"):   # notifications; "trace": faults, lockdep reports and the like
         detail = rec.get("detail") or {}
@@ -207,7 +222,7 @@ def format_trace(rec: dict) -> str:
         return f"{ts}  call   {rec.get('event', '?'):<13} {rec.get('dev', '-'):<12} {arrow:<36} = {result}{lat}"
     if kind == "event":
         return (f"{ts}  event  {rec.get('event', '?'):<13} {rec.get('dev', '-'):<12} {arrow:<36} "
-                f"async #{rec.get('seq', '?')} {summary(rec.get('payload'))}")
+                f"async #{rec.get('seq', '?')} {summary(rec.get('payload'), payload_limit)}")
     rest = {k: v for k, v in rec.items() if k not in ("kind", "ts", "src", "dst")}
     return f"{ts}  {kind:<6} {summary(rest, 120)}"
 

@@ -7,18 +7,17 @@ Records are dicts with ``kind`` ('bus', 'call' or 'event') and readable fields.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
 
 import zmq
 
+from auxipc.observe.client import Client
+from auxipc.runtime_dir import endpoints
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
 from proto.events import CATALOG, Catalog
-from auxipc.observe.client import Client
-from auxipc.runtime_dir import endpoints
 
 TOPICS = (b"bus", b"trace", b"C:", b"P:")
 
@@ -139,21 +138,3 @@ class Watcher:
         return {"kind": "event", "ts": ts, "dev": topic[2:].decode(errors="replace"),
                 "direction": "parent->child" if topic[:1] == b"C" else "child->parent",
                 "event": spec.name if spec else str(ev), "seq": seq, "inc": msg.inc, "payload": body}
-
-
-def format_record(rec: dict) -> str:
-    ts = f"+{rec['ts']:7.3f}s"
-    if rec["kind"] == "bus":
-        detail = " ".join(f"{k}={v}" for k, v in rec["detail"].items())
-        return f"{ts}  bus    {rec['action']:<13} {rec['dev'] or rec['driver'] or '-':<12} {detail}".rstrip()
-    if rec["kind"] == "call":
-        result = "0" if not rec["errno"] else f"{rec['errno']} {rec['error']}"
-        arrow = "parent->child" if str(rec["from"]).startswith("parent") else "child->parent"
-        return f"{ts}  call   {rec['event']:<13} {rec['dev']:<12} {arrow}  = {result}  ({rec['us'] / 1000:.2f} ms)"
-    if rec["kind"] == "trace":
-        detail = " ".join(f"{k}={v}" for k, v in rec["detail"].items())
-        return f"{ts}  trace  {rec['action']:<13} {rec['dev'] or '-':<12} {detail}".rstrip()
-    if rec["kind"] == "event":
-        return (f"{ts}  event  {rec['event']:<13} {rec['dev']:<12} {rec['direction']}  "
-                f"{json.dumps(rec['payload'], separators=(',', ':'))}")
-    return f"{ts}  {rec['kind']}  {rec}"

@@ -15,8 +15,8 @@ import sys
 import tempfile
 import time
 
+from auxipc.procfs import process_start_time
 from proto.errno import AuxError, Errno
-from auxipc.runtime_dir import process_start_time
 
 
 def _die_with_launcher() -> None:
@@ -30,8 +30,13 @@ def _die_with_launcher() -> None:
 
 
 class Proc:
-    def __init__(self, name: str, args: list[str], env: dict | None = None, log_dir: str | None = None):
+    """``[*wrap, python, -u, *py_args, -m, auxipc, *args]``: ``wrap`` runs the interpreter
+    (``taskset -c 0``), ``py_args`` go to it (``-m cProfile -o FILE``); in ``cwd``."""
+
+    def __init__(self, name: str, args: list[str], env: dict | None = None, log_dir: str | None = None,
+                 wrap: list[str] | tuple = (), py_args: list[str] | tuple = (), cwd: str | None = None):
         self.name, self.args = name, args
+        self.wrap, self.py_args, self.cwd = list(wrap), list(py_args), cwd
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_dir = log_dir or tempfile.gettempdir()
         self.popen: subprocess.Popen | None = None
@@ -45,8 +50,9 @@ class Proc:
 
     def start(self, ready_timeout: float = 15.0) -> str:
         self._log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen([sys.executable, "-u", "-m", "auxipc", *self.args], stdout=subprocess.PIPE,
-                                      stderr=self._log, stdin=subprocess.DEVNULL, env=self.env,
+        self.popen = subprocess.Popen([*self.wrap, sys.executable, "-u", *self.py_args, "-m", "auxipc", *self.args],
+                                      stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, env=self.env,
+                                      cwd=self.cwd,
                                       start_new_session=True, preexec_fn=_die_with_launcher)
         self.start_time = process_start_time(self.popen.pid)
         return self.wait_ready(ready_timeout)

@@ -1,7 +1,7 @@
 """``auxipc up``: start a bus and its processes, keep them running, stop them for good.
 
-Supervision as OTP defines it, with the complaints about Circus and systemd in
-mind (shared/reference/peers.md):
+Supervision as OTP defines it, with the usual complaints about Circus and
+systemd in mind:
 - restart types per process: ``permanent`` (always restarted), ``transient``
   (restarted after an abnormal exit only), ``temporary`` (never);
 - strategies: ``one_for_one``, ``one_for_all``, ``rest_for_one``;
@@ -30,11 +30,11 @@ from pathlib import Path
 
 import zmq
 
+from auxipc.broker.lifecycle import ProcEvent, ProcState, proc_machine
+from auxipc.process.launch import Proc
+from auxipc.runtime_dir import endpoints
 from proto import envelope as E
 from proto.errno import AuxError, Errno
-from auxipc.broker.lifecycle import ProcEvent, ProcState, proc_machine
-from auxipc.runtime_dir import endpoints
-from auxipc.process.launch import Proc
 
 RESTART_TYPES = ("permanent", "transient", "temporary")
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")

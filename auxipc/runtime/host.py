@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable, Protocol
 
-from proto import envelope as E
-from proto.events import Catalog
 from auxipc.faults import FaultPlan
 from auxipc.runtime.seam import Heartbeat, Transport
+from proto import envelope as E
+from proto.events import Catalog
 
 
 class Host(Protocol):

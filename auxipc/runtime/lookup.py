@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+from auxipc.runtime.host import Host
 from proto import envelope as E
 from proto.errno import AuxError, Errno
-from auxipc.runtime.host import Host
 
 
 class DeviceInfo(NamedTuple):

@@ -41,7 +41,8 @@ from auxipc.runtime.lookup import find_device
 from auxipc.runtime.publishing import Publisher
 from auxipc.runtime.seam import DEALER, SUB, Heartbeat, Transport
 from auxipc.runtime.transport import ZmqTransport, peer_ident
-from auxipc.runtime_dir import endpoints, process_start_time
+from auxipc.procfs import process_start_time
+from auxipc.runtime_dir import endpoints
 
 __all__ = ["Runtime", "BrokerLost", "err_text"]
 

@@ -2,7 +2,7 @@
 requests/replies, one PUB and one SUB for async events, and a heartbeat thread
 with a DEALER of its own.
 
-Socket options here answer the measured facts in shared/reference/zeromq.md:
+Socket options here answer measured facts about ZeroMQ:
 explicit linger, bounded queues, no fork with live sockets, heartbeats from a
 thread that a slow handler cannot starve (so a slow handler is never taken for
 a dead process, while a SIGSTOPped process still goes silent).
@@ -78,7 +78,7 @@ class Sockets:
         d.setsockopt(zmq.SNDHWM, HWM)
         d.setsockopt(zmq.RCVHWM, HWM)
         d.setsockopt(zmq.RECONNECT_IVL, 50)
-        d.setsockopt(zmq.RCVTIMEO, DIRECT_WAIT_MS)     # only receives without NOBLOCK wait (peer._await_dealer)
+        d.setsockopt(zmq.RCVTIMEO, DIRECT_WAIT_MS)     # only receives without NOBLOCK wait (await_dealer)
         self.monitor = d.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         d.connect(ep.bus)
         p = self.pub = ctx.socket(zmq.PUB)

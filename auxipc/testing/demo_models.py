@@ -13,53 +13,29 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 
 import click
 
-from proto.errno import AuxError, errno_name
-from auxipc.observe.client import Client
+from auxipc.observe.trace import format_trace, is_hw
 from auxipc.process.launch import Proc
-from auxipc.observe.trace import dumps
-from auxipc.observe.watch import Watcher, format_record
+from auxipc.testing.harness import Harness
+from proto.errno import AuxError, errno_name
 
 HIDDEN_HW = ("plug", "unplug", "post_config")     # the bus lines say it already
-
-
-def is_hw(rec: dict) -> bool:
-    """A parent's hardware change: a trace record 'HW <what>' (parent/nic.py, with report=1)."""
-    return rec["kind"] == "trace" and str(rec.get("action", "")).startswith("HW ")
 
 
 def _compact(v) -> str:
     return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v)
 
 
-def format_demo_record(rec: dict) -> str:
-    """format_record, with the parents' hardware records (trace action 'HW <what>') made readable."""
-    if is_hw(rec):
-        d = dict(rec["detail"])
-        peer = str(d.pop("peer", "")).split("[")[0].split("#")[0]
-        d.pop("task", None)
-        what, dev = d.pop("what", "?"), d.pop("dev", "") or peer.replace("parent ", "")
-        body = " ".join(f"{k}={_compact(v)}" for k, v in d.items())
-        return f"+{rec['ts']:7.3f}s  hw     {what:<13} {dev:<12} {body}".rstrip()
-    return format_record(rec)
-
-
 class Demo:
+    """A demo's timeline over a ``Harness``: numbered steps, every record printed as it comes."""
+
     def __init__(self, title: str, runtime_dir: str | None, record: str | None):
         self.title = title
-        self.own_dir = runtime_dir is None
-        self.root = runtime_dir or tempfile.mkdtemp(prefix="auxipc-demo-", dir="/tmp")
-        self.logs = tempfile.mkdtemp(prefix="auxipc-demo-logs-")
-        self.procs: list[Proc] = []
+        self.h = Harness(runtime_dir, prefix="auxipc-demo-", record=record, on_record=self.show)
         self.counts = {"steps": 0, "bus": 0, "call": 0, "event": 0, "hw": 0}
-        self.rec_file = open(record, "w", encoding="utf-8") if record else None
-        self.watch: Watcher | None = None
-        self.client: Client | None = None
 
     # ---- output ----
 
@@ -70,10 +46,7 @@ class Demo:
             self.counts["hw"] += 1
         else:
             self.counts[rec["kind"]] = self.counts.get(rec["kind"], 0) + 1
-        click.echo("        " + format_demo_record(rec))
-        if self.rec_file is not None:
-            self.rec_file.write(dumps(rec) + "\n")
-            self.rec_file.flush()
+        click.echo("        " + format_trace(rec, payload_limit=0))
 
     def step(self, text: str) -> None:
         self.counts["steps"] += 1
@@ -85,22 +58,22 @@ class Demo:
     # ---- processes and traffic ----
 
     def start(self, name: str, *args: str, env: dict | None = None) -> Proc:
-        proc = Proc(name, [*args, "--runtime-dir", self.root], env=env, log_dir=self.logs)
-        self.procs.append(proc)
-        line = proc.start()
-        self.say(f"{name} (pid {proc.pid}): {line}")
-        if self.watch is None:
-            self.watch, self.client = Watcher(self.root), Client(self.root)
+        proc = self.h.start(name, *args, env=env)
+        self.say(f"{name} (pid {proc.pid}): {proc.ready_line}")
+        self.h.connect()
         return proc
 
+    def stop(self, proc: Proc) -> int | None:
+        return self.h.stop(proc)
+
     def until(self, *preds, timeout: float = 10.0) -> list[dict]:
-        return self.watch.until(*preds, timeout=timeout, on_record=self.show)
+        return self.h.until(*preds, timeout=timeout)
 
     def send(self, dev: str, event: str, side: str, payload: dict | None = None, expect: str | None = None,
              wait=(), timeout: float = 5.0, own: bool = True) -> dict:
         """Send through the named side's runtime; print the result; wait for its call (sync)
         or event (async) record and ``wait``'s predicates. ``expect``: the errno name wanted."""
-        out = self.client.send_event(dev, event, side, payload or {}, timeout)
+        out = self.h.send(dev, event, payload, side=side, timeout=timeout)
         got = errno_name(out["errno"]) if out["errno"] else None
         if got != expect:
             raise AuxError(abs(out["errno"]) or 5, f"{event} on {dev}: expected {expect or 0}, got "
@@ -119,29 +92,22 @@ class Demo:
     def run(self, body) -> int:
         ok = False
         try:
-            click.secho(f"{self.title}\n(runtime dir {self.root})", dim=True)
+            click.secho(f"{self.title}\n(runtime dir {self.h.root})", dim=True)
             body(self)
             ok = True
         except AuxError as exc:
             click.secho(f"demo failed: {exc}", fg="red", err=True)
-            for p in self.procs:
-                click.echo(f"  {p.name} log: {p.tail()}", err=True)
+            click.echo(self.h.logs_tail(), err=True)
         finally:
-            if self.watch is not None:
-                self.watch.close()
-            if self.client is not None:
-                self.client.close()
-            for p in reversed(self.procs):
-                p.stop()
-            shutil.rmtree(self.logs, ignore_errors=True)
-            if self.rec_file is not None:
-                self.rec_file.close()
-            if self.own_dir:
-                shutil.rmtree(self.root, ignore_errors=True)
+            problems = self.h.close()
+        if problems:
+            click.secho(f"demo failed: {'; '.join(problems)}", fg="red", err=True)
+            return 1
         if ok:
             c = self.counts
+            hw = f", {c['hw']} hardware changes" if c["hw"] else ""
             click.secho(f"demo ok: {c['steps']} steps, {c['bus']} bus notifications, {c['call']} sync calls, "
-                        f"{c['event']} async events, {c['hw']} hardware changes; every process stopped", fg="green")
+                        f"{c['event']} async events{hw}; every process stopped", fg="green")
         return 0 if ok else 1
 
 
@@ -224,7 +190,7 @@ def model_a(d: Demo) -> None:
     d.send(dev, "REQUEST_RESET", "child", {"reset_type": "GLOBAL"}, expect="EINVAL")
 
     d.step("PCI remove of ixd: PREPARE_DETACH to IDPF, delete, uninit; release() at the last put")
-    parent.stop()
+    d.stop(parent)
     d.until(call("PREPARE_DETACH"), bus("RELEASE", dev), bus("UNREGISTER"))
 
 
@@ -271,7 +237,7 @@ def model_b(d: Demo) -> None:
            timeout=8)
 
     d.step("PCI remove of idpf: PREPARE_DETACH to IDPF', delete, uninit; release() at the last put")
-    parent.stop()
+    d.stop(parent)
     d.until(call("PREPARE_DETACH"), bus("RELEASE", dev), bus("UNREGISTER"))
 
 

@@ -36,16 +36,14 @@ reported as warnings, so files written for a newer auxipc still run.
 
 from __future__ import annotations
 
-import signal as _signal
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proto.errno import AuxError, Errno, errno_name
+from auxipc.faults import SIGNALS
 from auxipc.observe.conditions import CONDITIONS
+from proto.errno import AuxError, Errno, errno_name
 
-SIGNALS = {"TERM": _signal.SIGTERM, "KILL": _signal.SIGKILL, "STOP": _signal.SIGSTOP, "CONT": _signal.SIGCONT,
-           "INT": _signal.SIGINT, "HUP": _signal.SIGHUP}
 ACTIONS = ("wait", "send", "kill", "stop", "start")
 DEFAULT_TIMEOUT = 5.0
 

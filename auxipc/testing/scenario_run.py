@@ -10,21 +10,18 @@ SIGKILL after a grace period), whatever happened.
 
 from __future__ import annotations
 
-import shutil
 import signal
-import tempfile
 import time
 from typing import Callable
 
+from auxipc.faults import SIGNALS
+from auxipc.observe import conditions
+from auxipc.observe.trace import dumps
+from auxipc.process.launch import Proc
+from auxipc.testing.harness import Harness
+from auxipc.testing.scenario import ExpectRecord, Scenario, SendSpec, SignalSpec, StartSpec, Step, StopSpec, WaitSpec
 from proto.errno import AuxError, Errno
 from proto.events import CATALOG
-from auxipc.observe import conditions
-from auxipc.observe.client import Client
-from auxipc.testing.scenario import (SIGNALS, ExpectRecord, Scenario, SendSpec, SignalSpec, StartSpec, Step, StopSpec,
-                       WaitSpec)
-from auxipc.process.launch import Proc
-from auxipc.observe.trace import Lifelines, dumps
-from auxipc.observe.watch import Watcher
 
 STOP_GRACE = 3.0
 
@@ -35,8 +32,7 @@ class Runner:
                  record: str | None = None, on_step: Callable[[dict], None] | None = None,
                  dir_prefix: str = "auxipc-run-"):
         self.sc = scenario
-        self.own_dir = runtime_dir is None
-        self.root = runtime_dir
+        self.runtime_dir = runtime_dir
         self.dir_prefix = dir_prefix
         self.say = progress or (lambda text: None)
         self.fail_fast = fail_fast
@@ -44,36 +40,30 @@ class Runner:
         self.on_step = on_step or (lambda res: None)
         self.procs: dict[str, Proc] = {}
         self.argv: dict[str, list[str]] = {}
-        self.records: list[dict] = []
-        self.lifelines = Lifelines()
-        self.watch: Watcher | None = None
-        self.client: Client | None = None
-        self._rec_file = None
+        self.h: Harness | None = None
+        self.root: str | None = runtime_dir
         self._last_send: dict | None = None
-        self.logs: str | None = None
         self.t0 = time.monotonic()
+
+    @property
+    def records(self) -> list[dict]:
+        return self.h.records if self.h is not None else []
 
     # ---- processes ----
 
     def _start(self, name: str, argv: list[str], timeout: float = 15.0) -> Proc:
-        proc = Proc(name, [*argv, "--runtime-dir", self.root], log_dir=self.logs)
+        proc = self.h.start(name, *argv, timeout=timeout)
         self.procs[name] = proc
-        proc.start(ready_timeout=timeout)
         return proc
 
     def setup(self) -> dict:
-        if self.own_dir:
-            self.root = tempfile.mkdtemp(prefix=self.dir_prefix, dir="/tmp")
-        self.logs = tempfile.mkdtemp(prefix=self.dir_prefix + "logs-", dir="/tmp")
-        if self.record_path:
-            self._rec_file = open(self.record_path, "w", encoding="utf-8")
+        self.h = Harness(self.runtime_dir, prefix=self.dir_prefix, record=self.record_path, grace=STOP_GRACE)
+        self.root = self.h.root
         total = len(self.sc.processes) + 1
         started = []
         t = time.monotonic()
-        self._start("broker", ["broker"])
+        self.procs["broker"] = self.h.broker()
         self.say(f"started broker [1/{total}] (pid {self.procs['broker'].pid}) in {time.monotonic() - t:.2f} s")
-        self.watch = Watcher(self.root)
-        self.client = Client(self.root)
         started.append({"name": "broker", "pid": self.procs["broker"].pid})
         for i, spec in enumerate(self.sc.processes, 2):
             t = time.monotonic()
@@ -86,43 +76,15 @@ class Runner:
         return {"ok": True, "processes": started}
 
     def teardown(self) -> None:
-        for closer in (self.watch, self.client):
-            if closer is not None:
-                try:
-                    closer.close()
-                except Exception:   # noqa: BLE001 — teardown goes on whatever happened
-                    pass
-        self.watch = self.client = None
-        for proc in reversed(list(self.procs.values())):
-            try:
-                proc.signal(signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-            proc.stop(grace=STOP_GRACE)
-        if self._rec_file is not None:
-            self._rec_file.close()
-        if self.logs:
-            shutil.rmtree(self.logs, ignore_errors=True)
-        if self.own_dir and self.root:
-            shutil.rmtree(self.root, ignore_errors=True)
+        if self.h is not None:
+            self.h.close()
 
     # ---- the trace ----
 
-    def _add(self, rec: dict) -> None:
-        self.lifelines.annotate(rec)
-        self.records.append(rec)
-        if self._rec_file is not None:
-            self._rec_file.write(dumps(rec) + "\n")
-            self._rec_file.flush()
-
     def drain(self, linger: float = 0.0) -> None:
         """Read every record already published (waiting up to ``linger`` s for more)."""
-        deadline = time.monotonic() + linger
-        while self.watch is not None:
-            rec = self.watch.next(max(0.0, deadline - time.monotonic()))
-            if rec is None:
-                return
-            self._add(rec)
+        if self.h is not None:
+            self.h.drain(linger)
 
     def expect_records(self, expects: list[ExpectRecord], start: int) -> list[str]:
         """Wait for a distinct record (since ``start``) per expectation; what was not seen."""
@@ -142,9 +104,7 @@ class Runner:
             if not open_:
                 return [f"no {expects[i].describe()} within {expects[i].timeout:g} s" for i in pending]
             wait = min(t0 + expects[i].timeout for i in open_) - now
-            rec = self.watch.next(max(0.0, min(wait, 0.1)))
-            if rec is not None:
-                self._add(rec)
+            self.h.next(max(0.0, min(wait, 0.1)))
 
     # ---- steps ----
 
@@ -152,7 +112,7 @@ class Runner:
         """Do the step's action; (problems, detail)."""
         if isinstance(action, WaitSpec):
             try:
-                what, took = conditions.wait(action.cond, action.arg, action.timeout, self.root, client=self.client)
+                what, took = conditions.wait(action.cond, action.arg, action.timeout, self.root, client=self.h.client)
             except AuxError as exc:
                 if exc.errno != Errno.ETIMEDOUT:
                     raise
@@ -163,7 +123,7 @@ class Runner:
                 spec = CATALOG.lookup(action.event)
             except AuxError as exc:
                 return [f"unknown event: {exc.message}"], ""
-            out = self.client.send_event(action.device, spec.name, action.side, action.payload, action.timeout)
+            out = self.h.send(action.device, spec.name, action.payload, side=action.side, timeout=action.timeout)
             self._last_send = out
             if out["errno"]:
                 detail = f"{out['error']} ({out['errno']}): {out['message']}"

@@ -26,9 +26,10 @@ import tempfile
 import time
 from collections import Counter
 
-from proto.errno import AuxError
 from auxipc.observe.client import Client
 from auxipc.process.launch import Proc
+from auxipc.testing.harness import Harness
+from proto.errno import AuxError, Errno
 
 DEVICES = ("soak.a.0", "soak.b.0")
 DRIVERS = {"soak.a.0": "soak_a", "soak.b.0": "soak_b"}
@@ -40,10 +41,11 @@ class Soak:
         self.duration, self.seed, self.interval, self.echo = duration, seed, interval, echo
         self.hb_ivl = hb_ivl
         self.rng = random.Random(seed)
-        self.root = tempfile.mkdtemp(prefix="axs-", dir="/tmp")
         self.data = tempfile.mkdtemp(prefix="axs-data-")
-        self.env = {"AUXIPC_SOAK_DIR": self.data}
+        self.h = Harness(prefix="axs-", env={"AUXIPC_SOAK_DIR": self.data}, grace=5.0)
+        self.root = self.h.root
         self.procs: dict[str, Proc] = {}
+        self.left: list[str] = []
         self.faults = Counter()
         self.times: dict[str, list[float]] = {"crash_to_unbind": [], "stop_to_detection": [],
                                               "kill_to_rebound": [], "broker_restart_to_recovered": []}
@@ -52,12 +54,13 @@ class Soak:
     # ---- processes -----------------------------------------------------------------------
 
     def start(self, name: str) -> Proc:
-        args = {"broker": ["broker", "--hb-ivl", str(self.hb_ivl)],
-                "parent": ["parent", "--model", "soak", "--devices", "2"],
-                "soak_a": ["child", "--driver", "soak_a"],
-                "soak_b": ["child", "--driver", "soak_b"]}[name]
-        proc = Proc(name, [*args, "--runtime-dir", self.root], env=self.env, log_dir=self.data)
-        proc.start(ready_timeout=20.0)
+        if name == "broker":
+            proc = self.h.broker("--hb-ivl", str(self.hb_ivl), timeout=20.0, connect=False)
+        else:
+            args = {"parent": ["parent", "--model", "soak", "--devices", "2"],
+                    "soak_a": ["child", "--driver", "soak_a"],
+                    "soak_b": ["child", "--driver", "soak_b"]}[name]
+            proc = self.h.start(name, *args, timeout=20.0)
         self.procs[name] = proc
         return proc
 
@@ -74,12 +77,15 @@ class Soak:
     def wait(self, pred, timeout: float = 15.0) -> float:
         """Seconds until ``pred(snapshot)`` holds (polling the broker every 5 ms)."""
         t0 = time.monotonic()
+        snap = None
         while time.monotonic() - t0 < timeout:
             snap = self.snapshot()
             if snap is not None and pred(snap):
                 return time.monotonic() - t0
             time.sleep(0.005)
-        raise AuxError(110, f"soak: condition not reached within {timeout:.0f} s")
+        seen = ("no broker answering" if snap is None else
+                ", ".join(f"{d['name']} {d['bind']}" for d in snap["devices"]) or "no devices")
+        raise AuxError(Errno.ETIMEDOUT, f"soak: condition not reached within {timeout:.0f} s (last seen: {seen})")
 
     @staticmethod
     def bound(snap: dict, dev: str) -> bool:
@@ -145,8 +151,12 @@ class Soak:
                 time.sleep(self.interval * (0.5 + self.rng.random()))
                 name, action = actions[i % len(actions)] if i < len(actions) else self.rng.choice(actions)
                 i += 1
-                self.echo(f"soak: +{self.duration - (end - time.monotonic()):5.1f}s {name}")
-                action()
+                at = f"+{self.duration - (end - time.monotonic()):5.1f}s {name}"
+                self.echo(f"soak: {at}")
+                try:
+                    action()
+                except AuxError as exc:
+                    raise AuxError(exc.errno, f"{at.strip()}: {exc.message}") from None
                 self.faults[name] += 1
             time.sleep(0.6)          # a last flush of every model's figures
             final = self.snapshot()
@@ -154,9 +164,7 @@ class Soak:
         except AuxError as exc:
             self.failures.append(f"soak aborted: {exc}")
         finally:
-            for name in ("soak_b", "soak_a", "parent", "broker"):
-                if name in self.procs:
-                    self.procs[name].stop(5.0)
+            self.left = self.h.stop_all()
         return self.report()
 
     def check_references(self, snap: dict | None) -> None:
@@ -186,15 +194,13 @@ class Soak:
             for key in ("violation_unbound_delivery", "violation_duplicate", "violation_order", "deadline_overruns"):
                 if c.get(key):
                     self.failures.append(f"{role}: {key} = {c[key]}")
-        left = [p for p in self.procs.values() if p.popen and p.popen.poll() is None]
-        if left:
-            self.failures.append(f"processes left: {[p.name for p in left]}")
+        self.failures += self.left
         for pattern in ("*.sock", "*.lock"):
             if glob.glob(os.path.join(self.root, pattern)):
                 self.failures.append(f"files left in {self.root}")
-        if os.path.exists(self.root):
+        if os.path.exists(self.root):     # the broker removes its runtime dir when it stops
             self.failures.append(f"runtime dir {self.root} left behind")
-            shutil.rmtree(self.root, ignore_errors=True)
+        self.h.close()
         shutil.rmtree(self.data, ignore_errors=True)
         times = {k: {"n": len(v), "median_ms": round(statistics.median(v) * 1000, 1) if v else None,
                      "max_ms": round(max(v) * 1000, 1) if v else None} for k, v in self.times.items()}

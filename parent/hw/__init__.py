@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass, fields, replace
 
 from proto.errno import AuxError, Errno
+
 from .caps import CapSet
 from .dcb import Dcb
 from .filters import MacTable, VlanTable

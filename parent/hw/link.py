@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from enum import Enum
 
+from auxipc import Machine
 from proto.errno import AuxError, Errno
 from proto.events import Duplex, LinkChange
-from auxipc.broker.lifecycle import Machine
 
 
 class LinkState(Enum):

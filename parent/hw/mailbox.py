@@ -17,8 +17,8 @@ import itertools
 from dataclasses import dataclass
 from enum import Enum
 
+from auxipc import IllegalTransition, Machine
 from proto.errno import AuxError, Errno
-from auxipc.broker.lifecycle import IllegalTransition, Machine
 
 
 class MbxState(Enum):

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from enum import Enum
 
+from auxipc import IllegalTransition, Machine
 from proto.errno import AuxError, Errno
 from proto.events import ResetType
-from auxipc.broker.lifecycle import IllegalTransition, Machine
 
 
 class ResetState(Enum):
