@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from auxipc.runtime_dir import process_start_time
+from auxipc.procfs import process_start_time
 from proto import envelope as E
 from tests.test_integration_faults import M, _exchange, _hdr, _raw
 

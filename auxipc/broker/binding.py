@@ -9,6 +9,7 @@ object (ops.py). ``done`` continuations are called exactly once.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Callable
 
 from proto import envelope as E
@@ -71,7 +72,7 @@ class Binding:
         def finish() -> None:
             host.reply(peer.ident, msg.r, data={
                 "probed": [d.name for d in todo if d.name not in refused], "refused": refused})
-        Sequence([lambda done, d=d: self.probe(d, [drv], task, done) for d in todo], finish).run()
+        Sequence([partial(self.probe, d, [drv], task) for d in todo], finish).run()
 
     def driver_unregister(self, peer: Peer, msg: E.DrvUnregister) -> None:
         host = self.host
@@ -86,8 +87,7 @@ class Binding:
         def finish() -> None:
             host.uevent("DRIVER_REMOVE", driver=drv.name)
             host.reply(peer.ident, msg.r)
-        Sequence([lambda done, d=d: self.remove(d, "driver unregistered", task, done) for d in bound],
-                 finish).run()
+        Sequence([partial(self.remove, d, "driver unregistered", task) for d in bound], finish).run()
 
     def driver_gone(self, drv: Driver, reason: str) -> None:
         """The driver's process is gone: unbind its devices without calling remove()."""
@@ -213,14 +213,18 @@ class Binding:
         """The parent suspends/resumes its device's driver under device_lock."""
         if msg.op not in ("suspend", "resume"):
             raise AuxError(Errno.EINVAL, f"$.header.op: {msg.op!r} is not 'suspend' or 'resume'")
-        if dev.driver is None or dev.bind.state is not BOUND:
+        drv = dev.driver
+        if drv is None or dev.bind.state is not BOUND:
             raise AuxError(Errno.ENODEV, f"{msg.op}: {dev.name} has no bound driver")
         host = self.host
-        Pm(host, dev, msg.op, host.task_of(peer, msg),
+        Pm(host, dev, drv, msg.op, host.task_of(peer, msg),
            lambda e, m: host.reply(peer.ident, msg.r, e, m)).run()
 
     def shutdown_all(self, done: Callable[[], None]) -> None:
         """Bus shutdown: call shutdown() of every bound driver that has one."""
         bound = [d for d in self.host.devices.values() if d.driver is not None and d.driver.has_shutdown]
-        Sequence([lambda nxt, d=d: Shutdown(self.host, d, nxt).run() for d in bound], done).run()
+        Sequence([partial(self.shutdown, d) for d in bound], done).run()
+
+    def shutdown(self, dev: Device, done: Callable[[], None]) -> None:
+        Shutdown(self.host, dev, done).run()
 

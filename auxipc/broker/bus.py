@@ -28,7 +28,8 @@ import itertools
 import logging
 import math
 from collections import Counter, deque
-from typing import Callable
+from functools import partial
+from typing import Any, Callable
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno
@@ -47,6 +48,14 @@ log = logging.getLogger("auxipc.broker")
 # The kernel's hung-task detector reports a task blocked for hung_task_timeout_secs
 # (120 by default); the emulator's remove() has no deadline and is reported sooner.
 HUNG_TASK_SECS = 10.0
+
+def _fault_msg(rules: list, rid: int) -> E.Header:
+    return E.Fault(r=rid, rules=rules)
+
+
+def _ignore(*_) -> None:
+    """An answer nobody waits for."""
+
 
 __all__ = ["Bus", "Device", "Driver", "Peer", "Pending", "device_name", "match_name"]
 
@@ -75,7 +84,7 @@ class Bus:
         self.on_output: Callable[[], None] = lambda: None
         self.published: list[list[bytes]] = []
         self.uevents: deque = deque(maxlen=20000)
-        self.stats = Counter()
+        self.stats: Counter[str] = Counter()
         self.next_id: Callable[[], int] = itertools.count(1).__next__    # request, device and rule ids
         self._incs = itertools.count(1)
         self._seq = itertools.count(1)
@@ -90,7 +99,7 @@ class Bus:
         self.lifetime = Devices(self, self.binding)
         self.calls = Calls(self)
         b, d, c = self.binding, self.lifetime, self.calls
-        self._handlers = {            # message type -> handler(peer, msg); RESULT and CALL come first
+        self._handlers: dict[type, Callable[[Peer, Any], None]] = {   # message type -> handler(peer, msg)
             E.DrvRegister: b.driver_register, E.DrvUnregister: b.driver_unregister,
             E.DevInit: d.dev_init, E.DevAdd: d.dev_add, E.DevDelete: d.dev_delete,
             E.DevUninit: d.dev_uninit, E.DevGet: d.dev_get, E.DevPut: d.dev_put, E.DevPm: self.dev_pm,
@@ -147,8 +156,8 @@ class Bus:
         for peer in self.peers.values():
             if peer.alive:
                 rules = [r.to_dict() for r in self.faults.rules if r.target in ("*", peer.name)]
-                self.request(peer, lambda rid, rules=rules: E.Fault(r=rid, rules=rules), None, 5.0,
-                             f"fault rules to {peer.label}", lambda *_: None)
+                self.request(peer, partial(_fault_msg, rules), None, 5.0, f"fault rules to {peer.label}",
+                             _ignore)
 
     def fault_applied(self, rule: FaultRule, **detail) -> None:
         self.stats["faults_applied"] += 1
@@ -209,11 +218,11 @@ class Bus:
         peer that does not name tasks never has two requests in one task)."""
         return msg.task or f"{peer.name}#{peer.inc}/r{msg.r}"
 
-    def later(self, delay: float, fn: Callable[..., None], *args) -> Timer:
+    def later(self, delay: float, fn: Callable[..., object], *args) -> Timer:
         """Run ``fn(*args)`` after ``delay`` seconds; returns a handle for ``cancel``."""
         return self.timers.at(self.clock() + delay, fn, *args)
 
-    def at(self, when: float, fn: Callable[..., None], *args) -> Timer:
+    def at(self, when: float, fn: Callable[..., object], *args) -> Timer:
         """Run ``fn(*args)`` at clock time ``when``; returns a handle for ``cancel``."""
         return self.timers.at(when, fn, *args)
 
@@ -268,6 +277,7 @@ class Bus:
             return p
         self.pending[rid] = p
         rule = self.faults.find("message", peer.name, event) if event and self.faults else None
+        assert frames is not None      # built for every live peer (request)
         if rule is None:
             self.outbox.append((peer.ident, frames))
         else:
@@ -292,7 +302,8 @@ class Bus:
 
     # ---- entry point --------------------------------------------------------------
 
-    def handle(self, ident: bytes, msg: E.Header, payload: bytes | None) -> None:
+    def handle(self, ident: bytes, msg: Any, payload: bytes | None) -> None:
+        """One decoded message (an ``E.Header`` of the type its ``t`` names) from ``ident``."""
         now = self.clock()
         hb_peer = self.hb_idents.get(ident)
         if hb_peer is not None:

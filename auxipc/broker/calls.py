@@ -19,6 +19,7 @@ from proto.events import decode_payload
 from auxipc.broker.lifecycle import BindState, DeviceState
 from auxipc.broker.lockdep import LockedOp
 from auxipc.broker.records import Device, Driver, Host, Peer
+from auxipc.broker.timers import Timer
 
 log = logging.getLogger("auxipc.broker")
 
@@ -42,11 +43,13 @@ class SyncCall:
 
     def __init__(self, bus: Host, caller: Peer, msg: E.Call, payload, callee: Peer | None, dev: Device,
                  drv: Driver | None, spec, task: str, deadline: float):
-        self.bus, self.caller, self.msg, self.payload, self.callee = bus, caller, msg, payload, callee
+        self.bus, self.caller, self.msg, self.payload = bus, caller, msg, payload
+        # None only while queued behind a probe: device_locked() sets both before delivery.
+        self.callee: Peer = callee              # type: ignore[assignment]
         self.dev, self.drv, self.spec, self.task, self.deadline = dev, drv, spec, task, deadline
         self.dev_op: LockedOp | None = None     # device_lock, held from delivery to the answer
         self.rtnl_op: LockedOp | None = None    # rtnl, taken here for an rtnl event
-        self.timer = None                       # the deadline of a wait for a lock
+        self.timer: Timer | None = None         # the deadline of a wait for a lock
         self.sent = 0.0
 
     def __str__(self) -> str:
@@ -190,7 +193,7 @@ class Calls:
                 # after the probe to the driver it bound (or -ENODEV), within the deadline.
                 SyncCall(host, peer, msg, payload, None, dev, None, spec, task, deadline).take_device_lock()
                 return
-            if state is not REMOVING and (state is not BOUND or dev.life.state is not ADDED):
+            if drv is None or state is not REMOVING and (state is not BOUND or dev.life.state is not ADDED):
                 raise AuxError(Errno.ENODEV, f"{dev.label} is {dev.life.state.value}, {state.value}: "
                                "no driver to deliver to")
             # While remove() runs the call waits for device_lock, as the kernel's sender
@@ -254,7 +257,7 @@ class Calls:
                 self.host.reply(peer.ident, msg.r, Errno.ETIMEDOUT,
                            f"lock {name}: not granted within {msg.timeout_ms} ms (held by {holder})")
         op = LockedOp(f"{peer.label} takes {name}", granted, cancelled, msg.task)
-        op.peer, op.stack = peer, tuple(msg.stack)
+        op.peer, op.stack = peer, tuple(msg.stack)      # type: ignore[assignment]
         self.lock_ops[key] = op
         try:
             lock.run(op)

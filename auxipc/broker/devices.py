@@ -76,8 +76,10 @@ class Devices:
         dev.name = dev.pending                     # dev_set_name: named by add
         dev.attrs = attrs                          # before a driver binds, as udev and drivers expect
         host.by_name[dev.name] = dev
-        host.uevent("ADD", dev.name, modalias=f"auxiliary:{match_name(dev.name)}", parent=peer.label,
-                    **({"attrs": attrs} if attrs else {}))
+        detail: dict[str, object] = {"modalias": f"auxiliary:{match_name(dev.name)}", "parent": peer.label}
+        if attrs:
+            detail["attrs"] = attrs
+        host.uevent("ADD", dev.name, "", **detail)
         self.binding.probe(dev, self.binding.candidates(dev), host.task_of(peer, msg), lambda: host.reply(
             peer.ident, msg.r, data={"name": dev.name, "driver": dev.driver.name if dev.driver else None}))
 

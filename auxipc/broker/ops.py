@@ -119,10 +119,11 @@ class Probe:
                  done: Callable[[], None]):
         self.host, self.hooks, self.dev, self.task, self.done = host, hooks, dev, task, done
         self.drivers = list(drivers)
-        self.drv: Driver | None = None
-        self.lock_op: LockedOp | None = None
+        # Set by run() and locked() before any later step reads them.
+        self.drv: Driver = None            # type: ignore[assignment]
+        self.lock_op: LockedOp = None      # type: ignore[assignment]
         self.triggers = 0
-        self.watch: HungWatch | None = None
+        self.watch: HungWatch = None       # type: ignore[assignment]
 
     def run(self) -> None:
         dev, host = self.dev, self.host
@@ -209,9 +210,10 @@ class Remove:
 
     def __init__(self, host: Host, dev: Device, reason: str, task: str, done: Callable[[], None]):
         self.host, self.dev, self.reason, self.task, self.done = host, dev, reason, task, done
-        self.drv: Driver | None = None
-        self.lock_op: LockedOp | None = None
-        self.watch: HungWatch | None = None
+        # Set by run() and locked() before any later step reads them.
+        self.drv: Driver = None            # type: ignore[assignment]
+        self.lock_op: LockedOp = None      # type: ignore[assignment]
+        self.watch: HungWatch = None       # type: ignore[assignment]
 
     def run(self) -> None:
         self.lock_op = LockedOp(f"remove {self.dev.name}", self.locked, self.dropped, self.task)
@@ -222,10 +224,11 @@ class Remove:
 
     def locked(self, op: LockedOp) -> None:
         dev = self.dev
-        drv = self.drv = dev.driver
+        drv = dev.driver
         if drv is None or dev.bind.state is not BOUND:
             dev.lock.release(op)
             return self.done()
+        self.drv = drv
         dev.bind.fire(BindEvent.REMOVE)
         self.watch = HungWatch(self.host, dev, drv, "remove", self.task)
         self.host.request(drv.peer, self.message, None, None, f"remove of {dev.name} by {drv.name}",
@@ -254,9 +257,10 @@ class Pm:
 
     __slots__ = ("host", "dev", "drv", "op", "task", "answer", "lock_op")
 
-    def __init__(self, host: Host, dev: Device, op: str, task: str, answer: Callable[[int, str], None]):
-        self.host, self.dev, self.drv, self.op, self.task, self.answer = host, dev, dev.driver, op, task, answer
-        self.lock_op: LockedOp | None = None
+    def __init__(self, host: Host, dev: Device, drv: Driver, op: str, task: str,
+                 answer: Callable[[int, str], None]):
+        self.host, self.dev, self.drv, self.op, self.task, self.answer = host, dev, drv, op, task, answer
+        self.lock_op: LockedOp = None      # type: ignore[assignment]  # set by run()
 
     def run(self) -> None:
         self.lock_op = LockedOp(f"{self.op} {self.dev.name}", self.locked, self.dropped, self.task)
@@ -287,8 +291,9 @@ class Shutdown:
 
     def __init__(self, host: Host, dev: Device, done: Callable[[], None]):
         self.host, self.dev, self.done = host, dev, done
-        self.drv: Driver | None = None
-        self.lock_op: LockedOp | None = None
+        # Set by run() and locked() before any later step reads them.
+        self.drv: Driver = None            # type: ignore[assignment]
+        self.lock_op: LockedOp = None      # type: ignore[assignment]
 
     def run(self) -> None:
         self.lock_op = LockedOp(f"shutdown {self.dev.name}", self.locked, self.dropped, "bus/shutdown")
@@ -299,10 +304,11 @@ class Shutdown:
 
     def locked(self, op: LockedOp) -> None:
         dev = self.dev
-        drv = self.drv = dev.driver
+        drv = dev.driver
         if drv is None or not drv.peer.alive:
             dev.lock.release(op)
             return self.done()
+        self.drv = drv
         self.host.request(drv.peer, self.message, None, SHUTDOWN_TIMEOUT, f"shutdown of {dev.name}",
                           self.answered)
 

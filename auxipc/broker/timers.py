@@ -17,7 +17,7 @@ class Timer:
 
     __slots__ = ("when", "seq", "fn", "args")
 
-    def __init__(self, when: float, seq: int, fn: Callable[..., None] | None, args: tuple):
+    def __init__(self, when: float, seq: int, fn: Callable[..., object] | None, args: tuple):
         self.when, self.seq, self.fn, self.args = when, seq, fn, args
 
     def __lt__(self, other: "Timer") -> bool:
@@ -34,7 +34,7 @@ class Timers:
         self._cancelled = 0     # cancelled timers still in the heap (a call's deadline, mostly)
         self._seq = itertools.count()
 
-    def at(self, when: float, fn: Callable[..., None], *args) -> Timer:
+    def at(self, when: float, fn: Callable[..., object], *args) -> Timer:
         timer = Timer(when, next(self._seq), fn, args)
         heapq.heappush(self.heap, timer)
         return timer
