@@ -143,6 +143,8 @@ def test_parent_exiting_with_devices_added_is_reported(bus):
     assert set(kinds) == {"devices_outlive_parent"}      # its message covers the missing uninit too
     assert sorted(r["dev"] for r in child.records("remove-end")) == ["tp.eth.0", "tp.rdma.0"]
     assert bus.ls()["devices"] == []
+    shown = bus.cli("ls").stdout
+    assert "WARN devices_outlive_parent: parent tp" in shown and "tp.eth.0, tp.rdma.0" in shown, shown
 
 
 LEAKY_MODEL = '''
