@@ -18,7 +18,8 @@ def test_register_reply_hello_and_heartbeat(wire):
     res = p.register()
     assert res["e"] == 0
     d = res["d"]
-    assert set(d) == {"peer", "inc", "epoch", "faults", "hb_ivl_ms", "hb_liveness", "schema"}
+    assert set(d) == {"peer", "inc", "epoch", "faults", "hb_ivl_ms", "hb_liveness", "schema", "index"}
+    assert d["index"] == 0                                   # the first instance of its model
     assert d["peer"] == f"parent rawp[{os.getpid()}]#{d['inc']}"
     assert d["epoch"] == wire.ctl.query("ping")["epoch"]
     assert (d["hb_ivl_ms"], d["hb_liveness"]) == (100, 5)     # the bus fixture's --hb-ivl/--hb-liveness
