@@ -152,27 +152,64 @@ class Bool(Field):
 
 
 class Str(Field):
+    """A string of at most ``max_len`` characters; with ``choices``, one of them."""
+
     kind = "str"
 
-    def __init__(self, max_len: int = 255, **kw):
+    def __init__(self, max_len: int = 255, *, choices: tuple[str, ...] = (), **kw):
         super().__init__(**kw)
-        self.max_len = max_len
+        self.max_len, self.choices = max_len, tuple(choices)
 
     def check(self, value, path):
         if type(value) is not str:
             raise reject(path, f"expected str, got {_type_name(value)}")
         if len(value) > self.max_len:
             raise reject(path, f"length {len(value)} exceeds {self.max_len}")
+        if self.choices and value not in self.choices:
+            raise reject(path, f"{value!r} is not one of {', '.join(map(repr, self.choices))}")
         return value
 
     def rule(self):
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
         return f"string, at most {self.max_len} chars"
 
     def _simplest(self):
-        return ""
+        return self.choices[0] if self.choices else ""
 
     def describe(self):
-        return super().describe() | {"max_len": self.max_len}
+        d = super().describe() | {"max_len": self.max_len}
+        if self.choices:
+            d["choices"] = list(self.choices)
+        return d
+
+
+class Float(Field):
+    """A finite number within ``min``..``max``; an int is taken as its float."""
+
+    kind = "float"
+
+    def __init__(self, min: float = 0.0, max: float = 1.0, **kw):
+        super().__init__(**kw)
+        self.min, self.max = float(min), float(max)
+
+    def check(self, value, path):
+        if type(value) is not float and type(value) is not int:
+            raise reject(path, f"expected float, got {_type_name(value)}")
+        if not self.min <= value <= self.max:     # false for NaN as well
+            raise reject(path, f"{value} out of range {self.min}..{self.max}")
+        return float(value)
+
+    def rule(self):
+        return f"float {self.min}..{self.max}"
+
+    def _simplest(self):
+        return self.min
+
+    def describe(self):
+        return super().describe() | {"min": self.min, "max": self.max}
+
+    ctype = "double"
 
 
 class Bytes(Field):
@@ -328,7 +365,7 @@ class Nested(Field):
         return self.struct.example()
 
     def to_wire(self, value):
-        return value.to_wire()
+        return None if value is None else value.to_wire()     # None: an optional struct left out
 
     def rule(self):
         return f"struct {self.struct.__name__}"
@@ -482,13 +519,22 @@ class Empty(Payload):
 
 
 class Map(Field):
-    """A free-form map (control query results); only its type is checked."""
+    """A free-form map (control query results, bus notification details): its type
+    and size are checked here; its depth is bounded where a message is decoded
+    (``envelope.MAX_DEPTH``). Maps whose keys are known are declared as a Nested
+    payload instead."""
 
     kind = "map"
+
+    def __init__(self, max_len: int = 1 << 17, **kw):
+        super().__init__(**kw)
+        self.max_len = max_len
 
     def check(self, value, path):
         if not isinstance(value, dict):
             raise reject(path, f"expected map, got {_type_name(value)}")
+        if len(value) > self.max_len:
+            raise reject(path, f"{len(value)} keys exceed {self.max_len}")
         return value
 
     def _simplest(self):

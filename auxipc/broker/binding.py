@@ -78,7 +78,7 @@ class Binding:
         self.drivers.pop(drv.name, None)
         if drv in drv.peer.drivers:
             drv.peer.drivers.remove(drv)
-        for dev in self.devices.values():
+        for dev in list(self.devices.values()):     # unbinding may release a device
             if dev.driver is drv:
                 dev.bind.fire("driver_gone")
                 dev.driver = None

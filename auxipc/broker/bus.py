@@ -406,9 +406,8 @@ class Bus(Binding, Calls):
                     tuple(msg.schema), frozenset(msg.handles), self.clock())
         peer.machine = peer_machine(peer.label)
         if msg.role == "child":
-            for item in msg.restore.get("bound", ()):
-                if isinstance(item, dict) and isinstance(item.get("name"), str):
-                    peer.adopt[item["name"]] = (item.get("driver"), int(item.get("refs", 0) or 0))
+            for item in msg.restore.bound:
+                peer.adopt[item.name] = (item.driver, item.refs)
         self.peers[ident] = peer
         self.hb_idents[ident + b"#hb"] = peer
         self.uevent("REGISTER", role=msg.role, name=msg.name, pid=msg.pid, inc=peer.inc)

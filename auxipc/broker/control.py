@@ -12,6 +12,7 @@ Each op takes ``args`` (a map) and answers one RESULT whose ``d`` holds the data
 from __future__ import annotations
 
 from proto import envelope as E
+from proto.control import CTL_ARGS, ctl_args
 from proto.errno import AuxError, Errno
 from auxipc.broker.lifecycle import BindState
 from auxipc.faults import SIGNALS, FaultRule
@@ -28,6 +29,8 @@ class Control:
         if op is None:
             ops = ", ".join(sorted(n[3:] for n in dir(self) if n.startswith("op_")))
             raise AuxError(Errno.EOPNOTSUPP, f"$.header.op: unknown control op {msg.op!r} (ops: {ops})")
+        if msg.op in CTL_ARGS:
+            ctl_args(msg.op, msg.args)     # refuse a bad argument before any op reads one
         op(ident, msg, payload)
 
     def op_ping(self, ident, msg, payload):
@@ -59,7 +62,7 @@ class Control:
         """{action: add, rule: {...}} | {action: clear, target} | {action: ls}."""
         what = msg.args.get("action", "ls")
         if what == "add":
-            rule = self.bus.add_fault(FaultRule.from_dict(msg.args.get("rule") or {}))
+            rule = self.bus.add_fault(FaultRule.from_dict(msg.args.get("rule") or {}, "$.header.args.rule"))
             self.bus.reply(ident, msg.r, data={"rule": rule.to_dict()})
         elif what == "clear":
             n = self.bus.clear_faults(msg.args.get("target", ""))
