@@ -224,11 +224,17 @@ class Calls:
                            f"lock {name}: not granted within {msg.timeout_ms} ms (held by {holder})")
         op = LockedOp(f"{peer.label} takes {name}", granted, cancelled, msg.task)
         op.peer, op.stack = peer, tuple(msg.stack)
+        held = self.lock_ops.get(key)
         self.lock_ops[key] = op
         try:
             lock.run(op)
         except AuxError:
-            self.lock_ops.pop(key, None)
+            # Refused (-EDEADLK): the task's entry for the lock it already holds stays, so
+            # the lock is still released with its holder.
+            if held is None:
+                del self.lock_ops[key]
+            else:
+                self.lock_ops[key] = held
             raise
         self.later(msg.timeout_ms / 1000, lock.cancel, op, "timeout")
 
