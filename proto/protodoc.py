@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import envelope as E
 from .control import CTL_ARGS, BoundDevice, FaultSpec, Restore
+from .replies import REPLIES
 from .errno import ERRNO_TABLE
 
 
@@ -34,6 +35,10 @@ def message_table() -> str:
     rows += ["", "CTL `args`, per `op` (an op not listed is refused with EOPNOTSUPP):", "",
              "| op | args | purpose |", "|---|---|---|"]
     rows += [f"| {op} | {_fields(cls)} | {_doc(cls)} |" for op, cls in CTL_ARGS.items()]
+    rows += ["", "The broker's answers: RESULT `d`, per request (a request not listed is answered "
+             "with `d = {}`; an error carries only `e` and `m`):", "",
+             "| request | `d` fields | purpose |", "|---|---|---|"]
+    rows += [f"| {msg.name} | {_fields(cls)} | {_doc(cls)} |" for msg, cls in REPLIES.items()]
     rows += ["", f"Every value is bounded while it is decoded: a message of at most {E.MAX_MSG} bytes, "
              f"strings and bins within it, arrays and maps of at most {E.MAX_ITEMS} items, and "
              f"nesting of at most {E.MAX_DEPTH} levels (deeper: EPROTO)."]

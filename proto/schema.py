@@ -156,11 +156,13 @@ class Str(Field):
 
     kind = "str"
 
-    def __init__(self, max_len: int = 255, *, choices: tuple[str, ...] = (), **kw):
+    def __init__(self, max_len: int = 255, *, choices: tuple[str, ...] = (), nullable: bool = False, **kw):
         super().__init__(**kw)
-        self.max_len, self.choices = max_len, tuple(choices)
+        self.max_len, self.choices, self.nullable = max_len, tuple(choices), nullable
 
     def check(self, value, path):
+        if value is None and self.nullable:
+            return None
         if type(value) is not str:
             raise reject(path, f"expected str, got {_type_name(value)}")
         if len(value) > self.max_len:
@@ -170,9 +172,9 @@ class Str(Field):
         return value
 
     def rule(self):
-        if self.choices:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        return f"string, at most {self.max_len} chars"
+        rule = ("one of " + ", ".join(repr(c) for c in self.choices) if self.choices
+                else f"string, at most {self.max_len} chars")
+        return rule + " or nil" if self.nullable else rule
 
     def _simplest(self):
         return self.choices[0] if self.choices else ""

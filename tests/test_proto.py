@@ -283,6 +283,18 @@ def test_str_choices_and_float_fields():
     rejects(lambda: Knob.from_wire({"mode": "on", "level": float("nan")}),
             "EINVAL: $.payload.level: nan out of range 0.0..2.0")
     assert Str(choices=("a", "b")).rule() == "one of 'a', 'b'" and Float(0, 1).rule() == "float 0.0..1.0"
+    assert Str(max_len=4, nullable=True).check(None, "$.x") is None
+    assert Str(max_len=4, nullable=True).rule() == "string, at most 4 chars or nil"
+    rejects(lambda: Str(max_len=4).check(None, "$.x"), "EINVAL: $.x: expected str, got nil")
+
+
+def test_broker_replies_are_declared():
+    from proto.replies import DevAdded, Welcome, reply_type
+    assert reply_type(E.Msg.DEV_ADD) is DevAdded and reply_type(E.Msg.UNREGISTER) is None
+    w = Welcome.from_wire({"peer": "parent ixd[2]#1", "inc": 1, "epoch": 5, "hb_ivl_ms": 250, "hb_liveness": 3,
+                           "schema": [1, 0], "faults": [{"kind": "kill", "target": "ixd", "point": "probe"}]})
+    assert w.faults[0].signal == "KILL"
+    assert DevAdded.from_wire({"name": "ixd.eth.0", "driver": None}).driver is None
 
 
 # ---- errno -----------------------------------------------------------------------------

@@ -8,7 +8,8 @@ the driver core's invariants are checked after every step:
 - no handler (a sync event, suspend/resume) reaches a driver after its remove(),
   nor before its probe() succeeded;
 - a named lock is never held by a peer that is gone (released with its holder);
-- every frame the bus emits decodes again.
+- every frame the bus emits decodes again, and every answer's ``d`` is what
+  proto/replies.py declares for its request (the spec and the broker agree).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from proto import envelope as E
 from proto.errno import Errno
 from proto.events import Event
+from proto.replies import reply_type
 from auxipc.broker.bus import Bus
 
 P, C, C2 = b"p:ixd", b"c:idpf", b"c:other"
@@ -47,7 +49,7 @@ class BusMachine(RuleBasedStateMachine):
         self.clock = Clock()
         self.bus = Bus(self.clock, epoch=1, hb_ivl=1.0, hb_liveness=3)
         self.rids = itertools.count(1)
-        self.asked: dict[int, tuple[bytes, int]] = {}    # r -> (sender, its incarnation then)
+        self.asked: dict[int, tuple[bytes, int, E.Msg]] = {}    # r -> (sender, its incarnation then, type)
         self.answers: Counter = Counter()
         self.results: dict[int, E.Result] = {}
         self.orphaned: set[int] = set()                  # requests whose sender died before the answer
@@ -65,7 +67,7 @@ class BusMachine(RuleBasedStateMachine):
         peer = self.alive(ident)
         r = getattr(msg, "r", None)
         if r is not None and peer is not None and not isinstance(msg, E.Result):
-            self.asked[r] = (ident, peer.inc)
+            self.asked[r] = (ident, peer.inc, msg.TYPE)
         m, p = E.decode(E.encode(msg, payload))
         self.bus.handle(ident, m, p)
         self.settle()
@@ -76,9 +78,15 @@ class BusMachine(RuleBasedStateMachine):
         for ident, frames in out:
             m, _ = E.decode(frames)
             if isinstance(m, E.Result):
-                if self.asked.get(m.r, (None,))[0] == ident:
+                asked = self.asked.get(m.r)
+                if asked is not None and asked[0] == ident:
                     self.answers[m.r] += 1
                     self.results[m.r] = m
+                    declared = reply_type(asked[2])
+                    if m.e == 0 and declared is not None:
+                        declared.from_wire(m.d, f"{asked[2].name} reply: $.d", strict=True)
+                    elif m.e == 0:
+                        assert m.d == {}, f"{asked[2].name} answered with undeclared data {m.d}"
                 continue
             if isinstance(m, (E.Request, E.Pm)) and ident in (C, C2):
                 assert (ident, m.dev) in self.bound, f"{type(m).__name__} for device {m.dev} reached " \
@@ -91,7 +99,7 @@ class BusMachine(RuleBasedStateMachine):
             if frames[1:] != [E.MAGIC]:
                 E.decode(frames[1:])
         self.bus.published = []
-        for r, (ident, inc) in self.asked.items():
+        for r, (ident, inc, _) in self.asked.items():
             peer = self.alive(ident)
             if peer is None or peer.inc != inc:
                 self.orphaned.add(r)
@@ -116,7 +124,7 @@ class BusMachine(RuleBasedStateMachine):
         role, name, pid = PEERS[ident]
         handles = (int(Event.SET_MAC),) if role == "parent" else (int(Event.RESET_WARN),)
         r = next(self.rids)
-        self.asked[r] = (ident, -1)      # answered to a peer not yet registered
+        self.asked[r] = (ident, -1, E.Msg.REGISTER)      # answered to a peer not yet registered
         self.send(ident, E.Register(r=r, role=role, name=name, pid=pid, start_time=1, schema=(1, 0),
                                     handles=handles))
         self.orphaned.add(r)
