@@ -361,6 +361,8 @@ class Nested(Field):
     def validate(self, value, path, strict=False):
         if isinstance(value, self.struct):
             return value
+        if value is None and self.default is None:     # an optional struct, left out
+            return None
         return self.struct.from_wire(value, path, strict)
 
     def _simplest(self):

@@ -8,6 +8,10 @@ Input format, so a mutation of one byte stays a mutation of one message::
 ``op & 7`` picks the sender (``SENDERS``; 7 feeds the frame to the subscriber
 side's EVENT decoder instead); ``op >> 3`` advances the clock by
 ``(op >> 3) ** 2 * 10`` ms before the frame (timers and heartbeats fire).
+A frame whose first byte is 0 is a *recipe* instead (``recipe``): a message type
+and, per declared field, a choice among values near the rule (valid, at the
+bounds, of the wrong type, nested too deep), so mutations explore the bus's
+logic rather than msgpack's syntax.
 
 The contract checked: whatever arrives, the broker answers with an errno
 (``AuxError``) or handles it; any other exception is a crash. Every frame the
@@ -22,7 +26,9 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 from proto import envelope as E
+from proto.control import CTL_ARGS
 from proto.errno import AuxError
+from proto.schema import Array, Bool, Field, Int, Map, Nested, Str
 from auxipc.broker.bus import Bus
 from auxipc.broker.control import Control
 
@@ -54,6 +60,59 @@ def records(data: bytes):
 
 def record(op: int, frame: bytes) -> bytes:
     return struct.pack(">BH", op, len(frame)) + frame
+
+
+_TYPES = sorted(E.header_types().items())
+_NAMES = ["", "ixd", "idpf", "eth", "rdma", "ixd.eth", "ixd.eth.0", "ixd.rdma.1", "idpf_eth", "rtnl", "mutex:x",
+          "a", "b", "*", "parent", "child", "suspend", "resume", "RESET_WARN", "SET_MAC", "LINK_CHANGE", "hello:x",
+          "add", "ls", "clear", "kill", "handler", "message", "probe", "remove", "drop", "delay", "errno", "EIO"]
+_DEEP = "@deep@"
+_PAYLOADS = [None, E.packb({"reset_type": 1}), E.packb({"addr": b"\x02" * 6}), E.packb({}),
+             E.packb({"addr": b"\x02" * 6, "filter_id": 1}), E.packb({"up": True}), b"\xc1", E.packb([1, {}])]
+
+
+def _palette(f: Field) -> list:
+    """Values worth trying for one declared field."""
+    wrong = [None, "x", -1, 1.5, [], {}, _DEEP]
+    if isinstance(f, Int):
+        return [0, 1, 2, 3, 4, 5, 6, 100, f.min, f.max, f.max + 1, 2**64 - 1, *wrong]
+    if isinstance(f, Bool):
+        return [True, False, 0, *wrong]
+    if isinstance(f, Str):
+        return [*f.choices, *_NAMES, "x" * (f.max_len + 1), 5, *wrong]
+    if isinstance(f, Array):
+        item = _palette(f.item)
+        return [[], [item[1]], [item[0], item[1]], [item[2]] * 3, list(range(f.length or 2)), *wrong]
+    if isinstance(f, Nested):
+        return [f.struct.example().to_wire(), {}, {"bound": [{"name": "ixd.eth.0", "driver": "idpf_eth", "refs": 1}]},
+                {"bound": [{"name": "ixd.eth.0", "refs": "x"}]}, *wrong]
+    if isinstance(f, Map):
+        args = [cls.example().to_wire() for cls in CTL_ARGS.values()]
+        return [{}, *args, {"action": "add", "rule": {"kind": "message", "target": "*", "action": "drop"}},
+                {"device": "ixd.eth.0", "driver": "idpf_eth", "event": "RESET_WARN", "from": "parent"},
+                {"bound": 3}, {"since": "x"}, *wrong]
+    return wrong
+
+
+def recipe(data: bytes) -> bytes:
+    """The frame a recipe describes: ``data[0]`` picks the message type, each next byte
+    a field's value from its palette (past the end: the field is left out), the byte
+    after the fields the payload ``p``."""
+    t, cls = _TYPES[data[0] % len(_TYPES)] if data else _TYPES[0]
+    head = {"t": t}
+    picks = iter(data[1:])
+    for name, f in cls.fields.items():
+        pick = next(picks, None)
+        if pick is None:
+            break
+        if pick != 255:                    # 255: leave the field out
+            palette = _palette(f)
+            head[name] = palette[pick % len(palette)]
+    p = next(picks, None)
+    if p is not None and _PAYLOADS[p % len(_PAYLOADS)] is not None:
+        head["p"] = _PAYLOADS[p % len(_PAYLOADS)]
+    # _DEEP: a value nested past every bound, which msgpack would not pack
+    return E.MAGIC + E.packb(head).replace(E.packb(_DEEP), b"\x91" * 200 + b"\x00")
 
 
 @contextmanager
@@ -120,6 +179,8 @@ def run(data: bytes) -> Broker:
                 except AuxError:
                     pass
                 continue
+            if frame[:1] == b"\x00":
+                frame = recipe(frame[1:])
             broker.frame(SENDERS[sender], frame)
             broker.drain()
         broker.advance(60.0)     # every deadline passes: each pending request is answered

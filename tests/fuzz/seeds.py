@@ -4,6 +4,8 @@ of a valid session reach far deeper into the bus than random bytes do."""
 
 from __future__ import annotations
 
+import random
+
 from proto import envelope as E
 from proto.events import Event
 
@@ -105,4 +107,13 @@ def _sessions() -> dict[str, bytes]:
         s.answer(C, E.Probe)
     s.send(C, E.Unregister(r=50), advance_op=31)
     out["control"] = s.data
+
+    # A bound device, then recipes (harness.recipe) drawn at random: a start the fuzzer
+    # mutates field by field.
+    s = bound_session()
+    rnd = random.Random(13)
+    for _ in range(60):
+        picks = bytes(rnd.randrange(256) for _ in range(rnd.randrange(2, 10)))
+        s.data += record(rnd.choice((0, 1, 2, 5)) | rnd.choice((0, 0, 0, 1, 4)) << 3, b"\x00" + picks)
+    out["recipes"] = s.data
     return out
