@@ -47,9 +47,9 @@ class FaultSpec(Payload):
     applied = Int(0, 2**53, default=0, doc="how many times it fired (in the broker's copy)")
 
 
-def _args(name: str, doc: str, **fields) -> type[Payload]:
+def _args(type_name: str, doc: str, **fields) -> type[Payload]:
     """A control op's args type (built, not written as a class: ``from`` is a keyword)."""
-    return type(name, (Payload,), {"__doc__": doc, **fields})
+    return type(type_name, (Payload,), {"__doc__": doc, **fields})
 
 
 CTL_ARGS: dict[str, type[Payload]] = {
@@ -71,6 +71,17 @@ CTL_ARGS: dict[str, type[Payload]] = {
                   device=NAME, event=Str(max_len=64, doc="the event's name (or its code in decimal)"),
                   timeout_ms=Int(1, 3_600_000, default=5000),
                   **{"from": Str(max_len=8, choices=("parent", "child"))}),
+}
+
+
+def _up_name() -> Str:
+    return Str(max_len=128, default="", doc="the process, as `auxipc up` names it")
+UP_ARGS: dict[str, type[Payload]] = {     # the control socket of `auxipc up` (up.sock)
+    "ps": _args("UpPsArgs", "The supervised processes."),
+    "down": _args("UpDownArgs", "Stop everything and exit."),
+    "stop": _args("UpStopArgs", "Stop one process (it stays down).", name=_up_name()),
+    "start": _args("UpStartArgs", "Start a stopped process.", name=_up_name()),
+    "restart": _args("UpRestartArgs", "Stop and start one process.", name=_up_name()),
 }
 
 

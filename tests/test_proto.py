@@ -262,6 +262,14 @@ def test_control_args_per_op():
     rejects(lambda: ctl_args("uevents", {"since": -1}), "EINVAL: $.header.args.since: -1 out of range 0..9223372036854775807")
 
 
+def test_supervisor_args_are_declared():
+    from proto.control import UP_ARGS, ctl_args
+    assert ctl_args("restart", {"name": "ixd"}, UP_ARGS).name == "ixd" and ctl_args("ps", {}, UP_ARGS).to_wire() == {}
+    rejects(lambda: ctl_args("stop", {"name": ["ixd"]}, UP_ARGS), "EINVAL: $.header.args.name: expected str, got array")
+    rejects(lambda: ctl_args("kill", {}, UP_ARGS),
+            "EOPNOTSUPP: $.header.op: unknown control op 'kill' (ops: down, ps, restart, start, stop)")
+
+
 def test_every_control_op_declares_its_args():
     """The broker's control ops and proto's declarations are the same set: an op added
     without declared args would act on unchecked values."""
