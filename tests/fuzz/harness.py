@@ -15,7 +15,9 @@ logic rather than msgpack's syntax.
 
 The contract checked: whatever arrives, the broker answers with an errno
 (``AuxError``) or handles it; any other exception is a crash. Every frame the
-bus emits must decode again (the bus never sends what a peer would refuse).
+bus emits must decode again (the bus never sends what a peer would refuse), and
+after every message no reference count is negative and no lock is held by a
+peer that is gone (``check``).
 """
 
 from __future__ import annotations
@@ -153,6 +155,15 @@ class Broker:
         self.clock.t += seconds
         self.bus.tick()
 
+    def check(self) -> None:
+        """The invariants cheap enough to check after every message."""
+        for lock in self.bus.lockdep.named.values():
+            owner = lock.owner
+            assert owner is None or owner.peer is None or owner.peer.alive, \
+                f"{lock.name} held by {owner.peer.label}, which is gone"
+        for dev in self.bus.devices.values():
+            assert all(n > 0 for n in dev.refs.values()), f"{dev.name}: refs {dict(dev.refs)}"
+
     def drain(self) -> list:
         """What the bus sent, each frame decoded again (raises if one does not decode)."""
         out = []
@@ -183,6 +194,7 @@ def run(data: bytes) -> Broker:
                 frame = recipe(frame[1:])
             broker.frame(SENDERS[sender], frame)
             broker.drain()
+            broker.check()
         broker.advance(60.0)     # every deadline passes: each pending request is answered
         broker.drain()
     return broker
