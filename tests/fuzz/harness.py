@@ -90,7 +90,10 @@ def _palette(f: Field) -> list:
                 {"bound": [{"name": "ixd.eth.0", "refs": "x"}]}, *wrong]
     if isinstance(f, Map):
         args = [cls.example().to_wire() for cls in CTL_ARGS.values()]
-        return [{}, *args, {"action": "add", "rule": {"kind": "message", "target": "*", "action": "drop"}},
+        rules = [{"action": "add", "rule": {"kind": "message", "target": "*", "action": action, "delay_ms": 30,
+                                            "count": 2, "probability": 0.7}}
+                 for action in ("drop", "delay", "duplicate", "reorder", "corrupt")]
+        return [{}, *args, *rules, {"action": "add", "rule": {"kind": "kill", "target": "idpf", "point": "probe"}},
                 {"device": "ixd.eth.0", "driver": "idpf_eth", "event": "RESET_WARN", "from": "parent"},
                 {"bound": 3}, {"since": "x"}, *wrong]
     return wrong
@@ -195,6 +198,8 @@ def run(data: bytes) -> Broker:
             broker.frame(SENDERS[sender], frame)
             broker.drain()
             broker.check()
+        broker.bus.shutdown_all(lambda: None)     # what the broker does when it stops
         broker.advance(60.0)     # every deadline passes: each pending request is answered
         broker.drain()
+        broker.check()
     return broker
