@@ -426,9 +426,14 @@ def check_depth(obj, what: str, limit: int = MAX_DEPTH) -> None:
                 stack.append((item, depth + 1))
 
 
+_CONTAINERS = frozenset((dict, list))
+
+
 def _check_header_depth(head: dict) -> None:
     """``check_depth`` for each container field of a header, naming the field (most
-    headers have none: one pass over the values)."""
+    headers have none: one pass over the values' types, in C)."""
+    if _CONTAINERS.isdisjoint(map(type, head.values())):
+        return
     for key, value in head.items():
         if (type(value) is dict or type(value) is list) and value:
             check_depth(value, f"$.header.{key}", MAX_DEPTH - 1)
@@ -479,7 +484,8 @@ def decode(frames: list[bytes]) -> tuple[Header, bytes | None]:
         raise ProtocolError(f"$.magic: expected {MAGIC!r}, got {bytes(frame[:8])!r}")
     if len(frame) <= MAX_MSG:
         try:     # the common case in one call: a header map with a known type and a bin payload
-            head = _unpackb(frame[4:])
+            # msgpack's default limits are the input's length, at most MAX_MSG here
+            head = _unpackb_raw(frame[4:], raw=False, strict_map_key=True)
             t = head["t"]
             payload = head.get("p")
             if type(t) is int and t in _HEADERS and (payload is None or (
