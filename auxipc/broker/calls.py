@@ -211,6 +211,11 @@ class Calls:
             if msg.ensure:
                 return self.reply(peer.ident, msg.r, data={"held": True})
         key = (msg.task, name)
+        queued = self.lock_ops.get(key)
+        if queued is not None and not queued.started:
+            # One task waits for a lock once: a second wait would hide the first from
+            # the bookkeeping that releases a dead peer's locks.
+            raise AuxError(Errno.EBUSY, f"lock {name}: task {msg.task} is already waiting for it")
 
         def granted(op: LockedOp):
             self.lock_ops[key] = op

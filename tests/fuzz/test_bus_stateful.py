@@ -275,3 +275,17 @@ def test_a_refused_relock_keeps_the_holder_entry():
     m.crash(P)
     m.locks_released_with_their_holder()
     m.teardown()
+
+
+def test_a_second_wait_for_the_same_lock_is_refused():
+    """What the fuzzer found: task a queued twice for rtnl (held by q); the peer died and
+    the wait it no longer tracked was granted to the dead peer, holding rtnl for ever."""
+    m = BusMachine()
+    m.register(P)
+    m.lock(P, "q", "rtnl", False, [])
+    m.lock(P, "a", "rtnl", False, [])
+    m.lock(P, "a", "rtnl", False, [])
+    assert m.results[max(m.results)].e == -Errno.EBUSY
+    m.everyone_silent()
+    m.locks_released_with_their_holder()
+    m.teardown()
