@@ -18,7 +18,6 @@ and a ``RCVMORE`` query on each of the four hops of a call. See docs/protocol.md
 from __future__ import annotations
 
 from enum import IntEnum
-
 from functools import partial
 
 import msgpack
