@@ -483,8 +483,9 @@ def decode(frames: list[bytes]) -> tuple[Header, bytes | None]:
         raise ProtocolError(f"$.magic: expected {MAGIC!r}, got {bytes(frame[:8])!r}")
     if len(frame) <= MAX_MSG:
         try:     # the common case in one call: a header map with a known type and a bin payload
-            # msgpack's default limits are the input's length, at most MAX_MSG here
-            head = _unpackb_raw(frame[4:], raw=False, strict_map_key=True)
+            # str and bin are bounded by the frame's length (msgpack's default), at most MAX_MSG here
+            head = _unpackb_raw(frame[4:], raw=False, strict_map_key=True, max_array_len=MAX_ITEMS,
+                                max_map_len=MAX_ITEMS)
             t = head["t"]
             payload = head.get("p")
             if type(t) is int and t in _HEADERS and (payload is None or (
