@@ -27,20 +27,13 @@ from proto.events import Event
 from proto.replies import reply_type
 from auxipc.broker.bus import Bus
 
-P, C, C2 = b"p:ixd", b"c:idpf", b"c:other"
+from .harness import C, C2, P, Clock     # the fuzz harness's peers and fake clock
+
 PEERS = {P: ("parent", "ixd", 4001), C: ("child", "idpf", 4002), C2: ("child", "other", 4003)}
 CHILDREN = st.sampled_from([C, C2])
 ANYONE = st.sampled_from([P, C, C2])
 TASKS = st.sampled_from(["a", "b"])
 LOCKS = st.sampled_from(["rtnl", "rtnl", "mutex:x"])     # rtnl, the lock every rtnl event takes, most
-
-
-class Clock:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
 
 
 class BusMachine(RuleBasedStateMachine):
