@@ -122,8 +122,9 @@ def test_control_needs_no_registration(wire):
         assert ctl.query("fault", action="ls") == {"rules": []}
         res = ctl("nope")
         assert res["e"] == W.EOPNOTSUPP and "unknown control op" in res["m"]
-    for op, args in (("send", {"device": "x", "event": "LINK_CHANGE", "from": "parent"}), ("bind", {}),
-                     ("unbind", {"device": "x"}), ("fault", {"action": "clear"}), ("signal", {"target": "x"})):
+    for op, args in (("send", {"device": "x", "event": "LINK_CHANGE", "from": "parent"}),
+                     ("bind", {"device": "x", "driver": "y"}), ("unbind", {"device": "x"}),
+                     ("fault", {"action": "clear"}), ("signal", {"target": "x"})):
         assert wire.ctl_bus(op, **args)["e"] == W.EPERM, op
     res = wire.ctl.query("fault", action="clear")
     assert res == {"cleared": 0}
