@@ -149,6 +149,12 @@ def test_malformed_messages_are_answered_and_the_connection_stays(wire):
     p.send_raw(W.MAGIC + packed({"t": W.DEV_INIT, "r": 10, "name": "eth", "release": 1}))
     res = p.result(10)
     assert res["e"] == W.EINVAL and res["m"].startswith("$.header.release: expected bool, got int")
+    deep: list = []
+    for _ in range(100):
+        deep = [deep]
+    p.send_raw(W.MAGIC + packed({"t": W.DEV_INIT, "r": 11, "name": "eth", "x": deep}))
+    res = p.take_type(W.RESULT, r=0)                  # refused before its r was read
+    assert res["e"] == W.EPROTO
     # Unknown header keys are ignored.
     d = p.ok(W.DEV_INIT, name="eth", colour="blue")
     assert d["name"] == "rawp.eth.0"
