@@ -50,12 +50,39 @@ class Proc:
 
     def start(self, ready_timeout: float = 15.0) -> str:
         self._log = open(self.log_path, "ab")
+        self.popen = self._fork() if not (self.wrap or self.py_args) else None
+        if self.popen is None:
+            self._spawn()
+        self.start_time = process_start_time(self.popen.pid)
+        return self.wait_ready(ready_timeout)
+
+    def _fork(self):
+        """Through this process's zygote (``auxipc.process.zygote``), or None: off, not
+        started, or this env/cwd would import another auxipc than the zygote holds."""
+        from auxipc.process import zygote
+        if not zygote.fits(self.env, self.cwd):
+            return None
+        z = zygote.shared()
+        if z is None:
+            return None
+        out_r, out_w = os.pipe()
+        try:
+            with open(os.devnull, "rb") as null:
+                popen = z.spawn(list(self.args), self.env, self.cwd, null.fileno(), out_w,
+                                self._log.fileno())
+        except OSError:
+            os.close(out_r)
+            return None
+        finally:
+            os.close(out_w)
+        popen.stdout = os.fdopen(out_r, "rb", buffering=0)
+        return popen
+
+    def _spawn(self) -> None:
         self.popen = subprocess.Popen([*self.wrap, sys.executable, "-u", *self.py_args, "-m", "auxipc", *self.args],
                                       stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, env=self.env,
                                       cwd=self.cwd,
                                       start_new_session=True, preexec_fn=_die_with_launcher)
-        self.start_time = process_start_time(self.popen.pid)
-        return self.wait_ready(ready_timeout)
 
     def wait_ready(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout

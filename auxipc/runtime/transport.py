@@ -125,6 +125,7 @@ class Heartbeat(threading.Thread):
         self.wake_fd, self.wake_pub = wake_fd, wake_pub
         self.lost: str | None = None
         self._halt = threading.Event()
+        self._halt_r, self._halt_w = os.pipe()     # stop() wakes the poll at once, not at the next beat
         self.last_answer = time.monotonic()
 
     def run(self) -> None:
@@ -140,6 +141,7 @@ class Heartbeat(threading.Thread):
             poller.register(self.monitor, zmq.POLLIN)
         if self.wake_fd is not None:
             poller.register(self.wake_fd, zmq.POLLIN)
+        poller.register(self._halt_r, zmq.POLLIN)
         try:
             next_beat = 0.0
             while not self._halt.is_set():
@@ -179,7 +181,11 @@ class Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
+        os.write(self._halt_w, b"x")
         self.join(2)
+        if not self.is_alive():
+            os.close(self._halt_r)
+        os.close(self._halt_w)
 
 
 class ZmqTransport:
