@@ -42,6 +42,7 @@ class Proc:
         self.popen: subprocess.Popen | None = None
         self.start_time: int | None = None
         self.ready_line = ""
+        self._pidfd: int | None = None
         self.log_path = os.path.join(self.log_dir, f"{name}.log")
 
     @property
@@ -60,7 +61,7 @@ class Proc:
         """Through this process's zygote (``auxipc.process.zygote``), or None: off, not
         started, or this env/cwd would import another auxipc than the zygote holds."""
         from auxipc.process import zygote
-        if not zygote.fits(self.env, self.cwd):
+        if not zygote.fits(self.args, self.env, self.cwd):
             return None
         z = zygote.shared()
         if z is None:
@@ -105,6 +106,21 @@ class Proc:
         self.ready_line = buf.decode(errors="replace").strip().splitlines()[-1]
         return self.ready_line
 
+    def exit_fd(self) -> int | None:
+        """A descriptor that becomes readable when the process exits (a supervisor polls it
+        with its other sockets: an exit is seen at once, not at the next tick); None if none."""
+        if self.popen is None:
+            return None
+        fileno = getattr(self.popen, "exit_fileno", None)
+        if fileno is not None:
+            return fileno()
+        if self._pidfd is None and self.popen.returncode is None:
+            try:
+                self._pidfd = os.pidfd_open(self.popen.pid)
+            except (OSError, AttributeError):
+                return None
+        return self._pidfd
+
     def tail(self, lines: int = 8) -> str:
         try:
             with open(self.log_path, "rb") as f:
@@ -135,3 +151,6 @@ class Proc:
         finally:
             self.popen.stdout.close()
             self._log.close()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None

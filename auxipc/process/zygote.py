@@ -38,6 +38,7 @@ import time
 from auxipc.procfs import process_start_time
 
 MAX_MSG = 1 << 20
+ARGV_ROOM = 8192      # bytes of command line the zygote starts with, for its children to write theirs into
 PRELOAD = ("auxipc.cli.main", "auxipc.broker.server", "auxipc.observe.client", "parent.runtime",
            "child.runtime")
 
@@ -60,6 +61,24 @@ def preload() -> None:
         importlib.import_module(name)
 
 
+def child_cmdline(argv: list[str]) -> bytes:
+    """What /proc/PID/cmdline of a forked child says: what a spawned one's would."""
+    return b"\0".join(a.encode() for a in [sys.executable, "-u", "-m", "auxipc", *argv]) + b"\0"
+
+
+def _set_cmdline(cmdline: bytes) -> None:
+    """Write ``cmdline`` over this process's own argv memory (``ps``, and who tells processes
+    apart by their command line, see the child as ``python -u -m auxipc ...``); its first
+    NUL-padded ``ARGV_ROOM`` bytes came from the zygote's padded command line."""
+    import ctypes
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])     # arg_start, arg_end (fields 48, 49 of proc(5))
+    if len(cmdline) > end - start:
+        return
+    ctypes.memmove(start, cmdline + b"\0" * (end - start - len(cmdline)), end - start)
+
+
 def _status(raw: int) -> int:
     """A wait status as ``Popen.returncode`` has it."""
     return -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
@@ -70,6 +89,7 @@ def _run_child(req: dict, fds: list[int], zygote_pid: int) -> None:
     code = 1
     try:
         os.setsid()
+        _set_cmdline(child_cmdline(req["argv"]))
         set_pdeathsig(signal.SIGTERM)
         if os.getppid() != zygote_pid:        # the zygote died before prctl took effect
             os._exit(1)
@@ -224,6 +244,10 @@ class ZygotePopen:
     def poll(self) -> int | None:
         return self._take(0)
 
+    def exit_fileno(self) -> int | None:
+        """Readable once the child exited (its status, or the zygote gone); None once taken."""
+        return None if self.returncode is not None else self._conn.fileno()
+
     def wait(self, timeout: float | None = None) -> int:
         code = self._take(timeout)
         if code is None:
@@ -251,7 +275,8 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.ctl = ours
         self.lock = threading.Lock()
-        self.popen = subprocess.Popen([sys.executable, "-u", "-m", "auxipc.process.zygote", str(theirs.fileno())],
+        self.popen = subprocess.Popen([sys.executable, "-u", "-m", "auxipc.process.zygote", str(theirs.fileno()),
+                                       "-" * ARGV_ROOM],
                                       pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, start_new_session=True,
                                       preexec_fn=set_pdeathsig)
@@ -302,9 +327,11 @@ def _own_tree() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def fits(env: dict, cwd: str | None) -> bool:
+def fits(argv: list[str], env: dict, cwd: str | None) -> bool:
     """Whether a child with this env and cwd would import the auxipc the zygote holds
     (another checkout on its PYTHONPATH or in its cwd would win over ours under spawn)."""
+    if len(child_cmdline(argv)) > ARGV_ROOM:
+        return False
     mine = _own_tree()
     for d in [cwd or os.getcwd(), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]:
         d = os.path.abspath(d)
@@ -330,6 +357,11 @@ def shared() -> Zygote | None:
             atexit.register(z.close)
         _ZYGOTE.append(z)
         return z
+
+
+def usable(argv: list[str], env: dict, cwd: str | None = None) -> bool:
+    """Whether ``Proc`` would fork this process from the zygote (starting the zygote if needed)."""
+    return fits(argv, env, cwd) and shared() is not None
 
 
 def main(argv: list[str]) -> int:
