@@ -13,15 +13,37 @@ import sys
 
 import click
 
-from auxipc.cli.contract import events, proto
-from auxipc.cli.fault import fault
-from auxipc.cli.observe import monitor, run, trace, wait
 from auxipc.cli.options import OWN_RUNTIME_DIR, RUNTIME_DIR, SCHEMA, Group, json_option
-from auxipc.cli.up import COMMANDS as SUPERVISION
-from proto.errno import AuxError
+
+# The commands of the other modules, imported only when used: name -> (module:attr, short help).
+LAZY = {
+    "events": ("auxipc.cli.contract:events", "The event catalog, or the negotiated contract of DEVICE's binding."),
+    "proto": ("auxipc.cli.contract:proto",
+              "Artefacts generated from the event catalog: C header, Markdown reference, JSON schema."),
+    "fault": ("auxipc.cli.fault:fault",
+              "Inject faults: kill/stop processes, break handlers, drop or mangle messages."),
+    "monitor": ("auxipc.cli.observe:monitor", "Print bus notifications as they happen, like udevadm monitor."),
+    "trace": ("auxipc.cli.observe:trace",
+              "Live trace of calls, events and notifications; render recorded traces."),
+    "wait": ("auxipc.cli.observe:wait", "Block until a condition holds on the bus (bound, peer, broker, ...)."),
+    "run": ("auxipc.cli.observe:run", "Run a scenario file: processes, steps, PASS/FAIL per step."),
+    "up": ("auxipc.cli.up:up", "Start a broker and the processes of SCENARIO (default: Model A, ixd + idpf_eth), "
+           "supervise them, and stop them all on SIGINT/SIGTERM."),
+    "ps": ("auxipc.cli.up:ps", "The supervised processes: state, pid, restarts, last exit."),
+    "stop": ("auxipc.cli.up:stop", "Stop process NAME (SIGTERM, grace, SIGKILL); it is not restarted."),
+    "start": ("auxipc.cli.up:start", "Start process NAME again."),
+    "restart": ("auxipc.cli.up:restart", "Stop and start process NAME."),
+    "down": ("auxipc.cli.up:down", "Stop every supervised process (reverse start order) and the supervisor."),
+    "soak": ("auxipc.cli.up:soak", "Chaos under load: kill, stop and restart drivers, the parent and the broker "
+             "while events flow both ways; then check the invariants and print the figures."),
+}
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+class Main(Group):
+    lazy = LAZY
+
+
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.version_option(package_name="auxipc")
 def main(verbose):
@@ -150,6 +172,7 @@ def send(runtime_dir, device, event, side, payload, timeout, as_json, catalog):
       auxipc send ixd.eth.0 SET_MAC --from child --payload '{"addr": "02:00:00:00:00:01"}' --json
     """
     from auxipc.observe.client import Client
+    from proto.errno import AuxError
     try:
         obj = json.loads(payload)
     except json.JSONDecodeError as exc:
@@ -220,9 +243,6 @@ def demo(runtime_dir, record, which):
     from auxipc.testing.demo import run_demo
     sys.exit(run_demo(runtime_dir, record))
 
-
-for command in (proto, events, monitor, trace, wait, run, fault, *SUPERVISION):
-    main.add_command(command)
 
 if __name__ == "__main__":
     main()
