@@ -59,6 +59,21 @@ def preload() -> None:
     from auxipc.registry import DRIVERS, MODELS
     for name in (*PRELOAD, *(t.partition(":")[0] for t in (*MODELS.values(), *DRIVERS.values()))):
         importlib.import_module(name)
+    # what every process would otherwise do on its first messages: compile each payload's
+    # validators (proto/compiled.py), and read the installed schema entry points once
+    from auxipc.schemas import load_catalog
+    from proto.compiled import compile_payload
+    from proto.schema import Payload
+    todo = list(Payload.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if "_fill" not in cls.__dict__:
+            try:
+                compile_payload(cls)
+            except Exception:     # noqa: BLE001 — left to the child to compile (and report) on first use
+                pass
+    load_catalog(())
 
 
 def child_cmdline(argv: list[str]) -> bytes:
