@@ -1,5 +1,6 @@
-"""``AuxBus``: the ``auxbus`` fixture's bus, a ``Harness`` whose broker is started
-through pytest-xprocess (the fixture itself is in ``auxipc.testing.pytest_plugin``).
+"""``AuxBus``: the ``auxbus`` fixture's bus, a ``Harness`` whose broker is forked from
+the zygote like its other processes, or (``AUXIPC_ZYGOTE=0``) started through
+pytest-xprocess (the fixture itself is in ``auxipc.testing.pytest_plugin``).
 """
 
 from __future__ import annotations
