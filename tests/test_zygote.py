@@ -13,9 +13,9 @@ import tempfile
 import click
 import pytest
 
-from auxipc.procfs import cmdline, gone, process_start_time
 from auxipc.process import zygote
 from auxipc.process.launch import Proc
+from auxipc.procfs import cmdline, gone, process_start_time
 from auxipc.testing.harness import Harness
 
 pytestmark = pytest.mark.timeout(60)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from proto.errno import AuxError
 from proto.events import negotiate
 from proto.names import match_name, version_str
@@ -21,28 +23,48 @@ def _schemas(dev) -> dict:
     return {"parent": version_str(parent), "child": version_str(child) if child else None, "negotiated": shared}
 
 
-def snapshot(bus: Bus) -> dict:
+def device_entry(bus: Bus, dev) -> dict:
+    child_handles = dev.driver.handles if dev.driver else frozenset()
+    events = []
+    for spec in bus.catalog:
+        receiver = child_handles if spec.direction.allows("parent") else dev.parent.handles
+        events.append({"event": spec.name, "code": int(spec.code), "direction": spec.direction.value,
+                       "delivery": spec.delivery.value, "context": spec.context.value, "rtnl": spec.rtnl,
+                       "since": version_str(spec.since),
+                       "parent": spec.code in dev.parent.handles, "child": spec.code in child_handles,
+                       "deliverable": bool(dev.driver) and spec.code in receiver})
+    return {
+        "id": dev.dev_id, "name": dev.name, "match": match_name(dev.name),
+        "driver": dev.driver.name if dev.driver else None,
+        "state": dev.life.state.value, "bind": dev.bind.state.value,
+        "refcount": dev.refcount, "holders": dict(dev.refs),
+        "leak": dev.life.state is DeviceState.DELETED and dev.refcount > 0,
+        "parent": dev.parent.label, "locked_by": dev.lock.owner.what if dev.lock.owner else None,
+        "queued": len(dev.lock.queue), "last_error": dev.last_error, "schema": _schemas(dev),
+        "events": events}
+
+
+def device_page(bus: Bus, after: int = -1, budget: int | None = None,
+                size: Callable[[dict], int] = lambda d: 0) -> tuple[list[dict], int | None]:
+    """The devices with an id above ``after``, in id order, until their ``size`` passes
+    ``budget`` (at least one); and the id to continue after (None: that was the last)."""
+    devices: list[dict] = []
+    used = 0
+    for dev_id in sorted(i for i in bus.devices if i > after):
+        entry = device_entry(bus, bus.devices[dev_id])
+        if budget is not None:
+            used += size(entry)
+            if devices and used > budget:
+                return devices, devices[-1]["id"]
+        devices.append(entry)
+    return devices, None
+
+
+def snapshot(bus: Bus, devices: list[dict] | None = None) -> dict:
+    """The bus as data; ``devices`` (one page of them) instead of all of them."""
     now = bus.clock()
-    devices = []
-    for dev in sorted(bus.devices.values(), key=lambda d: d.dev_id):
-        child_handles = dev.driver.handles if dev.driver else frozenset()
-        events = []
-        for spec in bus.catalog:
-            receiver = child_handles if spec.direction.allows("parent") else dev.parent.handles
-            events.append({"event": spec.name, "code": int(spec.code), "direction": spec.direction.value,
-                           "delivery": spec.delivery.value, "context": spec.context.value, "rtnl": spec.rtnl,
-                           "since": version_str(spec.since),
-                           "parent": spec.code in dev.parent.handles, "child": spec.code in child_handles,
-                           "deliverable": bool(dev.driver) and spec.code in receiver})
-        devices.append({
-            "id": dev.dev_id, "name": dev.name, "match": match_name(dev.name),
-            "driver": dev.driver.name if dev.driver else None,
-            "state": dev.life.state.value, "bind": dev.bind.state.value,
-            "refcount": dev.refcount, "holders": dict(dev.refs),
-            "leak": dev.life.state is DeviceState.DELETED and dev.refcount > 0,
-            "parent": dev.parent.label, "locked_by": dev.lock.owner.what if dev.lock.owner else None,
-            "queued": len(dev.lock.queue), "last_error": dev.last_error, "schema": _schemas(dev),
-            "events": events})
+    if devices is None:
+        devices = device_page(bus)[0]
     drivers = [{"name": d.name, "id_table": list(d.id_table), "peer": d.peer.label,
                 "bound": [x.name for x in bus.devices.values() if x.driver is d],
                 "handles": sorted(bus.catalog.lookup(c).name for c in d.handles if bus.catalog.get(c))}

@@ -18,14 +18,14 @@ class Client:
     def __init__(self, runtime_dir=None, timeout: float = 5.0):
         self.ep = endpoints(runtime_dir)
         self.timeout = timeout
-        if not (self.ep.root / "bus.sock").exists():
+        if not (self.ep.root / "admin.sock").exists():
             raise AuxError(Errno.ENOTCONN, f"no broker in {self.ep.root}: start one with 'auxipc broker' "
                            "(or set --runtime-dir / AUXIPC_RUNTIME_DIR)")
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IDENTITY, f"ctl:{os.getpid()}:{os.urandom(3).hex()}".encode())
-        self.sock.connect(self.ep.bus)
+        self.sock.connect(self.ep.admin)
         self._r = itertools.count(1)
 
     def close(self) -> None:
@@ -54,10 +54,40 @@ class Client:
                 return msg, frame
 
     def query(self, op: str, **args) -> dict:
+        """A control op's data (raises AuxError on an error). ``ls`` and ``uevents`` are
+        paged by the broker (a bus of any size fits no single message): their pages are
+        fetched and joined here."""
+        if op == "ls" and "after" not in args:
+            return self._ls(**args)
+        if op == "uevents":
+            return self._uevents(**args)
+        return self._query(op, **args)
+
+    def _query(self, op: str, **args) -> dict:
         result, _ = self.ctl(op, **args)
         if result.e:
             raise AuxError(result.e, result.m)
         return result.d
+
+    def _ls(self, **args) -> dict:
+        snap = self._query("ls", **args)
+        after = snap.pop("next", None)
+        while after is not None:
+            page = self._query("ls", after=after, **args)
+            if page["epoch"] != snap["epoch"]:
+                raise AuxError(Errno.ESTALE, "the broker restarted while 'ls' was being read; ask again")
+            snap["devices"].extend(page["devices"])
+            after = page["next"]
+        return snap
+
+    def _uevents(self, since: int = 0, **args) -> dict:
+        got = self._query("uevents", since=since, **args)
+        while got.pop("more", False) and got["events"]:
+            page = self._query("uevents", since=got["events"][-1]["seq"], **args)
+            got["events"].extend(page["events"])
+            got["more"], got["last"] = page.get("more", False), page["last"]
+        got.pop("more", None)
+        return got
 
     def send_event(self, device: str, event: str, side: str, payload: dict | None, timeout: float,
                    catalog: Catalog = CATALOG) -> dict:
