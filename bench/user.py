@@ -49,7 +49,15 @@ def test_bus(timed, auxbus, i):
 '''
 
 
-def fixture_case(tmp: str, n: int, zygote: bool) -> dict:
+def _tree_env(env: dict, tree: str | None) -> dict:
+    """``env`` for running another checkout's auxipc (``tree``, e.g. a ``git archive`` of
+    main: before/after figures): it goes first on PYTHONPATH and is the cwd."""
+    if tree:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (tree, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def fixture_case(tmp: str, n: int, zygote: bool, tree: str | None = None) -> dict:
     """``n`` auxbus tests in one pytest; start and teardown per test (median; the first,
     which also starts the zygote, reported apart), and the whole pytest's wall time."""
     d = tempfile.mkdtemp(prefix="fx-", dir=tmp)
@@ -58,9 +66,11 @@ def fixture_case(tmp: str, n: int, zygote: bool) -> dict:
     with open(os.path.join(d, "pytest.ini"), "w") as f:
         f.write("[pytest]\ntimeout = 60\n")
     out = os.path.join(d, "times.jsonl")
-    env = {**os.environ, "AUXB_FX_OUT": out, "AUXB_FX_N": str(n), "AUXIPC_ZYGOTE": "1" if zygote else "0"}
+    env = _tree_env({**os.environ, "AUXB_FX_OUT": out, "AUXB_FX_N": str(n), "AUXIPC_ZYGOTE": "1" if zygote else "0"},
+                    tree)
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "test_fx.py"], cwd=d, env=env,
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "--rootdir", d, "-c",
+                        os.path.join(d, "pytest.ini"), os.path.join(d, "test_fx.py")], cwd=tree or d, env=env,
                        capture_output=True, text=True, timeout=60 + 10 * n)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
@@ -74,14 +84,14 @@ def fixture_case(tmp: str, n: int, zygote: bool) -> dict:
             "teardown_max_ms": max(down), "pytest_wall_s": wall, "per_test_ms": wall * 1e3 / len(recs)}
 
 
-def _auxipc_cmd() -> list[str]:
+def _auxipc_cmd(tree: str | None = None) -> list[str]:
     script = os.path.join(os.path.dirname(sys.executable), "auxipc")
-    return [script] if os.path.exists(script) else [sys.executable, "-m", "auxipc"]
+    return [script] if os.path.exists(script) and not tree else [sys.executable, "-m", "auxipc"]
 
 
-def _wall(argv: list[str], env: dict) -> float:
+def _wall(argv: list[str], env: dict, cwd: str = ROOT) -> float:
     t0 = time.perf_counter()
-    r = subprocess.run(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    r = subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                        timeout=30)
     dt = (time.perf_counter() - t0) * 1e3
     if r.returncode != 0:
@@ -89,7 +99,7 @@ def _wall(argv: list[str], env: dict) -> float:
     return dt
 
 
-def commands_case(tmp: str, runs: int) -> dict:
+def commands_case(tmp: str, runs: int, tree: str | None = None) -> dict:
     """Median wall ms of each command (fresh process each run, interleaved), and of the anchor."""
     from auxipc.testing.harness import Harness
     h = Harness(prefix="axc-")
@@ -101,9 +111,9 @@ def commands_case(tmp: str, runs: int) -> dict:
         conditions.wait("bound", "ixd.eth.0", 10.0, h.root)
         # bytecode caching on, as an installed user has it (a PYTHONDONTWRITEBYTECODE=1 shell
         # compiles every auxipc module on every command: +30-50 ms); the warm-up run writes it
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env = _tree_env({k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, tree)
         env["AUXIPC_RUNTIME_DIR"] = h.root
-        aux = _auxipc_cmd()
+        aux = _auxipc_cmd(tree)
         cmds = {
             "anchor: python -c 'import zmq, msgpack, click'": [sys.executable, "-c", "import zmq, msgpack, click"],
             "auxipc --help": [*aux, "--help"],
@@ -113,11 +123,11 @@ def commands_case(tmp: str, runs: int) -> dict:
             "auxipc wait": [*aux, "wait", "bound", "ixd.eth.0"],
         }
         for argv in cmds.values():     # warm the page cache once
-            _wall(argv, env)
+            _wall(argv, env, tree or ROOT)
         times: dict[str, list[float]] = {k: [] for k in cmds}
         for _ in range(runs):
             for k, argv in cmds.items():
-                times[k].append(_wall(argv, env))
+                times[k].append(_wall(argv, env, tree or ROOT))
     finally:
         left = h.close()
     if left:
@@ -143,7 +153,7 @@ REBOUND_SCENARIO = textwrap.dedent("""
 """)
 
 
-def rebound_case(tmp: str, n: int, zygote: bool = True) -> dict:
+def rebound_case(tmp: str, n: int, zygote: bool = True, tree: str | None = None) -> dict:
     """``auxipc up``; ``n`` times: SIGKILL idpf_eth, time until ixd.eth.0 is bound again.
     Between kills the driver stays up past the supervisor's period (0.25 s here), so each
     kill is a first failure, as a rare crash is, not a crash loop (that one backs off)."""
@@ -153,9 +163,9 @@ def rebound_case(tmp: str, n: int, zygote: bool = True) -> dict:
     scen = os.path.join(tmp, "rebound.toml")
     with open(scen, "w") as f:
         f.write(REBOUND_SCENARIO)
-    env = {**os.environ, "AUXIPC_ZYGOTE": "1" if zygote else "0", "PYTHONUNBUFFERED": "1"}
-    up = subprocess.Popen([*_auxipc_cmd(), "up", scen, "--runtime-dir", root], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, env=env, text=True, start_new_session=True)
+    env = _tree_env({**os.environ, "AUXIPC_ZYGOTE": "1" if zygote else "0", "PYTHONUNBUFFERED": "1"}, tree)
+    up = subprocess.Popen([*_auxipc_cmd(tree), "up", scen, "--runtime-dir", root], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, env=env, text=True, start_new_session=True, cwd=tree)
     lines = []
     try:
         deadline = time.monotonic() + 30
@@ -201,14 +211,22 @@ def rebound_case(tmp: str, n: int, zygote: bool = True) -> dict:
 
 
 if __name__ == "__main__":
+    # python bench/user.py [--tree DIR] [fixture] [commands] [rebound]: the cases alone; with
+    # --tree, of another checkout (before/after: git archive main | tar -x -C DIR)
     sys.path.insert(0, ROOT)
+    args = sys.argv[1:]
+    tree = None
+    if args[:1] == ["--tree"]:
+        tree, args = os.path.abspath(args[1]), args[2:]
     tmp = tempfile.mkdtemp(prefix="axu-", dir="/tmp")
-    which = sys.argv[1:] or ["fixture", "commands", "rebound"]
+    which = args or ["fixture", "commands", "rebound"]
     if "fixture" in which:
-        print("fixture zygote", fixture_case(tmp, 10, True))
-        print("fixture spawn", fixture_case(tmp, 5, False))
+        print("fixture spawn", json.dumps(fixture_case(tmp, 5, False, tree)))
+        if not tree:
+            print("fixture zygote", json.dumps(fixture_case(tmp, 10, True)))
     if "commands" in which:
-        print(json.dumps(commands_case(tmp, 5), indent=1))
+        print(json.dumps(commands_case(tmp, 7, tree), indent=1))
     if "rebound" in which:
-        print("rebound zygote", rebound_case(tmp, 5))
-        print("rebound spawn", rebound_case(tmp, 3, zygote=False))
+        print("rebound spawn", json.dumps(rebound_case(tmp, 4, zygote=False, tree=tree)))
+        if not tree:
+            print("rebound zygote", json.dumps(rebound_case(tmp, 6)))

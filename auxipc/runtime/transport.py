@@ -184,12 +184,14 @@ class Heartbeat(threading.Thread):
             self.wake()
 
     def stop(self) -> None:
+        if self._halt.is_set():
+            return
         self._halt.set()
         os.write(self._halt_w, b"x")
         self.join(2)
-        if not self.is_alive():
-            os.close(self._halt_r)
         os.close(self._halt_w)
+        if not self.is_alive():      # else the thread still polls it: closed with the process
+            os.close(self._halt_r)
 
 
 class ZmqTransport:
