@@ -32,7 +32,10 @@ def root():
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:
     """Until ``pid`` exits; pidfd: woken by the exit itself, not by a sleep."""
-    fd = os.pidfd_open(pid)
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
     try:
         import select
         assert select.select([fd], [], [], timeout)[0], f"pid {pid} still running after {timeout} s"
@@ -151,3 +154,32 @@ def test_help_ls_and_wait_import_only_what_they_need():
             " 'auxipc.cli.fault') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout + r.stderr
+
+
+@needs_zygote
+def test_a_killed_launcher_leaves_nothing_behind(root):
+    code = f"""
+import threading
+from auxipc.process.launch import Proc
+from auxipc.process import zygote
+def go():      # from a thread that ends: the zygote must outlive it, not the launcher
+    p = Proc("b", ["broker", "--runtime-dir", {root!r}], log_dir={root!r})
+    p.start()
+    print(zygote.shared().popen.pid, p.pid, flush=True)
+t = threading.Thread(target=go)
+t.start()
+t.join()
+threading.Event().wait()
+"""
+    launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        zpid, bpid = map(int, launcher.stdout.readline().split())
+        assert not gone(zpid) and not gone(bpid)        # the thread that started them has ended
+        launcher.kill()
+        launcher.wait()
+        _wait_gone(zpid)
+        _wait_gone(bpid)
+    finally:
+        launcher.kill()
+        launcher.wait()
+        launcher.stdout.close()

@@ -8,8 +8,9 @@ child using an inherited ZeroMQ socket hangs) and opens its own, as a spawned on
 
 Contract of a forked child, the same as ``Proc``'s spawned one: its own process and
 session (``setsid``), ``argv``/``env``/``cwd`` as asked, stdin/stdout/stderr on the
-descriptors the launcher passed, SIGTERM when its launcher is gone (the zygote has
-PR_SET_PDEATHSIG towards the launcher, each child towards the zygote), exit status
+descriptors the launcher passed, SIGTERM when its launcher is gone (the zygote exits
+when the launcher's end of the control channel closes, each child has
+PR_SET_PDEATHSIG towards the zygote), exit status
 as ``Popen`` reports it (negative: killed by that signal), and its real pid, so
 signals and crash semantics are unchanged.
 
@@ -108,7 +109,7 @@ def _run_child(req: dict, fds: list[int], zygote_pid: int) -> None:
         set_pdeathsig(signal.SIGTERM)
         if os.getppid() != zygote_pid:        # the zygote died before prctl took effect
             os._exit(1)
-        for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGTERM):
+        for sig in (signal.SIGCHLD, signal.SIGTERM):    # SIGPIPE stays ignored, as Python sets it
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _, stdin, stdout, stderr = fds
@@ -293,8 +294,7 @@ class Zygote:
         self.popen = subprocess.Popen([sys.executable, "-u", "-m", "auxipc.process.zygote", str(theirs.fileno()),
                                        "-" * ARGV_ROOM],
                                       pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, start_new_session=True,
-                                      preexec_fn=set_pdeathsig)
+                                      stdout=subprocess.DEVNULL, start_new_session=True)
         theirs.close()
         r, _, _ = select.select([ours], [], [], timeout)
         if not r or not ours.recv(64):
@@ -380,8 +380,10 @@ def usable(argv: list[str], env: dict, cwd: str | None = None) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m auxipc.process.zygote FD``: FD is the control channel's end."""
-    set_pdeathsig(signal.SIGTERM)
+    """``python -m auxipc.process.zygote FD``: FD is the control channel's end. The zygote
+    exits when the launcher's end closes — also when the launcher is killed — whichever of
+    its threads started it (PR_SET_PDEATHSIG would follow that thread), and its children
+    then get their SIGTERM."""
     ctl = socket.socket(fileno=int(argv[0]))
     BASE_EXTRA.update(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)
     BASE_EXTRA.add(sys.path[0])
