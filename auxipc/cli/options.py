@@ -95,10 +95,15 @@ class Group(click.Group):
         if not names:
             return
         limit = formatter.width - 6 - max(map(len, names))
-        rows = [(n, self.commands[n].get_short_help_str(limit) if n in self.commands
-                 else click.utils.make_default_short_help(self.lazy[n][1], limit)) for n in names]
+        rows = [(n, self._short_help(n, limit)) for n in names]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+    def _short_help(self, name: str, limit: int) -> str:
+        cmd = self.commands.get(name)
+        if cmd is not None:
+            return cmd.get_short_help_str(limit)
+        return click.Command(name, help=self.lazy[name][1]).get_short_help_str(limit)
 
     def invoke(self, ctx):
         try:
@@ -108,7 +113,7 @@ class Group(click.Group):
             raise
         except Exception as exc:  # a bug: one line, and the traceback with -v
             if _is_aux_error(exc):
-                fail(exc)
+                fail(exc)     # type: ignore[arg-type]  # an AuxError: _is_aux_error checked it
             logging.getLogger("auxipc").debug("internal error", exc_info=True)
             click.echo(f"auxipc: internal error: {type(exc).__name__}: {exc} "
                        "(run with -vv for the traceback, and please report it)", err=True)
