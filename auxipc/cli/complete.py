@@ -12,7 +12,6 @@ unknown one is EINVAL naming the argument and the closest known name.
 
 from __future__ import annotations
 
-import difflib
 import os
 from typing import TYPE_CHECKING
 
@@ -25,6 +24,7 @@ QUERY_TIMEOUT = 0.3     # seconds a completion may wait for the broker
 
 
 def closest(name: str, known: list[str]) -> str | None:
+    import difflib
     hits = difflib.get_close_matches(str(name).upper(), [k.upper() for k in known], n=1, cutoff=0.6)
     if not hits:
         return None

@@ -14,7 +14,7 @@ import sys
 import click
 
 from auxipc.cli import complete
-from auxipc.cli.options import OWN_RUNTIME_DIR, RUNTIME_DIR, SCHEMA, Group, json_option
+from auxipc.cli.options import OWN_RUNTIME_DIR, RUNTIME_DIR, SCHEMA, SCHEMA_NAMES, Group, catalog_for, json_option
 
 # The commands of the other modules, imported only when used: name -> (module:attr, short help).
 LAZY = {
@@ -198,8 +198,9 @@ def _payload(spec, fields: tuple[str, ...], payload: str | None) -> dict:
 @click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.001, 3600),
               help="Deadline in seconds.")
 @json_option("Print {errno, error, reply} as JSON.")
-@SCHEMA
-def send(runtime_dir, device, event, fields, side, payload, timeout, as_json, catalog):
+@SCHEMA_NAMES
+@click.pass_context
+def send(ctx, runtime_dir, device, event, fields, side, payload, timeout, as_json, catalog):
     """Send EVENT on DEVICE through the parent's or the child's runtime.
 
     The payload: KEY=VALUE arguments typed by the event's payload (ints, bools,
@@ -215,6 +216,7 @@ def send(runtime_dir, device, event, fields, side, payload, timeout, as_json, ca
     """
     from auxipc.observe.client import Client
     from proto.errno import AuxError
+    catalog = catalog_for(ctx, catalog, event)
     try:
         spec = catalog.lookup(event)
     except AuxError:

@@ -43,10 +43,33 @@ def _to_catalog(ctx, param, value) -> Catalog:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
-SCHEMA = click.option(
-    "--schema", "catalog", multiple=True, envvar="AUXIPC_SCHEMA", metavar="MODULE", callback=_to_catalog,
-    help="Load user-defined events from MODULE (EVENTS, optional SCHEMA_VERSION); repeatable. "
-         f"Modules of the '{ENTRY_POINT_GROUP}' entry-point group are always loaded. Env: AUXIPC_SCHEMA.")
+def _schema_option(callback):
+    return click.option(
+        "--schema", "catalog", multiple=True, envvar="AUXIPC_SCHEMA", metavar="MODULE", callback=callback,
+        help="Load user-defined events from MODULE (EVENTS, optional SCHEMA_VERSION); repeatable. "
+             f"Modules of the '{ENTRY_POINT_GROUP}' entry-point group are always loaded. Env: AUXIPC_SCHEMA.")
+
+
+SCHEMA = _schema_option(_to_catalog)
+# The same option for a command that needs one event's spec: the module names, for catalog_for().
+SCHEMA_NAMES = _schema_option(lambda ctx, param, value: tuple(value))
+
+
+def catalog_for(ctx, names: tuple[str, ...], event: str) -> Catalog:
+    """The catalog to look ``event`` up in. Schema modules only add events (a second
+    spec of a built-in name or code is refused), so without --schema a built-in event
+    needs only the built-in catalog: the installed entry points (importlib.metadata,
+    ~30 ms of a command's start) are read for any other event."""
+    from proto.errno import AuxError
+    from proto.events import CATALOG
+    if not names:
+        try:
+            CATALOG.lookup(event)
+            return CATALOG
+        except AuxError:
+            pass
+    param = next(p for p in ctx.command.params if p.name == "catalog")
+    return _to_catalog(ctx, param, names)
 
 
 def json_option(help: str = "Machine-readable output."):
