@@ -41,7 +41,7 @@ from proto import envelope as E
 from proto.errno import AuxError, Errno, ProtocolError
 from proto.events import CATALOG, Catalog
 from auxipc.broker import control
-from auxipc.broker.bus import Bus, Peer
+from auxipc.broker.bus import HUNG_TASK_SECS, Bus, Peer
 from auxipc.procfs import process_start_time
 from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints
 from auxipc.runtime.transport import recv_ready, send_frames
@@ -235,11 +235,13 @@ class AsyncGate(threading.Thread):
 
 
 class Broker:
-    def __init__(self, runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, catalog: Catalog = CATALOG):
+    def __init__(self, runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, catalog: Catalog = CATALOG,
+                 hung_task_secs: float = HUNG_TASK_SECS):
         self.ep = endpoints(runtime_dir)
         self.lock = BrokerLock(self.ep.root)
         self.epoch = time.time_ns() // 1_000_000
-        self.bus = Bus(time.monotonic, self.epoch, catalog, hb_ivl=hb_ivl, hb_liveness=hb_liveness)
+        self.bus = Bus(time.monotonic, self.epoch, catalog, hb_ivl=hb_ivl, hb_liveness=hb_liveness,
+                       hung_task_secs=hung_task_secs)
         self.ctl = control.Control(self)
         self.bus.process_alive = lambda pid, start: process_start_time(pid) == start
         self._stop = False
@@ -588,8 +590,8 @@ class Broker:
 
 
 def serve(runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, ready=print,
-          catalog: Catalog = CATALOG) -> None:
-    broker = Broker(runtime_dir, hb_ivl, hb_liveness, catalog)
+          catalog: Catalog = CATALOG, hung_task_secs: float = HUNG_TASK_SECS) -> None:
+    broker = Broker(runtime_dir, hb_ivl, hb_liveness, catalog, hung_task_secs)
     broker.start()
     broker.install_signals()
     try:
