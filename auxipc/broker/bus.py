@@ -29,6 +29,7 @@ from typing import Callable
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import CATALOG, Catalog
+from auxipc.runtime_dir import remote_host
 from auxipc.broker.binding import Binding
 from auxipc.broker.calls import Calls
 from auxipc.broker.lifecycle import PeerState, peer_machine
@@ -411,7 +412,7 @@ class Bus(Binding, Calls):
                     peer.adopt[item["name"]] = (item.get("driver"), int(item.get("refs", 0) or 0))
         self.peers[ident] = peer
         self.hb_idents[ident + b"#hb"] = peer
-        self.uevent("REGISTER", role=msg.role, name=msg.name, pid=msg.pid, inc=peer.inc)
+        self.uevent("REGISTER", role=msg.role, name=msg.name, pid=msg.pid, inc=peer.inc, **_host_detail(ident))
         self.reply(ident, msg.r, data=self._welcome(peer))
 
     def resync(self, peer: Peer, msg: E.Resync) -> None:
@@ -464,3 +465,9 @@ class Bus(Binding, Calls):
                     self._put(dev, peer)
         self.peers.pop(peer.ident, None)
         self.hb_idents.pop(peer.ident + b"#hb", None)
+
+
+def _host_detail(ident: bytes) -> dict:
+    """A peer on another host: its host, for the REGISTER notification and the trace."""
+    host = remote_host(ident)
+    return {"host": host} if host else {}

@@ -15,6 +15,7 @@ from proto import envelope as E
 from proto.errno import AuxError, Errno
 from auxipc.broker.lifecycle import BindState
 from auxipc.faults import SIGNALS, FaultRule
+from auxipc.broker.auth import with_hosts
 from auxipc.broker.snapshot import snapshot
 
 
@@ -44,7 +45,7 @@ class Control:
         self.bus.reply(ident, msg.r)
 
     def op_ls(self, ident, msg, payload):
-        self.bus.reply(ident, msg.r, data=snapshot(self.bus))
+        self.bus.reply(ident, msg.r, data=with_hosts(snapshot(self.bus), self.bus, self.broker.listen))
 
     def op_bind(self, ident, msg, payload):
         """sysfs bind: {device, driver}."""

@@ -36,9 +36,10 @@ from proto import envelope as E
 from proto.errno import AuxError, ProtocolError
 from proto.events import CATALOG, Catalog
 from auxipc.broker import control
+from auxipc.broker.auth import Listeners
 from auxipc.broker.bus import Bus
 from auxipc.procfs import process_start_time
-from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints
+from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints, remote_host
 from auxipc.runtime.transport import recv_ready, send_frames
 
 NOBLOCK = int(zmq.NOBLOCK)
@@ -84,8 +85,10 @@ class SideWatch(threading.Thread):
 
 
 class Broker:
-    def __init__(self, runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, catalog: Catalog = CATALOG):
-        self.ep = endpoints(runtime_dir)
+    def __init__(self, runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, catalog: Catalog = CATALOG,
+                 listen: Listeners | None = None):
+        self.ep = endpoints(runtime_dir, connect="")
+        self.listen = listen or Listeners()
         self.lock = BrokerLock(self.ep.root)
         self.epoch = time.time_ns() // 1_000_000
         self.bus = Bus(time.monotonic, self.epoch, catalog, hb_ivl=hb_ivl, hb_liveness=hb_liveness)
@@ -107,6 +110,7 @@ class Broker:
 
     def _bind(self) -> None:
         self.ctx = zmq.Context()
+        self.listen.start(self.ctx)
         r = self.router = self.ctx.socket(zmq.ROUTER)
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)
         r.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -118,20 +122,24 @@ class Broker:
         r.bind(self.ep.bus)
         side = f"inproc://auxipc-side-{os.getpid()}"
         r.bind(side)
+        self.listen.bind(r, "bus")
         self._side_ident = b"\0side:" + os.urandom(16).hex().encode()
         xsub = self.ctx.socket(zmq.XSUB)
         xsub.setsockopt(zmq.RCVHWM, 100000)
         xsub.bind(self.ep.pub)
+        self.listen.bind(xsub, "pub")
         xsub.send(b"\x01")   # subscribe upstream to everything: filtering happens at the XPUB
         xpub = self.ctx.socket(zmq.XPUB)
         xpub.setsockopt(zmq.SNDHWM, 100000)
         xpub.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
         xpub.bind(self.ep.sub)
+        self.listen.bind(xpub, "sub")
         # Notifications and the call trace leave from the broker's own XPUB, so it sees
         # who subscribes: the per-call trace is built only while someone reads it.
         self.notify = self.ctx.socket(zmq.XPUB)
         self.notify.setsockopt(zmq.SNDHWM, 100000)
         self.notify.bind(self.ep.notify)
+        self.listen.bind(self.notify, "notify")
         self.subscriptions: Counter = Counter()
         self.bus.on_output = self.flush
         self.bus.tracing = False
@@ -162,6 +170,7 @@ class Broker:
             self.router.disable_monitor()
             self.router.close(linger=100)
             self.notify.close(linger=100)
+            self.listen.stop()
             self.ctx.term()      # the proxy and side threads get ETERM and close their sockets
             self._proxy.join(2)
             self._side.join(2)
@@ -290,17 +299,18 @@ class Broker:
     def check_processes(self) -> None:
         """After a disconnect: declare dead every peer whose process is gone."""
         for peer in list(self.bus.peers.values()):
-            if peer.alive and process_start_time(peer.pid) != peer.start_time:
+            if peer.alive and not remote_host(peer.ident) and process_start_time(peer.pid) != peer.start_time:
                 self.bus.peer_died(peer, f"process {peer.pid} exited (socket disconnected)")
 
 
 def serve(runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, ready=print,
-          catalog: Catalog = CATALOG) -> None:
-    broker = Broker(runtime_dir, hb_ivl, hb_liveness, catalog)
+          catalog: Catalog = CATALOG, listen: Listeners | None = None) -> None:
+    broker = Broker(runtime_dir, hb_ivl, hb_liveness, catalog, listen)
     broker.start()
     broker.install_signals()
     try:
-        ready(f"auxipc broker ready: {broker.ep.root} (pid {os.getpid()}, epoch {broker.epoch})")
+        tcp = "".join(f", {x['url']} ({x['security']})" for x in broker.listen.describe())
+        ready(f"auxipc broker ready: {broker.ep.root}{tcp} (pid {os.getpid()}, epoch {broker.epoch})")
         broker.run()
     finally:
         broker.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -15,6 +16,8 @@ import click
 
 from auxipc.cli.contract import events, proto
 from auxipc.cli.fault import fault
+from auxipc.cli.keys import REMOTE_OPTIONS, export_remote
+from auxipc.cli.keys import keys as keys_command
 from auxipc.cli.observe import monitor, run, trace, wait
 from auxipc.cli.options import OWN_RUNTIME_DIR, RUNTIME_DIR, SCHEMA, Group, json_option
 from auxipc.cli.up import COMMANDS as SUPERVISION
@@ -23,8 +26,9 @@ from proto.errno import AuxError
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@REMOTE_OPTIONS
 @click.version_option(package_name="auxipc")
-def main(verbose):
+def main(verbose, connect, insecure, keys):
     """auxipc: a multi-process emulator of the Linux auxiliary bus with
     bidirectional event handlers.
 
@@ -37,6 +41,7 @@ def main(verbose):
       auxipc ls
       auxipc send ixd.eth.0 FW_EVENT --from parent --payload '{"kind": "HEALTH"}'
     """
+    export_remote(connect, insecure, keys)
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
@@ -64,12 +69,26 @@ def _serve_until_signal(rt, ready_line) -> None:
               help="Heartbeat interval (seconds) every peer is told to use.")
 @click.option("--hb-liveness", default=3, show_default=True, type=click.IntRange(2, 100),
               help="Missed heartbeats before a peer is declared dead.")
+@click.option("--listen", multiple=True, metavar="tcp://ADDR:PORT",
+              help="Also listen on TCP (PORT..PORT+3), CURVE-authenticated against the key dir's "
+                   "authorized/ keys; repeatable.")
+@click.option("--insecure", "listen_insecure", is_flag=True,
+              help="Listen on plain TCP: no encryption, no authentication (ls says so).")
 @SCHEMA
-def broker(runtime_dir, hb_ivl, hb_liveness, catalog):
-    """Run the bus broker (one per runtime dir)."""
+def broker(runtime_dir, hb_ivl, hb_liveness, listen, listen_insecure, catalog):
+    """Run the bus broker (one per runtime dir).
+
+    \b
+    Across hosts (docs/multihost.md):
+      auxipc keys create broker; auxipc keys admit host2.key
+      auxipc broker --listen tcp://0.0.0.0:7700
+    """
+    from auxipc.broker.auth import Listeners
     from auxipc.broker.server import serve
+    from auxipc.keys import key_dir
+    insecure = listen_insecure or os.environ.get("AUXIPC_INSECURE", "") not in ("", "0")
     serve(runtime_dir, hb_ivl, hb_liveness, ready=lambda line: (click.echo(line), sys.stdout.flush()),
-          catalog=catalog)
+          catalog=catalog, listen=Listeners(tuple(listen), insecure, str(key_dir())))
 
 
 @main.command()
@@ -223,6 +242,7 @@ def demo(runtime_dir, record, which):
 
 for command in (proto, events, monitor, trace, wait, run, fault, *SUPERVISION):
     main.add_command(command)
+main.add_command(keys_command)
 
 if __name__ == "__main__":
     main()

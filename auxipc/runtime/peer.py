@@ -154,7 +154,7 @@ class Runtime:
 
     def _connect(self, timeout: float) -> None:
         """Fresh sockets, REGISTER, the pub/sub hello, and the heartbeat."""
-        ident = peer_ident(self.role, self.name)
+        ident = peer_ident(self.role, self.name, getattr(self.tr, "host", None))
         self.tr.connect(ident)
         start = process_start_time(os.getpid()) or 0
         restore = self.restore_state()

@@ -1,0 +1,112 @@
+"""The broker's TCP listeners and who they admit.
+
+Over ipc the runtime dir's 0700 mode is the access control. Over TCP each of the
+broker's four sockets also binds ``tcp://ADDR:PORT+i`` (runtime_dir.tcp_endpoints)
+as a CURVE server; a ZAP handler (``zmq.auth``'s thread) admits a client only if
+its public key is in the key dir's ``authorized/`` (read at each handshake, so
+admitting or revoking a key needs no restart). A refused key is logged with its
+z85 text and counted (``refused_keys``); the client sees the handshake fail
+(its runtime fails with EPERM naming the key dir). ``insecure`` binds plain TCP:
+no encryption, no authentication, and ``auxipc ls`` says so.
+
+The security options are set on a socket just before its TCP binds: libzmq takes
+a listener's options at bind time, so the ipc and inproc endpoints bound before
+stay plain (and never consult ZAP).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import zmq
+
+from auxipc import keys
+from auxipc.runtime_dir import remote_host, tcp_endpoints
+
+log = logging.getLogger("auxipc.broker")
+
+ZAP_DOMAIN = "auxipc"
+
+
+@dataclass
+class Listeners:
+    """The TCP side of a broker: ``urls`` as given to ``--listen``."""
+
+    urls: tuple[str, ...] = ()
+    insecure: bool = False
+    key_dir: str | None = None
+    stats: Counter = field(default_factory=Counter)
+    auth: object = None
+
+    def __post_init__(self) -> None:
+        self.endpoints = [tcp_endpoints(u, "--listen") for u in self.urls]
+        if self.urls and not self.insecure:
+            self._public, self._secret = keys.server_keys(self.key_dir)
+
+    def describe(self) -> list[dict]:
+        """What ``ls`` shows: each TCP listener and its security."""
+        return [{"url": u, "security": "insecure" if self.insecure else "curve"} for u in self.urls]
+
+    def start(self, ctx: zmq.Context) -> None:
+        """The ZAP handler, before any CURVE bind (a handshake without one is admitted)."""
+        if not self.urls or self.insecure:
+            return
+        from zmq.auth.thread import ThreadAuthenticator
+        self.auth = ThreadAuthenticator(ctx, log=logging.getLogger("auxipc.broker.zap"))
+        self.auth.start()
+        self.auth.allow()      # any address: the key is what is checked
+        self.auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=_Admit(self.key_dir, self.stats))
+
+    def bind(self, sock: zmq.Socket, role: str) -> None:
+        """Bind ``sock`` (the broker's socket for ``role``) on every TCP listener."""
+        if not self.urls:
+            return
+        if not self.insecure:
+            sock.curve_server = True
+            sock.curve_publickey, sock.curve_secretkey = self._public, self._secret
+            sock.zap_domain = ZAP_DOMAIN.encode()
+        for ep in self.endpoints:
+            try:
+                sock.bind(ep[role])
+            except zmq.ZMQError as exc:
+                from proto.errno import AuxError, Errno
+                raise AuxError(Errno.EBUSY if exc.errno == zmq.EADDRINUSE else Errno.EINVAL,
+                               f"--listen: cannot bind {ep[role]} (the {role} socket): {exc.strerror}") from None
+
+    def stop(self) -> None:
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
+
+
+class _Admit:
+    """zmq.auth's credentials provider: admitted iff the key is in ``authorized/``."""
+
+    def __init__(self, key_dir, stats: Counter):
+        self.key_dir, self.stats = key_dir, stats
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        admitted = keys.authorized(self.key_dir)
+        if key in admitted:
+            return True
+        self.stats["refused_keys"] += 1
+        if self.stats["refused_keys"] & (self.stats["refused_keys"] - 1):
+            return False      # a refused client retries: log its 1st, 2nd, 4th, 8th... refusal
+        log.warning("refused a CURVE client with key %s: not in %s (%d refusals)", key.decode(errors="replace"),
+                    keys.key_dir(self.key_dir) / keys.AUTHORIZED, self.stats["refused_keys"])
+        return False
+
+
+def with_hosts(snap: dict, bus, listen: Listeners) -> dict:
+    """``ls`` across hosts: the TCP listeners (and whether they are insecure), each
+    peer's host ("local" over ipc), and the refused handshakes."""
+    hosts = {p.label: remote_host(p.ident) or "local" for p in bus.peers.values()}
+    for p in snap["peers"]:
+        label = f"{p['role']} {p['name']}[{p['pid']}]#{p['inc']}"
+        p["host"] = hosts.get(label, "local")
+    snap["listen"] = listen.describe()
+    if listen.stats:
+        snap["stats"].update(listen.stats)
+    return snap
