@@ -5,6 +5,8 @@ test_partition.py)."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -183,3 +185,33 @@ def test_broker_without_keys_refuses_to_listen_securely(monkeypatch, tmp_path):
     out = subprocess.run([sys.executable, "-m", "auxipc", "broker", "--runtime-dir", str(tmp_path / "rt"),
                           "--listen", f"tcp://127.0.0.1:{free_ports()}"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "ENOENT" in out.stderr and "auxipc keys create broker" in out.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="a pid namespace (unshare --pid) needs root")
+def test_remote_peer_is_not_judged_by_local_pids(keydir, monkeypatch):
+    """A driver in another pid namespace (its pid means nothing here, as on another host)
+    stays alive through the broker's process checks: those run at every disconnect, and
+    would find its pid gone or someone else's. A SIGKILL is then seen by heartbeats."""
+    url = f"tcp://127.0.0.1:{free_ports()}"
+    with tcp_harness(monkeypatch, url) as h:
+        h.broker("--listen", url, "--hb-ivl", "0.1")
+        h.start("parent-ixd", "parent", "--model", "ixd", env={"AUXIPC_CONNECT": ""})     # local, over ipc
+        child = h.start("child-idpf_eth", "child", "--driver", "idpf_eth",
+                        wrap=["unshare", "--pid", "--fork", "--kill-child=SIGTERM"])
+        h.expect_uevent("BIND", dev="ixd.eth.0", timeout=10)
+        remote = next(p for p in h.ls()["peers"] if p["role"] == "child")
+        assert remote["host"] != "local" and remote["pid"] != child.pid
+        for _ in range(3):     # each connects and disconnects: the broker checks its local peers' processes
+            out = subprocess.run([sys.executable, "-m", "auxipc", "ls"], capture_output=True, text=True, timeout=30,
+                                 env={**os.environ, "AUXIPC_CONNECT": "", "AUXIPC_RUNTIME_DIR": h.root})
+            assert out.returncode == 0, out.stderr
+        h.mark()
+        h.send("ixd.eth.0", "FW_EVENT", {"kind": "HEALTH"}, side="parent")
+        assert not [r for r in h.trace() if r.get("action") == "PEER_DEAD"]
+        assert next(p for p in h.ls()["peers"] if p["role"] == "child")["alive"]
+        with open(f"/proc/{child.pid}/task/{child.pid}/children") as f:
+            inner = int(f.read().split()[0])      # the driver process itself, under unshare
+        os.kill(inner, signal.SIGKILL)
+        dead = h.expect_uevent("PEER_DEAD", timeout=10, name="idpf_eth")
+        assert "no heartbeat" in dead["detail"]["reason"], dead

@@ -110,3 +110,13 @@ def with_hosts(snap: dict, bus, listen: Listeners) -> dict:
     if listen.stats:
         snap["stats"].update(listen.stats)
     return snap
+
+
+def refuse_remote(peers) -> None:
+    """A signal reaches processes on the broker's host only: a remote peer's pid is
+    another host's (here it may be any process's)."""
+    far = [f"{p.label} on {remote_host(p.ident)}" for p in peers if remote_host(p.ident)]
+    if far:
+        from proto.errno import AuxError, Errno
+        raise AuxError(Errno.EOPNOTSUPP, f"cannot signal {', '.join(far)}: not on the broker's host "
+                       "(signal it there)")

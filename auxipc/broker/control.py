@@ -15,7 +15,7 @@ from proto import envelope as E
 from proto.errno import AuxError, Errno
 from auxipc.broker.lifecycle import BindState
 from auxipc.faults import SIGNALS, FaultRule
-from auxipc.broker.auth import with_hosts
+from auxipc.broker.auth import refuse_remote, with_hosts
 from auxipc.broker.snapshot import snapshot
 
 
@@ -80,6 +80,7 @@ class Control:
         if not peers:
             names = ", ".join(sorted({p.name for p in self.bus.peers.values()})) or "none"
             raise AuxError(Errno.ENODEV, f"no live peer named {target!r} (peers: {names})")
+        refuse_remote(peers)
         for p in peers:
             self.bus.uevent("FAULT", name=p.name, pid=p.pid, signal=name)
             os.kill(p.pid, SIGNALS[name])
