@@ -16,7 +16,7 @@ from proto.errno import AuxError, Errno
 from auxipc.broker.lifecycle import BindState
 from auxipc.faults import SIGNALS, FaultRule
 from auxipc.broker.auth import refuse_remote, with_hosts
-from auxipc.broker.snapshot import snapshot
+from auxipc.broker.snapshot import ls_page, snapshot
 
 
 class Control:
@@ -45,7 +45,8 @@ class Control:
         self.bus.reply(ident, msg.r)
 
     def op_ls(self, ident, msg, payload):
-        self.bus.reply(ident, msg.r, data=with_hosts(snapshot(self.bus), self.bus, self.broker.listen))
+        page = ls_page(msg.args)
+        self.bus.reply(ident, msg.r, data=with_hosts(snapshot(self.bus, *page), self.bus, self.broker.listen))
 
     def op_bind(self, ident, msg, payload):
         """sysfs bind: {device, driver}."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proto.errno import AuxError
+from proto.errno import AuxError, Errno
 from proto.events import negotiate
 from proto.names import match_name, version_str
 from auxipc.broker.bus import Bus
@@ -21,10 +21,16 @@ def _schemas(dev) -> dict:
     return {"parent": version_str(parent), "child": version_str(child) if child else None, "negotiated": shared}
 
 
-def snapshot(bus: Bus) -> dict:
+PAGE = 100    # devices per ``ls`` answer: one answer stays far below the bus's message limit
+
+
+def snapshot(bus: Bus, offset: int = 0, limit: int | None = None) -> dict:
+    """The bus; ``devices`` from the ``offset``-th (by id) on, at most ``limit`` of them
+    (``devices_total`` says how many there are: a client pages through them)."""
     now = bus.clock()
     devices = []
-    for dev in sorted(bus.devices.values(), key=lambda d: d.dev_id):
+    ordered = sorted(bus.devices.values(), key=lambda d: d.dev_id)
+    for dev in ordered[offset:None if limit is None else offset + limit]:
         child_handles = dev.driver.handles if dev.driver else frozenset()
         events = []
         for spec in bus.catalog:
@@ -54,7 +60,16 @@ def snapshot(bus: Bus) -> dict:
     locks = [{"name": lock.name, "holder": lock.owner.task if lock.owner else None,
               "waiters": [op.task for op in lock.queue if not op.cancelled]}
              for lock in bus.lockdep.named.values()]
-    return {"epoch": bus.epoch, "schema": bus.catalog.version_str, "devices": devices,
+    return {"epoch": bus.epoch, "schema": bus.catalog.version_str, "devices": devices, "devices_total": len(ordered),
             "drivers": drivers, "peers": peers, "pending": len(bus.pending), "locks": locks,
             "lockdep": {"inversions": bus.lockdep.inversions, "deadlocks": bus.lockdep.deadlocks},
             "stats": dict(bus.stats)}
+
+
+def ls_page(args: dict) -> tuple[int, int]:
+    """``ls``'s {offset, limit} (limit at most PAGE; the default is one page from 0)."""
+    offset, limit = args.get("offset", 0), args.get("limit", PAGE)
+    for key, value in (("offset", offset), ("limit", limit)):
+        if type(value) is not int or value < 0:
+            raise AuxError(Errno.EINVAL, f"$.header.args.{key}: {value!r} is not a non-negative integer")
+    return offset, min(limit, PAGE)

@@ -62,6 +62,19 @@ class Client:
             if isinstance(msg, E.Result) and msg.r == r:
                 return msg, frame
 
+    def ls(self) -> dict:
+        """The whole bus: ``ls`` answers a page of devices at a time (one answer must fit
+        in a bus message); the pages are joined here. The last page's peers, drivers and
+        stats are returned (a bus that changes meanwhile may show a device twice or not
+        at all: ``ls`` is a view, not a transaction)."""
+        devices: list = []
+        while True:
+            snap = self.query("ls", offset=len(devices))
+            devices.extend(snap["devices"])
+            if not snap["devices"] or len(devices) >= snap["devices_total"]:
+                snap["devices"] = devices
+                return snap
+
     def _poll(self, timeout: float) -> bool:
         """Wait for the answer; over TCP a failed handshake raises at once."""
         if self.monitor is None:
@@ -73,6 +86,8 @@ class Client:
         return self.sock in ready
 
     def query(self, op: str, **args) -> dict:
+        if op == "ls" and not args:
+            return self.ls()
         result, _ = self.ctl(op, **args)
         if result.e:
             raise AuxError(result.e, result.m)
