@@ -12,6 +12,7 @@ import time
 import pytest
 
 from auxipc import keys
+from auxipc.observe.trace import format_trace
 from auxipc.testing.harness import Harness
 from auxipc.testing.netns import NetPair, unavailable
 
@@ -65,7 +66,7 @@ def test_partition_unbinds_as_for_a_crash_and_heals_without_a_second_probe(model
     h, net = model_b
     remote = child_peer(h)
     assert remote["host"] != "local"
-    h.mark()
+    mark = h.mark()
     cut_at = time.monotonic()
     net.cut()
     # A sync call to the far side while it is cut off: an errno, not a hang.
@@ -87,6 +88,7 @@ def test_partition_unbinds_as_for_a_crash_and_heals_without_a_second_probe(model
     assert len(binds) == 2
     assert child_peer(h)["alive"]
     assert h.send(DEV, "RESET_WARN", {"reset_type": 1}, side="parent", timeout=5.0)["errno"] == 0
+    print("\n".join(format_trace(r) for r in h.trace()[mark:]))     # what docs/multihost.md shows
 
 
 # What survives 50 ms RTT and 1 % loss (measured: see bench/results.md). The heartbeat
