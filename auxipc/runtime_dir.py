@@ -2,26 +2,29 @@
 
 Resolution order: ``--runtime-dir``, ``$AUXIPC_RUNTIME_DIR``,
 ``$XDG_RUNTIME_DIR/auxipc``, ``/tmp/auxipc-<uid>``. The directory is created
-mode 0700. One broker per directory, enforced by an ``flock`` on ``broker.lock``
-(a second ipc bind on the same path would silently steal the socket).
+mode 0700; an existing one must be ours and 0700 already. One broker per
+directory, enforced by an ``flock`` on ``broker.lock`` (a second ipc bind on the same path would silently steal the socket).
 
 A bus on another host is reached over TCP instead: ``$AUXIPC_CONNECT``
 (``auxipc --connect``) names its ``tcp://HOST:PORT``; the broker's four sockets
 are on PORT .. PORT+3 (``tcp_endpoints``). TCP is CURVE-encrypted and
 authenticated (auxipc/keys.py) unless ``$AUXIPC_INSECURE`` (``--insecure``) is set.
+The admin socket (send, bind, unbind, fault, signal) stays ipc-only: across hosts
+a client reads the bus (ls, trace, wait) through the bus socket.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from proto.errno import AuxError, Errno
 
-SOCKETS = ("bus.sock", "pub.sock", "sub.sock", "notify.sock")
+SOCKETS = ("bus.sock", "pub.sock", "sub.sock", "notify.sock", "admin.sock")
 
 
 def resolve(runtime_dir: str | os.PathLike | None = None) -> Path:
@@ -102,6 +105,13 @@ class Endpoints:
         return self._at("notify", "notify.sock")
 
     @property
+    def admin(self) -> str:
+        """Control ops that change the bus (send, bind, unbind, fault, signal) are
+        taken only here: the CLI's socket, not the peers'. Over TCP there is none (the
+        bus socket answers the read-only ops; the others are refused with EPERM)."""
+        return self.bus if self.tcp else f"ipc://{self.root / 'admin.sock'}"
+
+    @property
     def sub(self) -> str:
         """Peers connect their SUB here (the broker's XPUB)."""
         return self._at("sub", "sub.sock")
@@ -142,27 +152,41 @@ def endpoints(runtime_dir=None, connect: str | None = None, insecure: bool | Non
 
 
 class BrokerLock:
-    """Creates the runtime dir (0700) and holds ``broker.lock`` for the broker's life."""
+    """Creates the runtime dir (0700) or checks an existing one, and holds
+    ``broker.lock`` for the broker's life.
+
+    An existing dir must be a real directory (not a symlink), owned by this user and
+    mode 0700: one that is not is refused, never repaired (someone else may have
+    made it, and chmodding it would hand them our sockets). The lock file is opened
+    without following a symlink and must be a regular file of ours. At exit the
+    broker removes only what it made: the sockets it bound (the same inodes), its
+    lock file, and the dir if it created it and it is empty."""
 
     def __init__(self, root: Path):
         self.root = root
+        self.created = False
         self._fd: int | None = None
+        self._made: dict[str, tuple[int, int]] = {}    # file name -> (st_dev, st_ino) we created
 
     def acquire(self) -> None:
         try:
             self.root.mkdir(mode=0o700, parents=True)
+            self.created = True
         except FileExistsError:
-            if not self.root.is_dir():
-                raise AuxError(Errno.EEXIST, f"runtime dir {self.root} exists and is not a directory") from None
+            pass
         except OSError as exc:
             raise AuxError(Errno.EINVAL, f"cannot create runtime dir {self.root}: {exc.strerror}") from None
-        st = self.root.stat()
-        if st.st_uid != os.getuid():
-            raise AuxError(Errno.EPERM, f"runtime dir {self.root} belongs to uid {st.st_uid}, not {os.getuid()}")
-        if st.st_mode & 0o077:
-            os.chmod(self.root, 0o700)
+        self.check_dir()
         path = self.root / "broker.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise AuxError(Errno.EPERM, f"cannot open {path}: {exc.strerror} (a symlink is refused)") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_nlink != 1:
+            os.close(fd)
+            raise AuxError(Errno.EPERM, f"{path} is not a regular file of uid {os.getuid()} with one link; "
+                           "remove it or pass another --runtime-dir")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -173,23 +197,63 @@ class BrokerLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        self._made["broker.lock"] = (st.st_dev, st.st_ino)
+
+    def check_dir(self) -> None:
+        """Refuse a runtime dir that is a symlink, not a directory, not ours or not 0700."""
+        try:
+            st = os.lstat(self.root)
+        except OSError as exc:
+            raise AuxError(Errno.EINVAL, f"runtime dir {self.root}: {exc.strerror}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise AuxError(Errno.EPERM, f"runtime dir {self.root} is a symlink; refused "
+                           "(pass the real path with --runtime-dir)")
+        if not stat.S_ISDIR(st.st_mode):
+            raise AuxError(Errno.EEXIST, f"runtime dir {self.root} exists and is not a directory")
+        if st.st_uid != os.getuid():
+            raise AuxError(Errno.EPERM, f"runtime dir {self.root} belongs to uid {st.st_uid}, not {os.getuid()}")
+        if st.st_mode & 0o077:
+            raise AuxError(Errno.EPERM, f"runtime dir {self.root} is mode {stat.S_IMODE(st.st_mode):04o}, "
+                           "not 0700: others could reach the bus; 'chmod 700' it or pass another --runtime-dir")
+
+    def made(self, name: str) -> None:
+        """Note a file the broker just created in the dir (a socket it bound)."""
+        st = os.lstat(self.root / name)
+        self._made[name] = (st.st_dev, st.st_ino)
 
     def release(self) -> None:
-        """Remove the sockets, the lock and (if we made it and it is empty) the dir."""
+        """Remove what the broker made: its sockets and lock (if they are still the
+        files it made), then the dir if it created it and it is empty."""
         if self._fd is None:
             return
-        for name in SOCKETS:
+        for name, ident in self._made.items():
+            path = self.root / name
             try:
-                (self.root / name).unlink()
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) == ident:
+                    path.unlink()
             except FileNotFoundError:
                 pass
-        try:
-            (self.root / "broker.lock").unlink()
-        except FileNotFoundError:
-            pass
+        self._made.clear()
         os.close(self._fd)
         self._fd = None
-        try:
-            self.root.rmdir()
-        except OSError:
-            pass
+        if self.created:
+            try:
+                self.root.rmdir()
+            except OSError:
+                pass
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (None if it is gone or a zombie).
+
+    With the pid it identifies a process for good: a reused pid has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rindex(b")") + 2:].split()
+    if rest[0] in (b"Z", b"X"):
+        return None
+    return int(rest[19])

@@ -11,6 +11,11 @@ Field mapping: Int -> the smallest uN/sN holding its range; Bool -> bool; Enum
 fixed-size Bytes and Array -> C arrays; bounded Bytes/Array -> ``<name>_len`` /
 ``<name>_count`` followed by the array at its maximum; Str -> ``char[max + 1]``;
 Nested -> the nested struct; Map -> a comment (not representable).
+
+With ``ops`` (``--ops``), the handler prototypes of the contract follow: an
+ops struct per receiving side, one member per event it receives (a sync one
+returns 0 or a negative errno and fills the reply, an async one returns
+nothing), each commented with its context and rtnl, and the send entry points.
 """
 
 from __future__ import annotations
@@ -127,7 +132,50 @@ def _flags(spec: EventSpec) -> str:
     return " | ".join(bits)
 
 
-def render(catalog: Catalog) -> str:
+def _op(spec: EventSpec) -> list[str]:
+    notes = ["sync" if spec.sync else "async"]
+    if spec.context.name == "ATOMIC":
+        notes.append("atomic: must not sleep")
+    if spec.rtnl:
+        notes.append("called with rtnl held")
+    args = ["struct auxiliary_device *adev"]
+    if spec.payload.fields:
+        args.append(f"const {struct_name(spec.payload)} *p")
+    if spec.sync and spec.reply.fields:
+        args.append(f"{struct_name(spec.reply)} *reply")
+    ret = "int " if spec.sync else "void "
+    return [f"\t/* {spec.name}: {', '.join(notes)} */",
+            f"\t{ret}(*{ident(spec.name.lower())})({', '.join(args)});"]
+
+
+def _ops(catalog: Catalog) -> list[str]:
+    out = _comment_block([
+        "Handler prototypes: one op per event the side receives, the exported-ops",
+        "shape of the same contract. A sync op returns 0 or a negative errno and fills",
+        "*reply when the event has one; an async op returns nothing and is never answered.",
+        "An unset op: a sync event is answered -EOPNOTSUPP, an async one dropped."])
+    out += ["struct auxiliary_device;", ""]
+    for side, sender, who in (("child", "parent", "the auxiliary driver implements these"),
+                              ("parent", "child", "the PCI owner implements these")):
+        specs = [s for s in catalog if s.direction.allows(sender)]
+        out += [f"/* {sender} -> {side}: {who} */", f"struct auxipc_{side}_ops {{"]
+        for spec in specs:
+            out += _op(spec)
+        if not specs:
+            out.append("\tu8 none;")
+        out += ["};", ""]
+    out += _comment_block([
+        "The sending side: one entry point per delivery. auxipc_call() waits for the",
+        "answer (0, a negative errno, or 0 and *reply filled) and may sleep: never from",
+        "atomic context. auxipc_post() returns at once; it fails only if the event is",
+        "unknown (-EOPNOTSUPP) or the payload invalid (-EINVAL)."])
+    out += ["int auxipc_call(struct auxiliary_device *adev, u32 event, const union auxipc_payload *p,",
+            "\t\tunion auxipc_reply *reply);",
+            "int auxipc_post(struct auxiliary_device *adev, u32 event, const union auxipc_payload *p);", ""]
+    return out
+
+
+def render(catalog: Catalog, ops: bool = False) -> str:
     major, minor = catalog.version
     out = ["/* SPDX-License-Identifier: MIT */",
            *_comment_block([f"auxipc event contract, schema {catalog.version_str}.", "",
@@ -185,5 +233,7 @@ def render(catalog: Catalog) -> str:
         out += [f"union auxipc_{union} {{"]
         out += [f"\t{struct_name(getattr(s, attr))} {s.name.lower()};" for s in members] or ["\tu8 none;"]
         out += ["};", ""]
+    if ops:
+        out += _ops(catalog)
     out += ["#endif /* _AUXIPC_EVENTS_H */", ""]
     return "\n".join(out)

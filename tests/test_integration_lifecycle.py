@@ -159,7 +159,12 @@ def test_probe_error_is_reported_and_device_left_unbound(bus):
 
 def test_duplicate_driver_name_is_ebusy(bus):
     first = bus.child("tests.models:Rec", AXT_IDS="tp.eth")
+    # The same process name again is refused at REGISTER (one live peer per role and name).
     r = bus.cli("child", "--driver", "tests.models:Rec", timeout=20)
+    assert r.returncode != 0
+    assert "EEXIST" in r.stderr and f"child tdrv[{first.pid}]" in r.stderr, r.stderr
+    # Another process name carrying the same driver: the driver's name is refused.
+    r = bus.cli("child", "--driver", "tests.models:Rec", "--driver", "tests.models:RecB", timeout=20)
     assert r.returncode != 0
     assert "EBUSY" in r.stderr and "driver tdrv is already registered" in r.stderr, r.stderr
     [drv] = bus.ls()["drivers"]
@@ -171,7 +176,7 @@ def test_duplicate_driver_name_is_ebusy(bus):
 
 def test_duplicate_device_name_is_eexist(bus):
     """A parent adding tp.eth.0 twice gets -EEXIST from the second add (and must uninit
-    it); another parent process adding the same name fails -EEXIST too."""
+    it); another parent process of the same module fails -EEXIST too."""
     parent = bus.parent("tests.models:Dup")
     [failed] = parent.records("add-failed")
     assert failed["errno"] == "EEXIST"
@@ -181,9 +186,11 @@ def test_duplicate_device_name_is_eexist(bus):
     # One ADD; the failed device was released by its uninit (the caller frees on failure).
     assert bus.actions("tp.eth.0") == ["ADD", "RELEASE"]
 
+    # Another parent process of the same module (the same peer name) is refused at
+    # REGISTER, like a module loaded twice: it can never add a name of the first.
     r = bus.cli("parent", "--model", "tests.models:Pair", timeout=20, AXT_DEVS="eth:0")
     assert r.returncode != 0
-    assert "EEXIST" in r.stderr and "tp.eth.0 already exists" in r.stderr, r.stderr
+    assert "EEXIST" in r.stderr and f"parent tp[{parent.pid}]" in r.stderr, r.stderr
     assert [(d["name"], d["parent"].split("[")[1].split("]")[0]) for d in bus.ls()["devices"]] == [
         ("tp.eth.0", str(parent.pid))]
 

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from auxipc import keys
 from auxipc.cli.main import main
+from auxipc.observe.client import Client
 from auxipc.runtime_dir import endpoints, parse_tcp, remote_host, tcp_endpoints
 from auxipc.testing.harness import Harness
 from proto.errno import AuxError, Errno
@@ -142,7 +143,14 @@ def test_curve_bus_over_tcp(keydir, monkeypatch):
         snap = h.ls()
         assert snap["listen"] == [{"url": url, "security": "curve"}]
         assert {p["host"] for p in snap["peers"]} == {socket.gethostname()}
-        assert h.send("ixd.eth.0", "FW_EVENT", {"kind": "HEALTH"}, side="parent")["errno"] == 0
+        # Ops that change the bus are taken on the broker host's admin socket only.
+        refused = h.send("ixd.eth.0", "FW_EVENT", {"kind": "HEALTH"}, side="parent")
+        assert refused["error"] == "EPERM" and "admin" in refused["message"], refused
+        monkeypatch.delenv("AUXIPC_CONNECT")
+        with Client(h.root) as local:
+            assert local.send_event("ixd.eth.0", "FW_EVENT", "parent", {"kind": "HEALTH"}, 5.0)["errno"] == 0
+        h.expect(kind="event", event="FW_EVENT", timeout=5)
+        monkeypatch.setenv("AUXIPC_CONNECT", url)
         out = subprocess.run([sys.executable, "-m", "auxipc", "ls", "--table"], capture_output=True, text=True,
                              timeout=30)
         assert out.returncode == 0, out.stderr
@@ -207,7 +215,10 @@ def test_remote_peer_is_not_judged_by_local_pids(keydir, monkeypatch):
                                  env={**os.environ, "AUXIPC_CONNECT": "", "AUXIPC_RUNTIME_DIR": h.root})
             assert out.returncode == 0, out.stderr
         h.mark()
-        h.send("ixd.eth.0", "FW_EVENT", {"kind": "HEALTH"}, side="parent")
+        monkeypatch.delenv("AUXIPC_CONNECT")
+        with Client(h.root) as local:
+            assert local.send_event("ixd.eth.0", "FW_EVENT", "parent", {"kind": "HEALTH"}, 5.0)["errno"] == 0
+        monkeypatch.setenv("AUXIPC_CONNECT", url)
         assert not [r for r in h.trace() if r.get("action") == "PEER_DEAD"]
         assert next(p for p in h.ls()["peers"] if p["role"] == "child")["alive"]
         with open(f"/proc/{child.pid}/task/{child.pid}/children") as f:

@@ -1,6 +1,6 @@
-"""A bus with many devices: ``ls`` pages through them (one answer must fit in a bus
-message: at 1,024 devices the whole snapshot is ~3.6 MB), and 16 parents x 64
-devices with 16 drivers all bind (the timings are bench/scale.py's)."""
+"""A bus with many devices from many processes: ``ls`` shows them all (at 1,024
+devices the whole snapshot is ~3.6 MB, more than a bus message: it is paged), and
+16 parents x 64 devices with 16 drivers all bind (the timings are bench/scale.py's)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import sys
 
 import pytest
 
-from auxipc.broker.snapshot import PAGE
 from auxipc.testing.harness import Harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,13 +28,12 @@ def all_bound(h: Harness, total: int) -> dict:
     return h.client.wait_for(lambda s: sum(d["bind"] == "bound" for d in s["devices"]) == total, timeout=50)
 
 
-def test_ls_pages_past_one_answer():
+def test_ls_shows_every_process_s_devices():
     with Harness(prefix="axsc-") as h:
         h.broker()
         start_pairs(h, 2, 64)
-        assert 2 * 64 > PAGE
         snap = all_bound(h, 128)
-        assert snap["devices_total"] == 128 and len({d["name"] for d in snap["devices"]}) == 128
+        assert len({d["name"] for d in snap["devices"]}) == 128
         out = subprocess.run([sys.executable, "-m", "auxipc", "ls", "--json"], capture_output=True, text=True,
                              timeout=30, env={**os.environ, "AUXIPC_RUNTIME_DIR": h.root})
         assert out.returncode == 0, out.stderr

@@ -120,3 +120,53 @@ def refuse_remote(peers) -> None:
         from proto.errno import AuxError, Errno
         raise AuxError(Errno.EOPNOTSUPP, f"cannot signal {', '.join(far)}: not on the broker's host "
                        "(signal it there)")
+
+
+# ---- who a TCP peer is -------------------------------------------------------------
+# Over ipc the kernel vouches for a peer (SO_PEERCRED: pid, uid). Over TCP nothing
+# local does: a peer is the key CURVE admitted it with (its User-Id, the z85 public
+# key) or, on an --insecure listener, its address. That identity is recorded at
+# REGISTER and an async event from a remote peer passes the gate only from it.
+
+def tcp_identity(frame) -> str | None:
+    """``curve:<key>`` or ``tcp:<address>`` for a message that came over TCP; None for
+    ipc (whose Peer-Address is ``localhost:uid:gid:pid``) or inproc."""
+    try:
+        addr = frame.get("Peer-Address")
+    except (zmq.ZMQError, UnicodeDecodeError):
+        return None
+    if not isinstance(addr, str) or not addr or addr.startswith("localhost:"):
+        return None
+    try:
+        user = frame.get("User-Id")
+    except (zmq.ZMQError, UnicodeDecodeError):
+        user = None
+    return f"curve:{user}" if user else f"tcp:{addr}"
+
+
+class RemotePeers:
+    """The TCP identity each remote peer registered with (by routing id)."""
+
+    def __init__(self) -> None:
+        self.identity: dict[bytes, str] = {}
+
+    def register(self, ident: bytes, frame, listening: bool) -> str | None:
+        """Check a REGISTER that carries no ipc credentials; None if it may go on, else
+        why not (EPERM)."""
+        who = tcp_identity(frame) if frame is not None else None
+        if who is None or not listening:
+            return "register: the connection carries no peer credentials (ipc on Linux only)"
+        if remote_host(ident) is None:
+            return ("register: a peer over TCP names its host in its routing id (r:name:pid:random@host); "
+                    "use auxipc's runtime, or AUXIPC_CONNECT")
+        if len(self.identity) > 4 * 65536:
+            self.identity.clear()      # bounded: stale entries of peers long gone
+        self.identity[ident] = who
+        return None
+
+    def same_sender(self, sender, creds, frame) -> bool:
+        """The async gate's check for ``sender`` (the device's parent or driver peer)."""
+        if creds is not None:
+            return creds[0] == sender.pid and remote_host(sender.ident) is None
+        want = self.identity.get(sender.ident)
+        return want is not None and tcp_identity(frame) == want

@@ -388,9 +388,22 @@ class Binding:
         dev = self.devices.get(msg.dev)
         if dev is None:
             raise AuxError(Errno.ENODEV, f"get_device: device #{msg.dev} was released")
+        # Only who has the device in hand may pin it: its parent, the peer of its bound
+        # driver (or of a matching one while a probe runs), or a peer already holding one.
+        if peer is not dev.parent and not (dev.driver is not None and dev.driver.peer is peer) \
+                and not peer.holding.get(dev.dev_id) and not self._probing_by(dev, peer):
+            raise AuxError(Errno.EPERM, f"get_device: {dev.name} belongs to {dev.parent.label}; "
+                           f"{peer.label} neither owns it nor has it bound")
         dev.refs[peer.label] += 1
         peer.holding[dev.dev_id] += 1
         self.reply(peer.ident, msg.r, data={"refcount": dev.refcount})
+
+    def _probing_by(self, dev: "Device", peer: "Peer") -> bool:
+        from auxipc.broker.bus import match_name
+        if dev.bind.state is not BindState.PROBING:
+            return False
+        m = match_name(dev.name)
+        return any(m in d.id_table for d in peer.drivers)
 
     def dev_put(self, peer: "Peer", msg: E.DevPut) -> None:
         dev = self.devices.get(msg.dev)

@@ -134,6 +134,7 @@ class Bus(Binding, Calls):
         self.hb_ivl, self.hb_liveness = hb_ivl, hb_liveness
         self.peers: dict[bytes, Peer] = {}          # main routing id -> peer
         self.hb_idents: dict[bytes, Peer] = {}      # heartbeat routing id -> peer
+        self.named: dict[tuple[str, str], Peer] = {}    # (role, name) -> its latest peer
         self.drivers: dict[str, Driver] = {}
         self.devices: dict[int, Device] = {}
         self.by_name: dict[str, Device] = {}        # added devices only
@@ -154,6 +155,8 @@ class Bus(Binding, Calls):
         self.lockdep = LockDep(self._lockdep_report)
         self.faults = FaultPlan()
         self.tracing = True     # the broker clears it while nobody subscribes to 'trace'
+        # Whether a peer's process (pid, start time) still runs; the broker reads /proc.
+        self.process_alive: Callable[[int, int], bool] = lambda pid, start_time: True
         self._held_back: dict[bytes, list] = {}    # reorder faults: frames held until the next send
         self.lock_ops: dict = {}      # (task, lock name) -> LockedOp of a granted or queued LOCK
         self._hb_echo = E.encode(E.Heartbeat(epoch=epoch))    # the same frames every time
@@ -400,9 +403,18 @@ class Bus(Binding, Calls):
             return self.reply(ident, msg.r, Errno.EINVAL, "$.header.name: empty")
         # Any schema major registers (the envelope is the same); matching never binds
         # a driver and a device whose peers' majors differ (Binding._bind_refused).
-        for other in list(self.peers.values()):
-            if other.alive and other.pid == msg.pid and other.start_time == msg.start_time:
+        # One live peer per role and name: the same process registering it again (on a
+        # new socket) replaces it; another process gets -EEXIST while it lives.
+        other = self.named.get((msg.role, msg.name))
+        if other is not None and other.alive:
+            if other.pid == msg.pid and other.start_time == msg.start_time:
                 self.peer_died(other, f"re-registered on a new socket (pid {msg.pid})")
+            elif self.process_alive(other.pid, other.start_time):
+                self.stats["register_eexist"] += 1
+                return self.reply(ident, msg.r, Errno.EEXIST, f"register: {other.label} is already "
+                                  f"registered as {msg.role} {msg.name!r} and alive")
+            else:
+                self.peer_died(other, f"process {other.pid} exited (found at a new registration)")
         peer = Peer(ident, msg.role, msg.name, msg.pid, msg.start_time, next(self._incs),
                     tuple(msg.schema), frozenset(msg.handles), self.clock())
         peer.machine = peer_machine(peer.label)
@@ -411,6 +423,7 @@ class Bus(Binding, Calls):
                 if isinstance(item, dict) and isinstance(item.get("name"), str):
                     peer.adopt[item["name"]] = (item.get("driver"), int(item.get("refs", 0) or 0))
         self.peers[ident] = peer
+        self.named[(peer.role, peer.name)] = peer
         self.hb_idents[ident + b"#hb"] = peer
         self.uevent("REGISTER", role=msg.role, name=msg.name, pid=msg.pid, inc=peer.inc, **_host_detail(ident))
         self.reply(ident, msg.r, data=self._welcome(peer))
@@ -464,6 +477,8 @@ class Bus(Binding, Calls):
                 for _ in range(n):
                     self._put(dev, peer)
         self.peers.pop(peer.ident, None)
+        if self.named.get((peer.role, peer.name)) is peer:
+            del self.named[(peer.role, peer.name)]
         self.hb_idents.pop(peer.ident + b"#hb", None)
 
 

@@ -211,6 +211,11 @@ class Calls:
             if msg.ensure:
                 return self.reply(peer.ident, msg.r, data={"held": True})
         key = (msg.task, name)
+        if key in self.lock_ops:
+            # The task holds or already waits for it: refused, and the entry of that
+            # first LOCK stays (it is what releases the lock when its peer dies).
+            raise AuxError(Errno.EDEADLK, f"lock {name}: task {msg.task} already "
+                           f"{'holds' if lock.owner is self.lock_ops[key] else 'waits for'} it")
 
         def granted(op: LockedOp):
             self.lock_ops[key] = op
@@ -224,12 +229,9 @@ class Calls:
                            f"lock {name}: not granted within {msg.timeout_ms} ms (held by {holder})")
         op = LockedOp(f"{peer.label} takes {name}", granted, cancelled, msg.task)
         op.peer, op.stack = peer, tuple(msg.stack)
-        self.lock_ops[key] = op
-        try:
-            lock.run(op)
-        except AuxError:
-            self.lock_ops.pop(key, None)
-            raise
+        lock.run(op)      # EDEADLK raises before anything is recorded
+        if not op.cancelled:
+            self.lock_ops[key] = op
         self.later(msg.timeout_ms / 1000, lock.cancel, op, "timeout")
 
     def unlock_req(self, peer: "Peer", msg: E.UnlockReq) -> None:
@@ -237,6 +239,8 @@ class Calls:
         lock = self.lockdep.named.get(msg.name)
         if op is None or lock is None or lock.owner is not op:
             raise AuxError(Errno.EINVAL, f"unlock {msg.name}: task {msg.task} does not hold it")
+        if op.peer is not peer:
+            raise AuxError(Errno.EPERM, f"unlock {msg.name}: held by {op.peer.label}, not {peer.label}")
         del self.lock_ops[(msg.task, msg.name)]
         lock.release(op)
         self.reply(peer.ident, msg.r)

@@ -2,21 +2,67 @@
 
 Each op takes ``args`` (a map) and answers one RESULT whose ``d`` holds the data.
 - ``ping``: ``{epoch, pid}``
-- ``ls``: the bus snapshot (see ``Bus.snapshot``)
-- ``uevents``: ``{events: [...]}``, the notifications with ``seq > since``
+- ``ls``: the bus snapshot (see ``snapshot.py``), devices paged (``after``/``next``)
+- ``uevents``: ``{events: [...], more}``, the notifications with ``seq > since``, paged
 - ``send``: ``{device, event, from, timeout_ms}`` + payload frame: the named side's
   runtime sends the event as its code would; the answer is that call's result.
 - ``bind``: ``{device, driver}``; ``unbind``: ``{device}`` — sysfs bind/unbind.
+- ``fault``, ``signal``: fault injection (auxipc/faults.py).
+
+Ops that change the bus (``ADMIN_OPS``; ``fault`` but its ``ls``) are taken only on
+the admin socket (``admin.sock``, the CLI's), refused -EPERM on ``bus.sock``, and
+each one is logged and traced (action ADMIN) with the pid and uid that asked. The
+read-only ones are answered on both.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import logging
+import os
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from auxipc.broker.lifecycle import BindState
 from auxipc.faults import SIGNALS, FaultRule
 from auxipc.broker.auth import refuse_remote, with_hosts
-from auxipc.broker.snapshot import ls_page, snapshot
+from auxipc.broker.snapshot import device_page, snapshot
+from auxipc.runtime_dir import process_start_time
+
+log = logging.getLogger("auxipc.broker")
+
+ADMIN = b"\0admin:"    # routing ids the broker gives senders on the admin socket (server.ADMIN)
+ADMIN_OPS = ("send", "bind", "unbind", "fault", "signal")
+PAGE_BYTES = E.MAX_FRAME // 2    # a listing's reply stays well under the message limit
+
+# The types a fault rule's fields may have on the wire: checked before the rule is
+# built, so a rule that would fail later (at the next call it meets, or when it is
+# packed for a peer) is refused when it is added.
+_RULE_TYPES = {f.name: (f.type if f.type in ("str", "int") else "float" if f.type == "float" else None)
+               for f in dataclasses.fields(FaultRule) if not f.name.startswith("_")}
+_RULE_LIMITS = {"delay_ms": (0, 3_600_000), "count": (0, 2**31 - 1), "seed": (0, 2**63 - 1),
+                "id": (0, 0), "applied": (0, 0)}
+
+
+def check_rule(rule) -> dict:
+    """A fault rule from the wire, its fields' types and bounds checked (EINVAL naming one)."""
+    where = "$.header.args.rule"
+    if not isinstance(rule, dict):
+        raise AuxError(Errno.EINVAL, f"{where}: expected a map, got {type(rule).__name__}")
+    for key, value in rule.items():
+        kind = _RULE_TYPES.get(key) if isinstance(key, str) else None
+        if kind is None:
+            raise AuxError(Errno.EINVAL, f"{where}: unknown field {str(key)[:40]!r} "
+                           f"(fields: {', '.join(k for k in _RULE_TYPES if k not in ('id', 'applied'))})")
+        if kind == "str" and not (isinstance(value, str) and len(value) <= 128):
+            raise AuxError(Errno.EINVAL, f"{where}.{key}: expected a string of at most 128 characters")
+        if kind == "int":
+            lo, hi = _RULE_LIMITS.get(key, (0, 2**31 - 1))
+            if type(value) is not int or not lo <= value <= hi:
+                raise AuxError(Errno.EINVAL, f"{where}.{key}: expected an int {lo}..{hi}")
+        if kind == "float" and (type(value) not in (int, float) or not 0.0 <= value <= 1.0):
+            raise AuxError(Errno.EINVAL, f"{where}.{key}: expected a number 0..1")
+    return rule
 
 
 class Control:
@@ -29,10 +75,22 @@ class Control:
         if op is None:
             ops = ", ".join(sorted(n[3:] for n in dir(self) if n.startswith("op_")))
             raise AuxError(Errno.EOPNOTSUPP, f"$.header.op: unknown control op {msg.op!r} (ops: {ops})")
+        if msg.op in ADMIN_OPS and not (msg.op == "fault" and msg.args.get("action", "ls") == "ls"):
+            if not ident.startswith(ADMIN):
+                raise AuxError(Errno.EPERM, f"control op {msg.op!r} changes the bus: taken only on the admin "
+                               "socket (the auxipc CLI), not on the peers' bus.sock")
+            self.trace_admin(ident, msg)
         op(ident, msg, payload)
 
+    def trace_admin(self, ident: bytes, msg: E.Ctl) -> None:
+        """Every admin op is logged and traced with who asked."""
+        who = self.who(ident)
+        args = {k: v for k, v in msg.args.items() if isinstance(v, (str, int, float, bool))}
+        log.info("admin %s %s by %s", msg.op, args, who)
+        self.bus.published.append(E.encode(E.Uevent(seq=0, action="ADMIN", detail={
+            "op": msg.op, "args": args, "by": who}), topic=b"trace"))
+
     def op_ping(self, ident, msg, payload):
-        import os
         self.bus.reply(ident, msg.r, data={"epoch": self.bus.epoch, "pid": os.getpid()})
 
     def op_echo(self, ident, msg, payload):
@@ -45,8 +103,19 @@ class Control:
         self.bus.reply(ident, msg.r)
 
     def op_ls(self, ident, msg, payload):
-        page = ls_page(msg.args)
-        self.bus.reply(ident, msg.r, data=with_hosts(snapshot(self.bus, *page), self.bus, self.broker.listen))
+        """{after}: the bus snapshot, its devices paged to fit a message: devices with an
+        id above ``after`` (default: from the first, with the rest of the snapshot);
+        ``next`` is the ``after`` of the next page, None on the last."""
+        after = msg.args.get("after", -1)
+        if type(after) is not int or not -1 <= after <= 2**53:
+            raise AuxError(Errno.EINVAL, "$.header.args.after: expected a device id (int)")
+        if after < 0:
+            data = snapshot(self.bus, [])
+            budget = PAGE_BYTES - len(E.packb(data))
+        else:
+            data, budget = {"epoch": self.bus.epoch}, PAGE_BYTES
+        data["devices"], data["next"] = device_page(self.bus, after, budget, lambda d: len(E.packb(d)))
+        self.bus.reply(ident, msg.r, data=with_hosts(data, self.bus, self.broker.listen) if after < 0 else data)
 
     def op_bind(self, ident, msg, payload):
         """sysfs bind: {device, driver}."""
@@ -61,31 +130,50 @@ class Control:
         """{action: add, rule: {...}} | {action: clear, target} | {action: ls}."""
         what = msg.args.get("action", "ls")
         if what == "add":
-            rule = self.bus.add_fault(FaultRule.from_dict(msg.args.get("rule") or {}))
+            rule = self.bus.add_fault(FaultRule.from_dict(check_rule(msg.args.get("rule"))))
             self.bus.reply(ident, msg.r, data={"rule": rule.to_dict()})
         elif what == "clear":
-            n = self.bus.clear_faults(msg.args.get("target", ""))
+            target = msg.args.get("target", "")
+            if not isinstance(target, str):
+                raise AuxError(Errno.EINVAL, "$.header.args.target: expected a string")
+            n = self.bus.clear_faults(target)
             self.bus.reply(ident, msg.r, data={"cleared": n})
         elif what == "ls":
             self.bus.reply(ident, msg.r, data={"rules": [r.to_dict() for r in self.bus.faults.rules]})
         else:
-            raise AuxError(Errno.EINVAL, f"$.header.args.action: {what!r} is not add, clear or ls")
+            raise AuxError(Errno.EINVAL, f"$.header.args.action: {str(what)[:40]!r} is not add, clear or ls")
 
     def op_signal(self, ident, msg, payload):
-        """{target, signal}: send a signal to every live peer named ``target`` (or with that pid)."""
-        import os
+        """{target, signal}: send a signal to every live peer named ``target`` (or with that pid).
+
+        Only to a process the broker saw connect (its pid from the socket), still the
+        same process (pid and start time), never pid 0 or 1 or the broker itself."""
         target, name = self._str(msg, "target"), msg.args.get("signal", "KILL")
-        if name not in SIGNALS:
-            raise AuxError(Errno.EINVAL, f"$.header.args.signal: {name!r} is not one of {', '.join(SIGNALS)}")
+        if not isinstance(name, str) or name not in SIGNALS:
+            raise AuxError(Errno.EINVAL, f"$.header.args.signal: {str(name)[:40]!r} is not one of "
+                           f"{', '.join(SIGNALS)}")
         peers = [p for p in self.bus.peers.values() if p.alive and (p.name == target or str(p.pid) == target)]
         if not peers:
             names = ", ".join(sorted({p.name for p in self.bus.peers.values()})) or "none"
             raise AuxError(Errno.ENODEV, f"no live peer named {target!r} (peers: {names})")
         refuse_remote(peers)
         for p in peers:
-            self.bus.uevent("FAULT", name=p.name, pid=p.pid, signal=name)
-            os.kill(p.pid, SIGNALS[name])
-        self.bus.reply(ident, msg.r, data={"signalled": [p.label for p in peers]})
+            if p.pid <= 1 or p.pid == os.getpid() or process_start_time(p.pid) != p.start_time:
+                raise AuxError(Errno.ENODEV, f"{p.label}: process {p.pid} is not the one that registered")
+        signalled = []
+        for p in peers:
+            self.bus.uevent("FAULT", name=p.name, pid=p.pid, signal=name, by=self.who(ident))
+            try:
+                os.kill(p.pid, SIGNALS[name])
+            except OSError as exc:
+                raise AuxError(Errno.ENODEV, f"{p.label}: {exc.strerror}") from None
+            signalled.append(p.label)
+        self.bus.reply(ident, msg.r, data={"signalled": signalled})
+
+    def who(self, ident: bytes) -> str:
+        """Who asked, for the trace: the pid and uid the connection carries."""
+        creds = self.broker.credentials()
+        return f"pid {creds[0]} uid {creds[1]}" if creds else repr(ident)[:40]
 
     @staticmethod
     def _str(msg, key: str) -> str:
@@ -98,8 +186,17 @@ class Control:
         since = msg.args.get("since", 0)
         if type(since) is not int:
             raise AuxError(Errno.EINVAL, "$.header.args.since: expected int")
-        events = [e for e in self.bus.uevents if e["seq"] > since]
-        self.bus.reply(ident, msg.r, data={"events": events, "last": self.bus.uevents[-1]["seq"]
+        # Paged to fit a message: ``more`` says there are events after these.
+        events: list[dict] = []
+        used, more = 0, False
+        for e in self.bus.uevents:
+            if e["seq"] > since:
+                used += len(E.packb(e))
+                if events and used > PAGE_BYTES:
+                    more = True
+                    break
+                events.append(e)
+        self.bus.reply(ident, msg.r, data={"events": events, "more": more, "last": self.bus.uevents[-1]["seq"]
                                            if self.bus.uevents else 0})
 
     def op_send(self, ident, msg, payload):
@@ -109,7 +206,10 @@ class Control:
             raise AuxError(Errno.EINVAL, f"$.args.from: {side!r} is not 'parent' or 'child'")
         if not isinstance(name, str):
             raise AuxError(Errno.EINVAL, "$.args.device: expected a device name")
-        spec = self.bus.catalog.lookup(args.get("event", ""))
+        event = args.get("event")
+        if not isinstance(event, (str, int)) or isinstance(event, bool):
+            raise AuxError(Errno.EINVAL, "$.args.event: expected an event name or code")
+        spec = self.bus.catalog.lookup(event)
         timeout_ms = args.get("timeout_ms", 5000)
         if type(timeout_ms) is not int or not 1 <= timeout_ms <= 3_600_000:
             raise AuxError(Errno.EINVAL, "$.args.timeout_ms: int 1..3600000 expected")

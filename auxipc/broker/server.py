@@ -1,11 +1,15 @@
 """The broker process: owns the runtime dir, binds the sockets, drives ``Bus``.
 
 Sockets (only the broker binds; peers connect, so restarts need no reconfiguration):
-- ``bus.sock``  ROUTER: every request/reply exchange (``ROUTER_MANDATORY``,
-  ``ROUTER_HANDOVER``; sends never block).
-- ``pub.sock``  XSUB and ``sub.sock`` XPUB, joined by ``zmq.proxy`` in its own
-  thread: async events and bus notifications. The XSUB subscribes upstream to
-  everything, so a publisher never waits for a subscription to propagate.
+- ``bus.sock``  ROUTER: every request/reply exchange (``ROUTER_MANDATORY``; sends
+  never block). No ``ROUTER_HANDOVER``: a second connection with a routing id in use
+  is ignored by libzmq instead of taking the first one's traffic.
+- ``pub.sock``  XSUB and ``sub.sock`` XPUB, joined by ``AsyncGate`` in its own
+  thread: async events, each checked for its sender (see AsyncGate). The XSUB
+  subscribes upstream to everything, so a publisher never waits for a
+  subscription to propagate.
+- ``admin.sock`` ROUTER: control ops from the CLI (the only place ops that change
+  the bus are taken), owned by the side thread.
 A monitor on the ROUTER reports disconnects; each one makes the broker check
 its peers' processes (pid + start time), so a crash is seen in milliseconds.
 SIGSTOPped or wedged processes are caught by missed heartbeats.
@@ -26,38 +30,89 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
+import traceback
+from collections import Counter, deque
 
 import zmq
 from zmq.backend import zmq_poll
 from zmq.utils.monitor import parse_monitor_message
 
 from proto import envelope as E
-from proto.errno import AuxError, ProtocolError
+from proto.errno import AuxError, Errno, ProtocolError
 from proto.events import CATALOG, Catalog
 from auxipc.broker import control
-from auxipc.broker.auth import Listeners
-from auxipc.broker.bus import Bus
+from auxipc.broker.auth import Listeners, RemotePeers
+from auxipc.broker.bus import Bus, Peer
 from auxipc.procfs import process_start_time
 from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints, remote_host
 from auxipc.runtime.transport import recv_ready, send_frames
 
 NOBLOCK = int(zmq.NOBLOCK)
+_recv = zmq.backend.Socket.recv
 
 log = logging.getLogger("auxipc.broker")
 
 MAX_MSG = E.MAX_MSG + 4096   # the message frame and room for the routing id
+PUB_HWM = 10_000             # messages queued per pub/sub pipe (each at most MAX_MSG)
+BACKLOG_MAX = 200_000        # messages read ahead of their handling (see Broker.drain)
+ADMIN = b"\0admin:"   # routing ids of admin-socket senders (a peer cannot set one starting with NUL)
+LOG_EVERY = 10.0             # seconds: at most one line per kind of bad input in this time
+
+
+class LogLimiter:
+    """At most one log line per kind of trouble each ``every`` seconds; the lines left
+    out are counted and the count goes out with the next line of that kind. A flood of
+    bad messages costs a line every few seconds, not one a message."""
+
+    def __init__(self, every: float = LOG_EVERY, clock=time.monotonic):
+        self.every, self.clock = every, clock
+        self._last: dict[str, float] = {}
+        self.suppressed: Counter = Counter()
+
+    def __call__(self, kind: str, level: int, fmt: str, *args, exc_info=None) -> bool:
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.every:
+            self.suppressed[kind] += 1
+            return False
+        self._last[kind] = now
+        left_out = self.suppressed.pop(kind, 0)
+        if left_out:
+            fmt += " (%d more like it in the last %.0f s not logged)"
+            args = (*args, left_out, now - last)
+        log.log(level, fmt, *args, exc_info=exc_info)
+        return True
+
+
+def peer_credentials(frame: zmq.Frame) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the process at the other end of an ipc connection, as the
+    kernel gave them to libzmq (SO_PEERCRED): libzmq 4.3 exposes them as the frame's
+    ``Peer-Address`` property, ``localhost:<uid>:<gid>:<pid>``. None on transports
+    without credentials."""
+    try:
+        addr = frame.get("Peer-Address")
+    except (zmq.ZMQError, UnicodeDecodeError):
+        return None
+    parts = addr.split(":") if isinstance(addr, str) else ()
+    if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]):
+        return None
+    return int(parts[3]), int(parts[1]), int(parts[2])
 
 
 class SideWatch(threading.Thread):
-    """Watches the ROUTER's disconnect monitor and the wake pipe for the main loop and
-    reports each event as a one-frame message (``disconnect`` or ``wake``) from an
-    inproc DEALER whose routing id is a secret of this process. Owns the monitor
-    socket; ends (closing its sockets) when the context is terminated."""
+    """Watches the ROUTER's disconnect monitor, the wake pipe and the admin socket for
+    the main loop, and reports each event as a message from an inproc DEALER whose
+    routing id is a secret of this process: ``disconnect``, ``wake``, or ``admin``
+    (+ the sender's ``pid:uid`` + its routing id + the message). Answers to the admin
+    socket come back the same way (``reply`` + routing id + frames) and leave here.
+    Owns the monitor and admin sockets; ends (closing them) when the context is
+    terminated."""
 
-    def __init__(self, ctx: zmq.Context, monitor: zmq.Socket, wake_fd: int, endpoint: str, ident: bytes):
+    def __init__(self, ctx: zmq.Context, monitor: zmq.Socket, wake_fd: int, endpoint: str, ident: bytes,
+                 admin: zmq.Socket):
         super().__init__(name="auxipc-sidewatch", daemon=True)
         self.ctx, self.monitor, self.wake_fd, self.endpoint, self.routing_id = ctx, monitor, wake_fd, endpoint, ident
+        self.admin = admin
 
     def run(self) -> None:
         sock = self.ctx.socket(zmq.DEALER)
@@ -67,6 +122,8 @@ class SideWatch(threading.Thread):
         poller = zmq.Poller()
         poller.register(self.monitor, zmq.POLLIN)
         poller.register(self.wake_fd, zmq.POLLIN)
+        poller.register(self.admin, zmq.POLLIN)
+        poller.register(sock, zmq.POLLIN)
         try:
             while True:
                 ready = dict(poller.poll())
@@ -77,11 +134,106 @@ class SideWatch(threading.Thread):
                 if self.wake_fd in ready:
                     os.read(self.wake_fd, 4096)
                     sock.send(b"wake")
+                if self.admin in ready:
+                    self._from_admin(sock)
+                if sock in ready:
+                    while sock.poll(0):
+                        msg = sock.recv_multipart()
+                        if msg[0] == b"reply":
+                            try:
+                                self.admin.send_multipart(msg[1:], zmq.NOBLOCK)
+                            except zmq.ZMQError:
+                                pass    # the CLI went away, or stopped reading
         except zmq.ContextTerminated:
             pass
         finally:
             sock.close(linger=0)
             self.monitor.close(linger=0)
+            self.admin.close(linger=0)
+
+    def _from_admin(self, sock: zmq.Socket) -> None:
+        while self.admin.poll(0):
+            frames = self.admin.recv_multipart(copy=False)
+            creds = peer_credentials(frames[0])
+            who = b"%d:%d" % (creds[0], creds[1]) if creds else b"?"
+            sock.send_multipart([b"admin", who, *(f.bytes for f in frames)])
+
+
+class AsyncGate(threading.Thread):
+    """The async path, in place of ``zmq_proxy``: every message a peer publishes on
+    ``pub.sock`` is checked before the XPUB passes it on. An EVENT on ``C:<device>``
+    must come from the process of the device's parent, ``P:<device>`` from the
+    process of its bound driver's peer (the pid the kernel gave the connection,
+    SO_PEERCRED), and name that device's id, the broker's epoch and that peer's
+    current incarnation; anything else is dropped and counted (``async_forged``,
+    ``async_stale``). ``hello:`` and ``trace`` topics pass; other topics are dropped.
+    Reads the bus's tables without a lock: single lookups, atomic under the GIL,
+    and a stale answer only drops an event a moment before or after a bind."""
+
+    PASS = (b"hello:", b"trace")
+
+    def __init__(self, bus: Bus, xsub: zmq.Socket, xpub: zmq.Socket):
+        super().__init__(name="auxipc-async-gate", daemon=True)
+        self.bus, self.xsub, self.xpub = bus, xsub, xpub
+        self.remote = RemotePeers()     # the broker's, set after construction
+        self.stats: Counter = Counter()     # written by this thread only; the main loop copies it
+
+    def run(self) -> None:
+        xsub, xpub = self.xsub, self.xpub
+        poller = zmq.Poller()
+        poller.register(xsub, zmq.POLLIN)
+        poller.register(xpub, zmq.POLLIN)
+        try:
+            while True:
+                ready = dict(poller.poll())
+                if xpub in ready:
+                    while xpub.poll(0):     # subscriptions: the XSUB already takes everything
+                        xpub.recv_multipart()
+                if xsub in ready:
+                    while xsub.poll(0):
+                        frames = xsub.recv_multipart(copy=False)
+                        why = self.check(frames)
+                        if why is not None:
+                            self.stats[why] += 1
+                            continue
+                        try:
+                            xpub.send_multipart(frames, zmq.NOBLOCK)
+                        except zmq.Again:
+                            self.stats["async_dropped_hwm"] += 1
+                        else:
+                            self.stats["async_passed"] += 1
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            xsub.close(linger=0)
+            xpub.close(linger=0)
+
+    def check(self, frames: list) -> str | None:
+        """None if the message may pass, else the counter of why not."""
+        topic = frames[0].bytes
+        if len(frames) != 2:
+            return "async_malformed"
+        kind = topic[:2]
+        if kind not in (b"C:", b"P:"):
+            return None if topic.startswith(self.PASS) else "async_unknown_topic"
+        bus = self.bus
+        dev = bus.by_name.get(topic[2:].decode(errors="replace"))
+        if dev is None:
+            return "async_no_device"
+        sender: Peer | None = dev.parent if kind == b"C:" else dev.driver.peer if dev.driver is not None else None
+        creds = peer_credentials(frames[0])
+        if sender is None or not sender.alive or not self.remote.same_sender(sender, creds, frames[0]):
+            return "async_forged"
+        data = frames[1].bytes
+        try:
+            head = E.unpackb(data[4:], "$.header") if data[:4] == E.MAGIC else None
+        except AuxError:
+            head = None
+        if type(head) is not dict or head.get("t") != E.Msg.EVENT:
+            return "async_malformed"
+        if head.get("dev") != dev.dev_id or head.get("epoch") != bus.epoch or head.get("inc") != sender.inc:
+            return "async_stale"
+        return None
 
 
 class Broker:
@@ -89,14 +241,26 @@ class Broker:
                  listen: Listeners | None = None):
         self.ep = endpoints(runtime_dir, connect="")
         self.listen = listen or Listeners()
+        self.remote = RemotePeers()
         self.lock = BrokerLock(self.ep.root)
         self.epoch = time.time_ns() // 1_000_000
         self.bus = Bus(time.monotonic, self.epoch, catalog, hb_ivl=hb_ivl, hb_liveness=hb_liveness)
         self.ctl = control.Control(self)
+        self.bus.process_alive = lambda pid, start: process_start_time(pid) == start
         self._stop = False
         self._wake_r, self._wake_w = os.pipe()
         self.ctx: zmq.Context | None = None
         self.dropped = 0
+        self.limit_log = LogLimiter()
+        self._tracebacks: set = set()     # where internal errors happened (each logged once in full)
+        self._current: bytes | None = None    # the routing id whose message is being handled
+        self._answered = False                # ... and whether something went back to it
+        self._first: zmq.Frame | None = None  # the first frame of that message (its credentials)
+        self._admin_creds: tuple[int, int, int] | None = None   # of the admin message being handled
+        self.backlog: deque = deque()         # messages read ahead of their handling (see drain)
+        self.backlog_peak = 0
+        self._drain_due = 0.0
+        self._hb_echo = E.encode(E.Heartbeat(epoch=self.epoch))
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -113,7 +277,6 @@ class Broker:
         self.listen.start(self.ctx)
         r = self.router = self.ctx.socket(zmq.ROUTER)
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        r.setsockopt(zmq.ROUTER_HANDOVER, 1)
         r.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
         r.setsockopt(zmq.LINGER, 100)
         r.setsockopt(zmq.SNDHWM, 10000)
@@ -124,20 +287,29 @@ class Broker:
         r.bind(side)
         self.listen.bind(r, "bus")
         self._side_ident = b"\0side:" + os.urandom(16).hex().encode()
+        # The admin socket: control ops that change the bus are taken only from here
+        # (the CLI); the side thread owns it and passes its messages on.
+        admin = self.ctx.socket(zmq.ROUTER)
+        admin.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        admin.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
+        admin.setsockopt(zmq.LINGER, 100)
+        admin.bind(self.ep.admin)
         xsub = self.ctx.socket(zmq.XSUB)
-        xsub.setsockopt(zmq.RCVHWM, 100000)
+        xsub.setsockopt(zmq.RCVHWM, PUB_HWM)
+        xsub.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
         xsub.bind(self.ep.pub)
         self.listen.bind(xsub, "pub")
         xsub.send(b"\x01")   # subscribe upstream to everything: filtering happens at the XPUB
         xpub = self.ctx.socket(zmq.XPUB)
-        xpub.setsockopt(zmq.SNDHWM, 100000)
+        xpub.setsockopt(zmq.SNDHWM, PUB_HWM)
         xpub.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
         xpub.bind(self.ep.sub)
         self.listen.bind(xpub, "sub")
         # Notifications and the call trace leave from the broker's own XPUB, so it sees
         # who subscribes: the per-call trace is built only while someone reads it.
         self.notify = self.ctx.socket(zmq.XPUB)
-        self.notify.setsockopt(zmq.SNDHWM, 100000)
+        self.notify.setsockopt(zmq.SNDHWM, PUB_HWM)
+        self.notify.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
         self.notify.bind(self.ep.notify)
         self.listen.bind(self.notify, "notify")
         self.subscriptions: Counter = Counter()
@@ -145,21 +317,13 @@ class Broker:
         self.bus.tracing = False
         for name in SOCKETS:
             os.chmod(self.ep.root / name, 0o600)
+            self.lock.made(name)
         self._subs_due = 0.0
-        self._proxy = threading.Thread(target=self._run_proxy, args=(xsub, xpub), name="auxipc-proxy", daemon=True)
+        self._proxy = AsyncGate(self.bus, xsub, xpub)
+        self._proxy.remote = self.remote
         self._proxy.start()
-        self._side = SideWatch(self.ctx, monitor, self._wake_r, side, self._side_ident)
+        self._side = SideWatch(self.ctx, monitor, self._wake_r, side, self._side_ident, admin)
         self._side.start()
-
-    @staticmethod
-    def _run_proxy(xsub, xpub) -> None:
-        try:
-            zmq.proxy(xsub, xpub)
-        except zmq.ContextTerminated:
-            pass
-        finally:
-            xsub.close(linger=0)
-            xpub.close(linger=0)
 
     def stop(self) -> None:
         self._stop = True
@@ -204,22 +368,84 @@ class Broker:
         bus = self.bus
         nxt = bus.next_timer()
         now = time.monotonic()
-        timeout = bus.hb_ivl if nxt is None else max(0.0, min(nxt - now, bus.hb_ivl))
-        frames = recv_ready(self.router) if zmq_poll(self._poll_items, math.ceil(timeout * 1000)) else None
+        if self.backlog:
+            frames, self._first = self.backlog.popleft()
+        else:
+            timeout = bus.hb_ivl if nxt is None else max(0.0, min(nxt - now, bus.hb_ivl))
+            got = self._recv() if zmq_poll(self._poll_items, math.ceil(timeout * 1000)) else None
+            frames, self._first = got if got is not None else (None, None)
         if frames is not None:
             if frames[0] == self._side_ident:
-                self._on_side(frames[1])
+                self._on_side(frames[1:])
             else:
                 self.on_frames(frames)
                 self.flush()    # the answer first; timers and the rest after it
         if now >= self._subs_due:
             self._subs_due = now + bus.hb_ivl
             self.read_subscriptions()
-        bus.tick()
+        if now >= self._drain_due:
+            self._drain_due = now + bus.hb_ivl / 2
+            self.drain()
+        try:
+            bus.tick()
+        except Exception as exc:    # noqa: BLE001 - the barrier: one timer's fault, not the broker's end
+            self.internal_error(exc, "a timer")
         self.flush()
 
-    def _on_side(self, what: bytes) -> None:
-        if what == b"disconnect":
+    def drain(self) -> None:
+        """Read every message waiting on the ROUTER: heartbeats are taken at once (a
+        peer is alive when its heartbeat *arrived*, however long the messages in front
+        of it take), the rest wait in ``backlog`` in their order. Called every half
+        heartbeat interval, so a flood in the queue never gets live peers declared
+        dead; the backlog is bounded (past it the socket's HWM pushes back)."""
+        bus, backlog = self.bus, self.backlog
+        now = time.monotonic()
+        while len(backlog) < BACKLOG_MAX:
+            got = self._recv()
+            if got is None:
+                break
+            frames = got[0]
+            peer = bus.hb_idents.get(frames[0])
+            if peer is not None:
+                if peer.alive:
+                    peer.last_seen = now
+                    self.send(frames[0], self._hb_echo)
+                continue
+            backlog.append(got)
+        if len(backlog) > self.backlog_peak:
+            self.backlog_peak = len(backlog)
+            bus.stats["backlog_peak"] = self.backlog_peak
+
+    def _recv(self) -> tuple[list[bytes], zmq.Frame] | None:
+        """The next ROUTER message as bytes, and its first frame (the sender's
+        credentials, read only when a REGISTER needs them)."""
+        try:
+            frame = _recv(self.router, NOBLOCK, False)
+        except zmq.Again:
+            return None
+        first = frame
+        frames = [frame.bytes]
+        while frame.more:
+            frame = _recv(self.router, NOBLOCK, False)
+            frames.append(frame.bytes)
+        return frames, first
+
+    def credentials(self) -> tuple[int, int, int] | None:
+        """(pid, uid, gid) of the sender of the message being handled (SO_PEERCRED;
+        gid -1 for the admin socket)."""
+        if self._current is not None and self._current.startswith(ADMIN):
+            return self._admin_creds
+        return peer_credentials(self._first) if self._first is not None else None
+
+    def _on_side(self, frames: list[bytes]) -> None:
+        what = frames[0]
+        if what == b"admin" and len(frames) >= 3:
+            pid, _, uid = frames[1].partition(b":")
+            self._admin_creds = (int(pid), int(uid), -1) if pid.isdigit() and uid.isdigit() else None
+            self._first = None
+            self.on_frames([ADMIN + frames[2], *frames[3:]])
+            self.flush()
+        elif what == b"disconnect":
             self.check_processes()
             # The socket can close a moment before the process is gone from /proc's view.
             for delay in (0.005, 0.02, 0.1):
@@ -235,24 +461,95 @@ class Broker:
                 if self.subscriptions[topic] <= 0:
                     del self.subscriptions[topic]
         self.bus.tracing = any(b"trace".startswith(t) for t in self.subscriptions)
+        for key, value in self._proxy.stats.copy().items():     # the gate's counters (Counter.update adds)
+            self.bus.stats[key] = value
 
     def on_frames(self, frames: list[bytes]) -> None:
+        """Handle one message behind a barrier: whatever goes wrong handling it is
+        answered -EPROTO (unless an answer already went), counted and logged, and the
+        broker goes on with the next message."""
+        self._current, self._answered = frames[0], False
+        try:
+            self._handle(frames)
+        except Exception as exc:    # noqa: BLE001 - the per-message barrier
+            self.internal_error(exc, f"a message from {frames[0]!r}", frames)
+        finally:
+            self._current = None
+
+    def _handle(self, frames: list[bytes]) -> None:
         ident, body = frames[0], frames[1:]
         try:
             msg, payload = E.decode(body)
         except AuxError as exc:
             self.bus.stats["malformed"] += 1
-            log.warning("malformed message from %r: %s", ident, exc)
+            self.limit_log("malformed", logging.WARNING, "malformed message from %r: %s", ident, exc)
             self.bus.reply(ident, self._guess_r(body), exc.errno,
                            f"{exc.message} (message dropped; the connection stays open)")
             return
+        if ident.startswith(ADMIN) and not isinstance(msg, E.Ctl):
+            return self.bus.reply(ident, getattr(msg, "r", 0), Errno.EPROTO, f"$.header.t: the admin socket "
+                                  f"takes control ops (CTL), not {msg.TYPE.name}")
         if isinstance(msg, E.Ctl):
             try:
                 self.ctl.handle(ident, msg, payload)
             except AuxError as exc:
                 self.bus.reply(ident, msg.r, exc.errno, exc.message)
             return
+        if isinstance(msg, E.Register):
+            return self.register(ident, msg)
         self.bus.handle(ident, msg, payload)
+
+    def register(self, ident: bytes, msg: E.Register) -> None:
+        """REGISTER with the identity the kernel vouches for: the pid and uid of the
+        connection (SO_PEERCRED) and that pid's start time from /proc replace what the
+        peer claims. A connection of another user is refused."""
+        creds = self.credentials()
+        if creds is None:
+            why = self.remote.register(ident, self._first, bool(self.listen.urls))
+            if why is not None:
+                return self.bus.reply(ident, msg.r, Errno.EPERM, why)
+            return self.bus.register(ident, msg)      # a remote peer: its pid is a label, liveness by heartbeats
+        if remote_host(ident) is not None:
+            return self.bus.reply(ident, msg.r, Errno.EINVAL,
+                                  "register: an ipc peer's routing id names no host (no '@host')")
+        pid, uid, _gid = creds
+        if uid != os.getuid() and uid != 0:
+            self.bus.stats["refused_uid"] += 1
+            return self.bus.reply(ident, msg.r, Errno.EPERM,
+                                  f"register: peer uid {uid} is not the broker's ({os.getuid()})")
+        start = process_start_time(pid)
+        if pid <= 1 or start is None:
+            return self.bus.reply(ident, msg.r, Errno.ENODEV, f"register: peer process {pid} is not running")
+        if (msg.pid, msg.start_time) != (pid, start):
+            self.bus.stats["identity_corrected"] += 1
+            # The decoded message is ours: set the two fields in place rather than
+            # re-validating the whole message (its handles can be 4,096 codes).
+            object.__setattr__(msg, "pid", pid)
+            object.__setattr__(msg, "start_time", start)
+        self.bus.register(ident, msg)
+
+    def internal_error(self, exc: BaseException, where: str, frames: list[bytes] | None = None) -> None:
+        """An unexpected exception: counted, logged (with its traceback the first time
+        it happens at that place), and the message answered -EPROTO if nothing was."""
+        self.bus.stats["internal_errors"] += 1
+        tb = traceback.extract_tb(exc.__traceback__)
+        site = (type(exc).__name__, tb[-1].filename, tb[-1].lineno) if tb else (type(exc).__name__,)
+        first = site not in self._tracebacks
+        if first and len(self._tracebacks) < 1000:
+            self._tracebacks.add(site)
+        self.limit_log("internal:" + ":".join(map(str, site)), logging.ERROR,
+                       "internal error handling %s: %s: %s (answered -EPROTO; the broker goes on)",
+                       where, type(exc).__name__, str(exc)[:200], exc_info=exc if first else None)
+        if frames is None:
+            return
+        ident = frames[0]
+        if not self._answered and not any(i == ident for i, _ in self.bus.outbox):
+            try:
+                self.bus.reply(ident, self._guess_r(frames[1:]), Errno.EPROTO,
+                               f"internal error handling this message ({type(exc).__name__}); "
+                               "it was dropped and the connection stays open")
+            except Exception:   # noqa: BLE001 - answering is best effort
+                pass
 
     @staticmethod
     def _guess_r(body: list[bytes]) -> int:
@@ -260,7 +557,7 @@ class Broker:
             head = E.unpackb(body[0][4:], "$.header")
             r = head.get("r", 0)
             return r if type(r) is int and 0 <= r <= 2**53 else 0
-        except (ProtocolError, IndexError, AttributeError):
+        except (ProtocolError, IndexError, AttributeError, TypeError):
             return 0
 
     def flush(self) -> None:
@@ -284,6 +581,10 @@ class Broker:
                 self.read_subscriptions()
 
     def send(self, ident: bytes, frames: list[bytes]) -> None:
+        if ident == self._current:
+            self._answered = True
+        if ident.startswith(ADMIN):     # back through the side thread, which owns the admin socket
+            ident, frames = self._side_ident, [b"reply", ident[len(ADMIN):], *frames]
         try:
             send_frames(self.router, [ident, *frames], NOBLOCK)
         except zmq.Again:

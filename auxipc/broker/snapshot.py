@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from proto.errno import AuxError, Errno
+from typing import Callable
+
+from proto.errno import AuxError
 from proto.events import negotiate
 from proto.names import match_name, version_str
 from auxipc.broker.bus import Bus
@@ -21,34 +23,48 @@ def _schemas(dev) -> dict:
     return {"parent": version_str(parent), "child": version_str(child) if child else None, "negotiated": shared}
 
 
-PAGE = 100    # devices per ``ls`` answer: one answer stays far below the bus's message limit
+def device_entry(bus: Bus, dev) -> dict:
+    child_handles = dev.driver.handles if dev.driver else frozenset()
+    events = []
+    for spec in bus.catalog:
+        receiver = child_handles if spec.direction.allows("parent") else dev.parent.handles
+        events.append({"event": spec.name, "code": int(spec.code), "direction": spec.direction.value,
+                       "delivery": spec.delivery.value, "context": spec.context.value, "rtnl": spec.rtnl,
+                       "since": version_str(spec.since),
+                       "parent": spec.code in dev.parent.handles, "child": spec.code in child_handles,
+                       "deliverable": bool(dev.driver) and spec.code in receiver})
+    return {
+        "id": dev.dev_id, "name": dev.name, "match": match_name(dev.name),
+        "driver": dev.driver.name if dev.driver else None,
+        "state": dev.life.state.value, "bind": dev.bind.state.value,
+        "refcount": dev.refcount, "holders": dict(dev.refs),
+        "leak": dev.life.state is DeviceState.DELETED and dev.refcount > 0,
+        "parent": dev.parent.label, "locked_by": dev.lock.owner.what if dev.lock.owner else None,
+        "queued": len(dev.lock.queue), "last_error": dev.last_error, "schema": _schemas(dev),
+        "events": events}
 
 
-def snapshot(bus: Bus, offset: int = 0, limit: int | None = None) -> dict:
-    """The bus; ``devices`` from the ``offset``-th (by id) on, at most ``limit`` of them
-    (``devices_total`` says how many there are: a client pages through them)."""
+def device_page(bus: Bus, after: int = -1, budget: int | None = None,
+                size: Callable[[dict], int] = lambda d: 0) -> tuple[list[dict], int | None]:
+    """The devices with an id above ``after``, in id order, until their ``size`` passes
+    ``budget`` (at least one); and the id to continue after (None: that was the last)."""
+    devices: list[dict] = []
+    used = 0
+    for dev_id in sorted(i for i in bus.devices if i > after):
+        entry = device_entry(bus, bus.devices[dev_id])
+        if budget is not None:
+            used += size(entry)
+            if devices and used > budget:
+                return devices, devices[-1]["id"]
+        devices.append(entry)
+    return devices, None
+
+
+def snapshot(bus: Bus, devices: list[dict] | None = None) -> dict:
+    """The bus as data; ``devices`` (one page of them) instead of all of them."""
     now = bus.clock()
-    devices = []
-    ordered = sorted(bus.devices.values(), key=lambda d: d.dev_id)
-    for dev in ordered[offset:None if limit is None else offset + limit]:
-        child_handles = dev.driver.handles if dev.driver else frozenset()
-        events = []
-        for spec in bus.catalog:
-            receiver = child_handles if spec.direction.allows("parent") else dev.parent.handles
-            events.append({"event": spec.name, "code": int(spec.code), "direction": spec.direction.value,
-                           "delivery": spec.delivery.value, "context": spec.context.value, "rtnl": spec.rtnl,
-                           "since": version_str(spec.since),
-                           "parent": spec.code in dev.parent.handles, "child": spec.code in child_handles,
-                           "deliverable": bool(dev.driver) and spec.code in receiver})
-        devices.append({
-            "id": dev.dev_id, "name": dev.name, "match": match_name(dev.name),
-            "driver": dev.driver.name if dev.driver else None,
-            "state": dev.life.state.value, "bind": dev.bind.state.value,
-            "refcount": dev.refcount, "holders": dict(dev.refs),
-            "leak": dev.life.state is DeviceState.DELETED and dev.refcount > 0,
-            "parent": dev.parent.label, "locked_by": dev.lock.owner.what if dev.lock.owner else None,
-            "queued": len(dev.lock.queue), "last_error": dev.last_error, "schema": _schemas(dev),
-            "events": events})
+    if devices is None:
+        devices = device_page(bus)[0]
     drivers = [{"name": d.name, "id_table": list(d.id_table), "peer": d.peer.label,
                 "bound": [x.name for x in bus.devices.values() if x.driver is d],
                 "handles": sorted(bus.catalog.lookup(c).name for c in d.handles if bus.catalog.get(c))}
@@ -60,16 +76,7 @@ def snapshot(bus: Bus, offset: int = 0, limit: int | None = None) -> dict:
     locks = [{"name": lock.name, "holder": lock.owner.task if lock.owner else None,
               "waiters": [op.task for op in lock.queue if not op.cancelled]}
              for lock in bus.lockdep.named.values()]
-    return {"epoch": bus.epoch, "schema": bus.catalog.version_str, "devices": devices, "devices_total": len(ordered),
+    return {"epoch": bus.epoch, "schema": bus.catalog.version_str, "devices": devices,
             "drivers": drivers, "peers": peers, "pending": len(bus.pending), "locks": locks,
             "lockdep": {"inversions": bus.lockdep.inversions, "deadlocks": bus.lockdep.deadlocks},
             "stats": dict(bus.stats)}
-
-
-def ls_page(args: dict) -> tuple[int, int]:
-    """``ls``'s {offset, limit} (limit at most PAGE; the default is one page from 0)."""
-    offset, limit = args.get("offset", 0), args.get("limit", PAGE)
-    for key, value in (("offset", offset), ("limit", limit)):
-        if type(value) is not int or value < 0:
-            raise AuxError(Errno.EINVAL, f"$.header.args.{key}: {value!r} is not a non-negative integer")
-    return offset, min(limit, PAGE)

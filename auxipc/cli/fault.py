@@ -12,7 +12,8 @@ import signal as signals
 
 import click
 
-from auxipc.cli.options import RUNTIME_DIR, json_option
+from auxipc.cli import complete
+from auxipc.cli.options import RUNTIME_DIR, SCHEMA, json_option
 from auxipc.faults import SIGNALS
 from proto.errno import AuxError, Errno
 
@@ -26,7 +27,16 @@ COMMON = [
 def common(fn):
     for opt in reversed(COMMON):
         fn = opt(fn)
-    return RUNTIME_DIR(fn)
+    return RUNTIME_DIR(SCHEMA(fn))
+
+
+def _event(catalog, event: str, what: str) -> str:
+    """The catalog's name of ``event`` ('' for any): a rule for an unknown event is refused."""
+    return complete.event_arg(catalog, event, what).name if event else ""
+
+
+def event_option(help: str):
+    return click.option("--event", default="", shell_complete=complete.events, help=help)
 
 
 def _add(runtime_dir, **rule) -> None:
@@ -74,17 +84,17 @@ def fault():
 
 @fault.command()
 @common
-@click.argument("target")
+@click.argument("target", shell_complete=complete.targets)
 @click.option("--signal", "sig", default="KILL", type=click.Choice(sorted(SIGNALS)), show_default=True)
 @click.option("--at", "point", type=click.Choice(["probe", "remove", "request", "send", "reset"]),
               help="Kill at this lifecycle point instead of now.")
-@click.option("--event", default="", help="With --at request/send: only for this event.")
-def kill(runtime_dir, target, sig, point, event, count, probability, seed):
+@event_option("With --at request/send: only for this event.")
+def kill(runtime_dir, target, sig, point, event, count, probability, seed, catalog):
     """Signal TARGET (a peer name, a pid, or 'broker'), now or at a lifecycle point."""
     if point is None:
         _signal(runtime_dir, target, sig)
     else:
-        _add(runtime_dir, kind="kill", target=target, point=point, event=event.upper(), signal=sig,
+        _add(runtime_dir, kind="kill", target=target, point=point, event=_event(catalog, event, "--event"), signal=sig,
              count=count, probability=probability, seed=seed)
 
 
@@ -110,31 +120,31 @@ def cont(runtime_dir, target):
 
 @fault.command()
 @common
-@click.argument("target")
-@click.argument("event")
+@click.argument("target", shell_complete=complete.targets)
+@click.argument("event", shell_complete=complete.events)
 @click.option("--delay", "delay_ms", type=click.IntRange(1), help="Delay the handler by MS milliseconds.")
 @click.option("--hang", is_flag=True, help="Never return (heartbeats go on: callers time out).")
 @click.option("--raise", "raise_", is_flag=True, help="Raise in the handler (the caller gets EIO).")
 @click.option("--errno", "errno_name", help="Return this errno instead (e.g. EIO, EBUSY).")
-def handler(runtime_dir, target, event, delay_ms, hang, raise_, errno_name, count, probability, seed):
-    """Break TARGET's handler of EVENT."""
+def handler(runtime_dir, target, event, delay_ms, hang, raise_, errno_name, count, probability, seed, catalog):
+    """Break TARGET's handler of EVENT (an event of the catalog: a misspelt one is refused)."""
     chosen = [a for a, on in (("delay", delay_ms), ("hang", hang), ("raise", raise_), ("errno", errno_name)) if on]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --delay, --hang, --raise, --errno")
-    _add(runtime_dir, kind="handler", target=target, event=event.upper(), action=chosen[0],
+    _add(runtime_dir, kind="handler", target=target, event=_event(catalog, event, "EVENT"), action=chosen[0],
          delay_ms=delay_ms or 0, errno=errno_name or "", count=count, probability=probability, seed=seed)
 
 
 @fault.command()
 @common
-@click.argument("target")
-@click.option("--event", default="", help="Only messages of this event.")
+@click.argument("target", shell_complete=complete.targets)
+@event_option("Only messages of this event.")
 @click.option("--drop", "action", flag_value="drop", help="Drop it.")
 @click.option("--delay", "delay_ms", type=click.IntRange(1), help="Delay it by MS milliseconds.")
 @click.option("--duplicate", "action", flag_value="duplicate", help="Deliver it twice.")
 @click.option("--reorder", "action", flag_value="reorder", help="Deliver it after the next one.")
 @click.option("--corrupt", "action", flag_value="corrupt", help="Flip bytes of its payload.")
-def message(runtime_dir, target, event, action, delay_ms, count, probability, seed):
+def message(runtime_dir, target, event, action, delay_ms, count, probability, seed, catalog):
     """Fault messages to TARGET (sync calls, applied by the broker) or from TARGET
     (async events, applied by its runtime)."""
     if delay_ms:
@@ -143,7 +153,7 @@ def message(runtime_dir, target, event, action, delay_ms, count, probability, se
         action = "delay"
     if not action:
         raise click.UsageError("give one of --drop, --delay, --duplicate, --reorder, --corrupt")
-    _add(runtime_dir, kind="message", target=target, event=event.upper(), action=action,
+    _add(runtime_dir, kind="message", target=target, event=_event(catalog, event, "--event"), action=action,
          delay_ms=delay_ms or 0, count=count, probability=probability, seed=seed)
 
 

@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from auxipc.cli import complete
 from auxipc.cli.contract import events, proto
 from auxipc.cli.fault import fault
 from auxipc.cli.keys import REMOTE_OPTIONS, export_remote
@@ -21,7 +22,7 @@ from auxipc.cli.keys import keys as keys_command
 from auxipc.cli.observe import monitor, run, trace, wait
 from auxipc.cli.options import OWN_RUNTIME_DIR, RUNTIME_DIR, SCHEMA, Group, json_option
 from auxipc.cli.up import COMMANDS as SUPERVISION
-from proto.errno import AuxError
+from proto.errno import AuxError, Errno
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,7 +40,7 @@ def main(verbose, connect, insecure, keys):
       auxipc parent --model ixd &       # a PCI owner adding ixd.eth.0
       auxipc child --driver idpf_eth &  # an aux driver binding it
       auxipc ls
-      auxipc send ixd.eth.0 FW_EVENT --from parent --payload '{"kind": "HEALTH"}'
+      auxipc send ixd.eth.0 FW_EVENT kind=HEALTH
     """
     export_remote(connect, insecure, keys)
     level = logging.WARNING - 10 * verbose
@@ -93,7 +94,7 @@ def broker(runtime_dir, hb_ivl, hb_liveness, listen, listen_insecure, catalog):
 
 @main.command()
 @RUNTIME_DIR
-@click.option("--model", required=True,
+@click.option("--model", required=True, shell_complete=complete.models,
               help="Parent model: ixd (Model A), idpf (Model B), mlx5_core, ice, or module:Class. "
                    "Their emulated hardware takes knobs from $AUXIPC_HW (docs/models.md).")
 @click.option("--devices", default=1, show_default=True, type=click.IntRange(1, 64),
@@ -115,7 +116,7 @@ def parent(runtime_dir, model, devices, catalog):
 
 @main.command()
 @RUNTIME_DIR
-@click.option("--driver", "drivers", multiple=True, required=True,
+@click.option("--driver", "drivers", multiple=True, required=True, shell_complete=complete.drivers,
               help="Auxiliary driver: idpf_eth, idpf_prime, mlx5e, irdma, mlx5_ib, mlx5_vdpa, "
                    "or module:Class. Repeatable.")
 @SCHEMA
@@ -147,38 +148,81 @@ def ls(runtime_dir, as_json, tree):
     with Client(runtime_dir) as c:
         snap = c.query("ls")
     click.echo(json.dumps(snap, indent=2) if as_json else render_tree(snap) if tree else render_ls(snap))
+    # What the broker dropped or refused, where it happened (counted since it started).
+    drops = {k: v for k, v in sorted(snap.get("stats", {}).items()) if v and (
+        k in ("malformed", "internal_errors", "send_dropped_hwm", "notify_dropped", "register_eexist")
+        or (k.startswith("async_") and k != "async_passed"))}
+    if drops and not as_json:
+        click.echo("dropped/refused: " + ", ".join(f"{k}={v}" for k, v in drops.items()))
+
+
+def _payload(spec, fields: tuple[str, ...], payload: str | None) -> dict:
+    """The payload from --payload, @FILE.json arguments and key=value arguments, in that order."""
+    from proto.kvargs import assign
+    obj: dict = {}
+    sources = ([("--payload", payload)] if payload is not None else []) + [
+        (f, None) for f in fields if f.startswith("@")]
+    for where, text in sources:
+        if text is None:
+            try:
+                with open(where[1:], encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as exc:
+                raise AuxError(Errno.ENOENT, f"{where}: {exc.strerror}") from None
+        try:
+            got = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint=where) from None
+        if not isinstance(got, dict):
+            raise click.BadParameter("must be a JSON object", param_hint=where)
+        obj.update(got)
+    try:
+        return assign(spec.payload, [f for f in fields if not f.startswith("@")], obj)
+    except AuxError as exc:
+        raise click.BadParameter(str(exc.message), param_hint="FIELDS") from None
 
 
 @main.command()
 @RUNTIME_DIR
-@click.argument("device")
-@click.argument("event")
-@click.option("--from", "side", required=True, type=click.Choice(["parent", "child"]),
-              help="Which side's runtime sends the event.")
-@click.option("--payload", default="{}", help="The payload as a JSON object.")
+@click.argument("device", shell_complete=complete.devices)
+@click.argument("event", shell_complete=complete.events)
+@click.argument("fields", nargs=-1, metavar="[KEY=VALUE|@FILE.json]...")
+@click.option("--from", "side", type=click.Choice(["parent", "child"]),
+              help="Which side's runtime sends the event (default: the side its direction allows).")
+@click.option("--payload", default=None, help="The payload as a JSON object.")
 @click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.001, 3600),
               help="Deadline in seconds.")
 @json_option("Print {errno, error, reply} as JSON.")
 @SCHEMA
-def send(runtime_dir, device, event, side, payload, timeout, as_json, catalog):
+def send(runtime_dir, device, event, fields, side, payload, timeout, as_json, catalog):
     """Send EVENT on DEVICE through the parent's or the child's runtime.
+
+    The payload: KEY=VALUE arguments typed by the event's payload (ints, bools,
+    enums by name, a MAC as aa:bb:cc:dd:ee:ff, lists and structs as JSON, a dotted
+    key inside a nested struct), over @FILE.json and --payload. 'auxipc events EVENT'
+    lists the fields. --from defaults to the sender the event's direction allows.
 
     \b
     Examples:
-      auxipc send ixd.eth.0 FW_EVENT --from parent --payload '{"kind": "HEALTH", "state": 2}'
-      auxipc send ixd.eth.0 SET_MAC --from child --payload '{"addr": "02:00:00:00:00:01"}' --json
+      auxipc send ixd.eth.0 FW_EVENT kind=HEALTH state=2
+      auxipc send ixd.eth.0 SET_MAC addr=02:00:00:00:00:01 --json
+      auxipc send ixd.eth.0 DCB_CONFIG @dcb.json pfc.pfc_en=0x10
     """
     from auxipc.observe.client import Client
     try:
-        obj = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
-    if not isinstance(obj, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--payload")
-    try:
         spec = catalog.lookup(event)
-    except AuxError as exc:
-        raise click.BadParameter(str(exc), param_hint="EVENT") from None
+    except AuxError:
+        try:
+            complete.event_arg(catalog, event)
+        except AuxError as exc:
+            raise click.BadParameter(exc.message, param_hint="EVENT") from None
+        raise
+    if side is None:
+        senders = [s for s in ("parent", "child") if spec.direction.allows(s)]
+        if len(senders) != 1:
+            raise click.UsageError(f"{spec.name} goes {spec.direction.value}: say who sends it with --from")
+        side = senders[0]
+    obj = _payload(spec, fields, payload)
     with Client(runtime_dir) as c:
         out = c.send_event(device, spec.name, side, obj, timeout, catalog=catalog)
     if as_json:
@@ -194,8 +238,8 @@ def send(runtime_dir, device, event, side, payload, timeout, as_json, catalog):
 
 @main.command()
 @RUNTIME_DIR
-@click.argument("device")
-@click.argument("driver")
+@click.argument("device", shell_complete=complete.devices)
+@click.argument("driver", shell_complete=complete.drivers)
 def bind(runtime_dir, device, driver):
     """Bind DEVICE to DRIVER, like writing to /sys/bus/auxiliary/drivers/DRIVER/bind.
 
@@ -210,7 +254,7 @@ def bind(runtime_dir, device, driver):
 
 @main.command()
 @RUNTIME_DIR
-@click.argument("device")
+@click.argument("device", shell_complete=complete.devices)
 def unbind(runtime_dir, device):
     """Unbind DEVICE from its driver (its remove() runs), like sysfs unbind."""
     from auxipc.observe.client import Client

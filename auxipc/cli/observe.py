@@ -198,21 +198,27 @@ def trace(ctx, runtime_dir, devices, events, peers, as_json, record, count, time
                    "OUT.mmd, or - for stdout.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, writable=True),
               help="Write a self-contained HTML timeline.")
+@click.option("--perfetto", "perfetto_out", type=click.Path(dir_okay=False, writable=True),
+              help="Write Chrome trace-event JSON (open it in ui.perfetto.dev or chrome://tracing).")
 @click.option("--title", help="Title of the diagram (default: the recorded file's name).")
 @_filters
-def render(recorded, mermaid_out, html_out, title, devices, events, peers):
+def render(recorded, mermaid_out, html_out, perfetto_out, title, devices, events, peers):
     """Draw RECORDED (JSON lines from `trace --record`, `demo --record` or `run --record`).
 
     Lifelines: parents, the broker, children. Sync calls go through the broker and
     back with their errno and latency; async events are open arrows; bus
     notifications are arrows to or from the broker; faults are notes.
-    Without --mermaid or --html, the Mermaid text goes to stdout.
+    --perfetto: one track per process, calls as slices with errno and latency,
+    flow arrows caller -> broker -> callee, async events as instants, lock waits
+    and lockdep reports as slices of their own.
+    Without --mermaid, --html or --perfetto, the Mermaid text goes to stdout.
 
     \b
     Examples:
       auxipc demo --record demo.jsonl
       auxipc trace render demo.jsonl --mermaid demo.md       # view demo.md on GitHub
       auxipc trace render demo.jsonl --html demo.html --event 'SET_MAC' --event 'BIND'
+      auxipc trace render demo.jsonl --perfetto demo.json     # drop demo.json on ui.perfetto.dev
     """
     from pathlib import Path
 
@@ -225,7 +231,7 @@ def render(recorded, mermaid_out, html_out, title, devices, events, peers):
     if flt:
         records = [r for r in records if flt(r)]
     title = title or Path(recorded).stem
-    if mermaid_out in (None, "-") and not (html_out and mermaid_out is None):
+    if mermaid_out in (None, "-") and not ((html_out or perfetto_out) and mermaid_out is None):
         click.echo(to_mermaid(records), nl=False)
     elif mermaid_out:
         text = to_markdown(records, title) if mermaid_out.endswith(".md") else to_mermaid(records)
@@ -234,6 +240,10 @@ def render(recorded, mermaid_out, html_out, title, devices, events, peers):
     if html_out:
         Path(html_out).write_text(to_html(records, title), encoding="utf-8")
         click.echo(f"wrote {html_out}: {len(records)} records", err=True)
+    if perfetto_out:
+        from auxipc.observe.perfetto import dumps as trace_events
+        Path(perfetto_out).write_text(trace_events(records), encoding="utf-8")
+        click.echo(f"wrote {perfetto_out}: {len(records)} records", err=True)
 
 
 # ---- wait ----------------------------------------------------------------------------------

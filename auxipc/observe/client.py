@@ -18,7 +18,7 @@ class Client:
     def __init__(self, runtime_dir=None, timeout: float = 5.0):
         self.ep = endpoints(runtime_dir)
         self.timeout = timeout
-        if not self.ep.remote and not (self.ep.root / "bus.sock").exists():
+        if not self.ep.remote and not (self.ep.root / "admin.sock").exists():
             raise AuxError(Errno.ENOTCONN, f"no broker in {self.ep.root}: start one with 'auxipc broker' "
                            "(or set --runtime-dir / AUXIPC_RUNTIME_DIR)")
         self.ctx = zmq.Context()
@@ -31,7 +31,7 @@ class Client:
             from auxipc.runtime.transport import HANDSHAKE_FAILED
             self.monitor = self.sock.get_monitor_socket(HANDSHAKE_FAILED)
         self.ep.secure(self.sock)
-        self.sock.connect(self.ep.bus)
+        self.sock.connect(self.ep.admin)
         self._r = itertools.count(1)
 
     def close(self) -> None:
@@ -62,19 +62,6 @@ class Client:
             if isinstance(msg, E.Result) and msg.r == r:
                 return msg, frame
 
-    def ls(self) -> dict:
-        """The whole bus: ``ls`` answers a page of devices at a time (one answer must fit
-        in a bus message); the pages are joined here. The last page's peers, drivers and
-        stats are returned (a bus that changes meanwhile may show a device twice or not
-        at all: ``ls`` is a view, not a transaction)."""
-        devices: list = []
-        while True:
-            snap = self.query("ls", offset=len(devices))
-            devices.extend(snap["devices"])
-            if not snap["devices"] or len(devices) >= snap["devices_total"]:
-                snap["devices"] = devices
-                return snap
-
     def _poll(self, timeout: float) -> bool:
         """Wait for the answer; over TCP a failed handshake raises at once."""
         if self.monitor is None:
@@ -86,12 +73,40 @@ class Client:
         return self.sock in ready
 
     def query(self, op: str, **args) -> dict:
-        if op == "ls" and not args:
-            return self.ls()
+        """A control op's data (raises AuxError on an error). ``ls`` and ``uevents`` are
+        paged by the broker (a bus of any size fits no single message): their pages are
+        fetched and joined here."""
+        if op == "ls" and "after" not in args:
+            return self._ls(**args)
+        if op == "uevents":
+            return self._uevents(**args)
+        return self._query(op, **args)
+
+    def _query(self, op: str, **args) -> dict:
         result, _ = self.ctl(op, **args)
         if result.e:
             raise AuxError(result.e, result.m)
         return result.d
+
+    def _ls(self, **args) -> dict:
+        snap = self._query("ls", **args)
+        after = snap.pop("next", None)
+        while after is not None:
+            page = self._query("ls", after=after, **args)
+            if page["epoch"] != snap["epoch"]:
+                raise AuxError(Errno.ESTALE, "the broker restarted while 'ls' was being read; ask again")
+            snap["devices"].extend(page["devices"])
+            after = page["next"]
+        return snap
+
+    def _uevents(self, since: int = 0, **args) -> dict:
+        got = self._query("uevents", since=since, **args)
+        while got.pop("more", False) and got["events"]:
+            page = self._query("uevents", since=got["events"][-1]["seq"], **args)
+            got["events"].extend(page["events"])
+            got["more"], got["last"] = page.get("more", False), page["last"]
+        got.pop("more", None)
+        return got
 
     def send_event(self, device: str, event: str, side: str, payload: dict | None, timeout: float,
                    catalog: Catalog = CATALOG) -> dict:

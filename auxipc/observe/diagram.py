@@ -39,7 +39,8 @@ def _participants(records: list[dict]) -> list[str]:
 
 def _annotated(records: list[dict]) -> list[dict]:
     lines = Lifelines()
-    return [lines.annotate(dict(r)) for r in records]
+    # A lock wait is a duration, not a message between lifelines: the Perfetto export draws it.
+    return [lines.annotate(dict(r)) for r in records if r.get("action") != "LOCK_WAIT"]
 
 
 def _bus_text(r: dict) -> str:

@@ -66,6 +66,7 @@ class Contexts:
         below = tuple(t for t in self.tasks[:-1] if t != task)
         holders = self.held.setdefault(name, [])
         holders.append(task)      # from the request on: nested deliveries needing it wait
+        asked = time.monotonic()
         try:
             result, _ = host.request(lambda r: E.LockReq(r=r, name=name, task=task, timeout_ms=ms,
                                                          ensure=ensure, stack=below),
@@ -78,6 +79,8 @@ class Contexts:
         already = result.d.get("held", False)
         if already:
             holders.remove(task)
+        else:   # the trace shows how long the lock took to get (queueing and the round trip)
+            host.report("LOCK_WAIT", lock=name, us=int((time.monotonic() - asked) * 1e6))
         try:
             yield
         finally:

@@ -38,6 +38,9 @@ class RequestIn(NamedTuple):
     payload: bytes | None
 
 
+SEQ_TOPICS = 65536    # async topics whose sequence state a runtime keeps at most
+
+
 class EventsIn(NamedTuple):
     """A batch of async events for one device, maybe deferred (or early, parent side)."""
     msg: E.AsyncEvent
@@ -108,8 +111,18 @@ class Dispatch:
             self.stats["async_malformed"] += 1
             log.warning("dropped a malformed async message on %r: %s", topic, exc)
             return
-        key = (topic, msg.epoch, msg.inc)
-        last = self._seq_in.get(key, 0)
+        # Only the broker this runtime registered with, and per topic only the newest
+        # incarnation of the sender: an older one's events are stale. The state is one
+        # entry per topic, at most SEQ_TOPICS of them (the oldest goes first).
+        if msg.epoch != self.host.epoch:
+            self.stats["async_stale"] += 1
+            return
+        seen_inc, last = self._seq_in.get(topic, (msg.inc, 0))
+        if msg.inc < seen_inc:
+            self.stats["async_stale"] += 1
+            return
+        if msg.inc > seen_inc:
+            last = 0
         first, end = msg.seq, msg.seq + len(items) // 2 - 1
         if first <= last:
             seen = min(end, last) - first + 1
@@ -123,7 +136,9 @@ class Dispatch:
                         first - last - 1, topic, last, first)
             self.stats["resync_requested"] += 1
             self.tr.send(E.encode(E.Resync(dev=msg.dev)))
-        self._seq_in[key] = end
+        if topic not in self._seq_in and len(self._seq_in) >= SEQ_TOPICS:
+            del self._seq_in[next(iter(self._seq_in))]
+        self._seq_in[topic] = (msg.inc, end)
         self.deliver(EventsIn(msg, items, topic))
 
     def run_async(self, adev, items: list, handlers: dict, who: str, still_bound: Callable[[], bool]) -> None:
@@ -140,6 +155,10 @@ class Dispatch:
                     stats["async_unbound"] += (len(items) - i) // 2
                     return
                 spec = spec_of(items[i])
+                if spec is not None and spec.sync:
+                    # A sync event never runs from the async path (it needs a caller to answer).
+                    stats["async_sync_refused"] += 1
+                    continue
                 fn = handlers.get(items[i]) if spec is not None else None
                 if fn is None:
                     unhandled += 1

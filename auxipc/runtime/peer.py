@@ -166,9 +166,12 @@ class Runtime:
         w = self.welcome = result.d
         self.inc, self.epoch = w["inc"], w["epoch"]
         self.faults.set([FaultRule.from_dict(r) for r in w.get("faults", ())])
-        for topic in [b"hello:" + ident, *self.subscriptions()]:
+        # The hello topic is a nonce, not the routing id: whoever reads sub.sock learns
+        # nothing it could use to pose as this peer.
+        hello = b"hello:" + os.urandom(8).hex().encode()
+        for topic in [hello, *self.subscriptions()]:
             self.tr.subscribe(topic)
-        self._await_hello(b"hello:" + ident, timeout)
+        self._await_hello(hello, timeout)
         self.hb = self.tr.start_heartbeat(w["hb_ivl_ms"] / 1000, w["hb_liveness"], self.epoch, self.wake)
         self._connected = True
         log.info("registered as %s", w["peer"])

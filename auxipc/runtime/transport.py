@@ -24,6 +24,8 @@ from auxipc.runtime.seam import DEALER, SUB
 from auxipc.runtime_dir import Endpoints
 
 HWM = 100_000
+SUB_HWM = 10_000     # async messages queued for a runtime that does not read (the broker's XPUB holds as many)
+MAX_IN = E.MAX_MSG + 4096    # MAXMSGSIZE of what a runtime receives: a message frame and its topic
 DIRECT_WAIT_MS = 2    # how long a sync call waits on its DEALER alone before polling everything
 WAKE = b"\0wake"     # topic of the heartbeat thread's wake-ups, on the runtime's SUB
 _SNDMORE, _NOBLOCK, _POLLIN = int(zmq.SNDMORE), int(zmq.NOBLOCK), int(zmq.POLLIN)
@@ -103,6 +105,7 @@ class Sockets:
         d.setsockopt(zmq.LINGER, 200)
         d.setsockopt(zmq.SNDHWM, HWM)
         d.setsockopt(zmq.RCVHWM, HWM)
+        d.setsockopt(zmq.MAXMSGSIZE, MAX_IN)
         d.setsockopt(zmq.RECONNECT_IVL, 50)
         d.setsockopt(zmq.RCVTIMEO, DIRECT_WAIT_MS)     # only receives without NOBLOCK wait (await_dealer)
         self.monitor = d.get_monitor_socket(MONITOR_EVENTS)
@@ -117,7 +120,8 @@ class Sockets:
         p.connect(ep.pub)
         s = self.sub = ctx.socket(zmq.SUB)
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RCVHWM, HWM)
+        s.setsockopt(zmq.RCVHWM, SUB_HWM)
+        s.setsockopt(zmq.MAXMSGSIZE, MAX_IN)
         s.setsockopt(zmq.RECONNECT_IVL, 50)
         ep.secure(s)
         s.connect(ep.sub)
