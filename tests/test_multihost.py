@@ -226,3 +226,18 @@ def test_remote_peer_is_not_judged_by_local_pids(keydir, monkeypatch):
         os.kill(inner, signal.SIGKILL)
         dead = h.expect_uevent("PEER_DEAD", timeout=10, name="idpf_eth")
         assert "no heartbeat" in dead["detail"]["reason"], dead
+
+
+def test_wrong_broker_key_fails_the_handshake_clearly(keydir, monkeypatch, tmp_path):
+    """A peer holding another broker's public key: EPERM naming the key dir, not a timeout."""
+    url = f"tcp://127.0.0.1:{free_ports()}"
+    with tcp_harness(monkeypatch, url) as h:
+        h.broker("--listen", url)
+        other = tmp_path / "other"
+        monkeypatch.setenv("AUXIPC_KEYS", str(other))
+        keys.create("broker")
+        keys.create("host2")
+        out = subprocess.run([sys.executable, "-m", "auxipc", "ls"], capture_output=True, text=True, timeout=30,
+                             env={**os.environ})
+        assert out.returncode == 1, out
+        assert "EPERM" in out.stderr and "handshake with the broker" in out.stderr and str(other) in out.stderr

@@ -83,10 +83,12 @@ MONITOR_EVENTS = zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED
 def refused(ep: Endpoints, event: dict) -> AuxError:
     """The error a peer fails with when the broker refuses its handshake."""
     from auxipc.keys import key_dir, key_name
-    how = (f"refused this host's key {key_name()!r}" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-           else "failed the CURVE handshake (wrong broker.key, or one side insecure)")
-    return AuxError(Errno.EPERM, f"the broker at {ep.where} {how} (error {event['value']}); keys in "
-                    f"{key_dir()}: admit this host's .key with 'auxipc keys admit' on the broker host")
+    if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return AuxError(Errno.EPERM, f"the broker at {ep.where} refused this host's key {key_name()!r} "
+                        f"(ZAP {event['value']}); keys in {key_dir()}: admit this host's .key with "
+                        "'auxipc keys admit' on the broker host")
+    return AuxError(Errno.EPERM, f"the handshake with the broker at {ep.where} failed: a broker.key in "
+                    f"{key_dir()} that is not the broker's, or one side --insecure and the other not")
 
 
 def monitor_event(monitor: zmq.Socket) -> dict:
