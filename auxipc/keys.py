@@ -139,3 +139,28 @@ def listing(path=None) -> dict:
         pairs.append({"name": f.stem, "public": public.decode(), "secret": (d / f"{f.stem}.key_secret").exists()})
     admitted = [{"name": n, "public": k.decode()} for k, n in authorized(path).items()]
     return {"dir": str(d), "pairs": pairs, "authorized": admitted, "peer_key": key_name()}
+
+
+# ---- a refused handshake, as a client sees it on its socket monitor ------------------
+
+def handshake_failed_events() -> int:
+    """The socket-monitor events of a failed ZMTP/CURVE handshake."""
+    import zmq
+    return (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def monitor_event(monitor) -> dict:
+    from zmq.utils.monitor import parse_monitor_message
+    return parse_monitor_message(monitor.recv_multipart())
+
+
+def refused(where: str, event: dict) -> AuxError:
+    """The error a client fails with when the broker at ``where`` refuses its handshake."""
+    import zmq
+    if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return AuxError(Errno.EPERM, f"the broker at {where} refused this host's key {key_name()!r} "
+                        f"(ZAP {event['value']}); keys in {key_dir()}: admit this host's .key with "
+                        "'auxipc keys admit' on the broker host")
+    return AuxError(Errno.EPERM, f"the handshake with the broker at {where} failed: a broker.key in "
+                    f"{key_dir()} that is not the broker's, or one side --insecure and the other not")

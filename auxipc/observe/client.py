@@ -28,8 +28,8 @@ class Client:
         self.monitor = None
         if self.ep.remote:
             # Over TCP a refused key shows on the monitor: fail with it, not a timeout.
-            from auxipc.runtime.transport import HANDSHAKE_FAILED
-            self.monitor = self.sock.get_monitor_socket(HANDSHAKE_FAILED)
+            from auxipc.keys import handshake_failed_events
+            self.monitor = self.sock.get_monitor_socket(handshake_failed_events())
         self.ep.secure(self.sock)
         self.sock.connect(self.ep.admin)
         self._r = itertools.count(1)
@@ -66,10 +66,10 @@ class Client:
         """Wait for the answer; over TCP a failed handshake raises at once."""
         if self.monitor is None:
             return bool(self.sock.poll(timeout * 1000))
-        from auxipc.runtime.transport import monitor_event, refused
+        from auxipc.keys import monitor_event, refused
         ready = dict(zmq.zmq_poll([(self.sock, zmq.POLLIN), (self.monitor, zmq.POLLIN)], int(timeout * 1000)))
         if self.monitor in ready:
-            raise refused(self.ep, monitor_event(self.monitor))
+            raise refused(self.ep.where, monitor_event(self.monitor))
         return self.sock in ready
 
     def query(self, op: str, **args) -> dict:

@@ -19,7 +19,7 @@ import zmq
 from zmq.backend import zmq_poll
 
 from proto import envelope as E
-from proto.errno import AuxError, Errno
+from auxipc.keys import handshake_failed_events, monitor_event, refused
 from auxipc.runtime.seam import DEALER, SUB
 from auxipc.runtime_dir import Endpoints
 
@@ -75,25 +75,8 @@ def peer_ident(role: str, name: str, host: str | None = None) -> bytes:
 # What a peer's DEALER monitor reports: a disconnect (the heartbeat thread takes the
 # broker as lost) and, over TCP, the CURVE handshake's outcome (a refused key fails
 # the registration at once instead of letting it time out).
-HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+HANDSHAKE_FAILED = handshake_failed_events()
 MONITOR_EVENTS = zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED
-
-
-def refused(ep: Endpoints, event: dict) -> AuxError:
-    """The error a peer fails with when the broker refuses its handshake."""
-    from auxipc.keys import key_dir, key_name
-    if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return AuxError(Errno.EPERM, f"the broker at {ep.where} refused this host's key {key_name()!r} "
-                        f"(ZAP {event['value']}); keys in {key_dir()}: admit this host's .key with "
-                        "'auxipc keys admit' on the broker host")
-    return AuxError(Errno.EPERM, f"the handshake with the broker at {ep.where} failed: a broker.key in "
-                    f"{key_dir()} that is not the broker's, or one side --insecure and the other not")
-
-
-def monitor_event(monitor: zmq.Socket) -> dict:
-    from zmq.utils.monitor import parse_monitor_message
-    return parse_monitor_message(monitor.recv_multipart())
 
 
 class Sockets:
@@ -194,7 +177,7 @@ class Heartbeat(threading.Thread):
                     while self.monitor.poll(0):
                         event = monitor_event(self.monitor)
                         self.lose("the broker's socket disconnected" if event["event"] == zmq.EVENT_DISCONNECTED
-                                  else refused(self.ep, event).message)
+                                  else refused(self.ep.where, event).message)
                 if sock in ready:
                     msg, _ = E.decode(sock.recv_multipart())
                     self.last_answer = time.monotonic()
@@ -308,7 +291,7 @@ class ZmqTransport:
         while monitor.poll(0):
             event = monitor_event(monitor)
             if event["event"] & HANDSHAKE_FAILED:
-                raise refused(self.ep, event)
+                raise refused(self.ep.where, event)
 
     def recv_dealer(self) -> list | None:
         return recv_ready(self._dealer)
