@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 _API = {
     # models and drivers
     "AuxDriver": "child.runtime:AuxDriver",
+    "AuxDeviceId": "child.runtime:AuxDeviceId",
     "ChildDevice": "child.runtime:ChildDevice",
     "ParentModel": "parent.runtime:ParentModel",
     "ParentDevice": "parent.runtime:ParentDevice",

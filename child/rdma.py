@@ -14,7 +14,7 @@ Journal records: ``probe``, ``qsets`` (teids per TC, errors), ``reset``, ``tc``,
 
 from __future__ import annotations
 
-from auxipc import ChildDevice, handler
+from auxipc import AuxDeviceId, ChildDevice, handler
 from proto.errno import AuxError
 from proto.events import Event, QsetParams
 
@@ -25,12 +25,14 @@ QS_HANDLE_BASE = 0x100       # the qs_handle of TC n is QS_HANDLE_BASE + n
 
 class Irdma(ReferenceDriver):
     name = "irdma"
-    id_table = ["ice.roce", "ice.iwarp"]
+    # One driver for both protocols: the entry that matched tells probe() which (driver_data).
+    id_table = [AuxDeviceId("ice.roce", "roce"), AuxDeviceId("ice.iwarp", "iwarp")]
     CALL_TIMEOUT = 5.0
 
-    def probe(self, adev: ChildDevice) -> int:
-        adev.data.update(qsets={}, num_tc=1, state="up", gen=0, crit_errs=0)
-        self.note(adev, "probe")
+    def probe(self, adev: ChildDevice, id: AuxDeviceId | None = None) -> int:
+        adev.data.update(qsets={}, num_tc=1, state="up", gen=0, crit_errs=0,
+                         protocol=id.driver_data if id is not None else None)
+        self.note(adev, "probe", protocol=adev.data["protocol"])
         adev.rt.call_later(0, lambda: self.sync_qsets(adev))
         return 0
 

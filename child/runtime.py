@@ -5,7 +5,8 @@ A driver is a class::
     class IdpfEth(AuxDriver):
         name = "idpf_eth"
         id_table = ["ixd.eth"]
-        def probe(self, adev): ...            # 0/None binds, -ENODEV/-ENXIO reject, -EPROBE_DEFER
+        def probe(self, adev, id): ...        # 0/None binds, -ENODEV/-ENXIO reject, -EPROBE_DEFER
+                                              # (id: the id_table entry that matched; optional)
         def remove(self, adev): ...           # optional; the device is unbound when it returns
         @handler(Event.RESET_WARN)
         def reset_warn(self, adev, warn): ... # quiesce, then return
@@ -17,7 +18,9 @@ never concurrently with another, and never after remove() returned.
 
 from __future__ import annotations
 
+import inspect
 import logging
+from typing import Any, NamedTuple
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno
@@ -28,11 +31,37 @@ from auxipc.runtime.peer import Runtime
 log = logging.getLogger("auxipc.child")
 
 
+class AuxDeviceId(NamedTuple):
+    """An id_table entry (struct auxiliary_device_id): the match name, and data of the
+    driver's own that probe() receives with the entry that matched."""
+    name: str
+    driver_data: Any = None
+
+
+def id_entries(drv: "AuxDriver") -> list[AuxDeviceId]:
+    """A driver's id_table as entries: a bare string is an entry without driver_data."""
+    return [AuxDeviceId(e) if isinstance(e, str) else AuxDeviceId(*e) for e in drv.id_table]
+
+
+def takes_id(probe) -> bool:
+    """Whether probe() takes the matched entry (``probe(self, adev, id)``, as the kernel's
+    ``probe(auxdev, id)``); ``probe(self, adev)`` is also accepted."""
+    try:
+        params = [p for p in inspect.signature(probe).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
 class AuxDriver:
     name: str = ""
-    id_table: list[str] = []
+    id_table: list = []     # match names, or AuxDeviceId(name, driver_data) / (name, driver_data)
+    # KBUILD_MODNAME of the module the driver is in: on the bus the driver is then named
+    # "<modname>.<name>" (mlx5_core.eth), so two modules may each have an "eth".
+    modname: str = ""
 
-    def probe(self, adev: "ChildDevice"):
+    def probe(self, adev: "ChildDevice", id: AuxDeviceId | None = None):
         return 0
 
     remove = None      # optional: def remove(self, adev)
@@ -45,12 +74,15 @@ class ChildDevice:
     """The auxiliary device as its driver sees it, from probe until remove returns."""
 
     def __init__(self, rt: "ChildRuntime", dev_id: int, name: str, driver: AuxDriver,
-                 parent_handles, parent_schema):
+                 parent_handles, parent_schema, attrs: dict | None = None):
         self.rt, self.dev_id, self.name, self.driver = rt, dev_id, name, driver
         self.match = name.rsplit(".", 1)[0]
+        # The id_table entry that matched (auxiliary_match_id), as probe() received it.
+        self.id = next((e for e in id_entries(driver) if e.name == self.match), None)
         self.topic = b"P:" + name.encode()     # where its async events go
         self.parent_handles = frozenset(parent_handles)
         self.parent_schema = tuple(parent_schema)
+        self.attrs: dict = dict(attrs or {})    # the device's attributes, as its parent set them
         self.bound = True
         self.data: dict = {}     # the driver's private state (dev_set_drvdata)
         self.refs = 0
@@ -95,6 +127,9 @@ class ChildRuntime(Runtime):
     locks_devices = True
 
     def __init__(self, drivers: list[AuxDriver], name: str | None = None, **kw):
+        for d in drivers:
+            if d.modname and not d.name.startswith(d.modname + "."):
+                d.name = f"{d.modname}.{d.name}"    # driver.name, as __auxiliary_driver_register sets it
         super().__init__(name or "+".join(d.name for d in drivers) or "child", **kw)
         self.drivers = {d.name: d for d in drivers}
         self.handlers = {d.name: collect_handlers(d, self.catalog) for d in drivers}
@@ -110,8 +145,12 @@ class ChildRuntime(Runtime):
         adev = self.devices.get(dev_id)
         return b"P:" + adev.name.encode() if adev is not None else None
 
+    def receiver_handles(self, dev_id: int) -> frozenset | None:
+        adev = self.devices.get(dev_id)
+        return adev.parent_handles if adev is not None else None
+
     def subscriptions(self) -> list[bytes]:
-        return sorted({f"C:{m}.".encode() for d in self.drivers.values() for m in d.id_table})
+        return sorted({f"C:{e.name}.".encode() for d in self.drivers.values() for e in id_entries(d)})
 
     def on_notice(self, msg) -> None:
         if isinstance(msg, E.Unbind) and msg.dev not in self.devices:
@@ -129,9 +168,10 @@ class ChildRuntime(Runtime):
         """auxiliary_driver_register: matching devices are probed before it returns."""
         task = self.task
         result, _ = self.request(lambda r: E.DrvRegister(
-            r=r, name=drv.name, task=task, id_table=tuple(drv.id_table), probe=callable(getattr(drv, "probe", None)),
+            r=r, name=drv.name, task=task, id_table=tuple(e.name for e in id_entries(drv)),
+            probe=callable(getattr(drv, "probe", None)),
             remove=callable(drv.remove), shutdown=callable(drv.shutdown),
-            handles=sorted(self.handlers[drv.name])), timeout=60.0, what=f"register driver {drv.name}")
+            handles=sorted(self.handlers[drv.name])), timeout=None, what=f"register driver {drv.name}")
         self.check(result, f"register driver {drv.name}")
         self.registered.append(drv.name)
         return result.d.get("probed", [])
@@ -139,7 +179,7 @@ class ChildRuntime(Runtime):
     def driver_unregister(self, drv: AuxDriver) -> None:
         """auxiliary_driver_unregister: remove() runs for every bound device first."""
         task = self.task
-        result, _ = self.request(lambda r: E.DrvUnregister(r=r, name=drv.name, task=task), timeout=60.0,
+        result, _ = self.request(lambda r: E.DrvUnregister(r=r, name=drv.name, task=task), timeout=None,
                                  what=f"unregister driver {drv.name}")
         self.check(result, f"unregister driver {drv.name}")
         self.registered.remove(drv.name)
@@ -238,10 +278,10 @@ class ChildRuntime(Runtime):
                 return 0, "adopted", None
         if self.faults.rules:
             self.fault_point("probe")
-        adev = ChildDevice(self, msg.dev, msg.name, drv, msg.parent_handles, msg.parent_schema)
+        adev = ChildDevice(self, msg.dev, msg.name, drv, msg.parent_handles, msg.parent_schema, msg.attrs)
         self.devices[msg.dev] = adev     # probe may already call the parent
         try:
-            rc = drv.probe(adev)
+            rc = drv.probe(adev, adev.id) if takes_id(drv.probe) else drv.probe(adev)
             e, _ = normalize_result(None, rc)
         except BaseException:
             self.devices.pop(msg.dev, None)

@@ -10,13 +10,23 @@ unplugs its aux device, resets and plugs it again; BEFORE/AFTER_TC_CHANGE when
 DCB changes, which here comes from the FW LLDP agent (``lldp=<seconds>`` in
 $AUXIPC_HW: the link partner's DCB is programmed that long after irdma binds);
 CRIT_ERR when the FW stops answering (SIGUSR1).
+
+The PF publishes its aux device under its own lock and unpublishes it there
+before deleting it, as ice does with ``pf->adev`` under ``pf->adev_mutex``
+(``mutex:ice.adev_mutex`` here): an event goes out only under the mutex and only
+to a published device (``ice_send_event_to_aux``: adev_mutex, then device_lock);
+``ice_unplug_aux_dev`` takes the mutex only to clear the pointer, then deletes
+outside it, since delete waits for device_lock (held by a delivery that holds the
+mutex) and irdma's remove() calls back into the PF.
 """
 
 from __future__ import annotations
 
+from proto.errno import AuxError
 from proto.events import CritErr, Event
 
 from .nic import NicParent
+from .runtime import ParentDevice
 
 OICR_FW_HANG = 0x4000_0000      # the error-cause bit irdma is told about
 
@@ -42,9 +52,40 @@ class Ice(NicParent):
     virtchnl = None
     post_config_done = None
 
+    ADEV_MUTEX = "mutex:ice.adev_mutex"
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.published: dict[str, ParentDevice] = {}      # pf->adev, under ADEV_MUTEX
+
+    def publish(self, adev: ParentDevice) -> None:
+        """ice_plug_aux_dev: pf->adev set under adev_mutex, after init and before add."""
+        with self.rt.lock(self.ADEV_MUTEX):
+            self.published[adev.short] = adev
+
+    def unpublish(self, adev: ParentDevice) -> None:
+        """ice_unplug_aux_dev: pf->adev cleared under adev_mutex; the delete and uninit that
+        follow (NicParent.unplug) run outside it."""
+        with self.rt.lock(self.ADEV_MUTEX):
+            if self.published.get(adev.short) is adev:
+                del self.published[adev.short]
+                self.note("unpublish", dev=adev.name)
+
+    def _call(self, adev: ParentDevice, event, payload=None) -> None:
+        """ice_send_event_to_aux: under adev_mutex, to a published device only."""
+        with self.rt.lock(self.ADEV_MUTEX):
+            if self.published.get(adev.short) is not adev:
+                self.note("skip_unpublished", dev=adev.name, event=Event(event).name)
+                return
+            super()._call(adev, event, payload)
+
     def fw_health(self, hung: bool) -> None:
         if not hung:
             return
-        for adev in self.bound():
-            if adev.supports(Event.CRIT_ERR):
-                adev.notify(Event.CRIT_ERR, CritErr(reg=OICR_FW_HANG))
+        with self.rt.lock(self.ADEV_MUTEX):
+            for adev in self.published.values():
+                if adev.bound and adev.supports(Event.CRIT_ERR):
+                    try:
+                        adev.notify(Event.CRIT_ERR, CritErr(reg=OICR_FW_HANG))
+                    except AuxError as exc:
+                        self.note("child_error", dev=adev.name, event="CRIT_ERR", error=exc.name)

@@ -76,7 +76,10 @@ class NicParent(NicHandlers, ParentModel):
     # ---- the PCI probe and remove ----
 
     def device_specs(self) -> list[tuple[str, int]]:
-        return [(kind, i) for i in range(self.count) for kind in self.KINDS]
+        # Ids from this instance's index, as drivers number a PCI function's devices from
+        # an IDA: a second instance of the model adds ixd.eth.1 (or ixd.eth.N..2N-1).
+        base = self.index * self.count
+        return [(kind, base + i) for i in range(self.count) for kind in self.KINDS]
 
     def probe(self) -> None:
         self.hw.mbx.m.fire("init")          # the FW is up when the driver loads
@@ -100,6 +103,8 @@ class NicParent(NicHandlers, ParentModel):
                     adev.call(Event.PREPARE_DETACH, PrepareDetach(reason=DetachReason.UNLOAD), timeout=1.0)
                 except AuxError as exc:
                     log.warning("PREPARE_DETACH %s: %s", adev.name, exc)
+        for adev in list(self.rt.devices.values()):
+            self.unpublish(adev)
         super().remove()
 
     def plug(self, name: str, i: int) -> ParentDevice:
@@ -107,15 +112,25 @@ class NicParent(NicHandlers, ParentModel):
         adev.init()
         if name in LINK_KINDS:
             self.send_link(adev)            # kept for the driver that binds (state replay)
+        self.publish(adev)
         try:
             driver = adev.add()
         except AuxError:
+            self.unpublish(adev)
             adev.uninit()                   # a failed add still needs uninit
             raise
         self.note("plug", dev=adev.name, driver=driver)
         return adev
 
+    def publish(self, adev: ParentDevice) -> None:
+        """Make an initialized device known to the rest of the driver (before add, as ice
+        sets pf->adev); a model with a lock for it overrides this (ice.py)."""
+
+    def unpublish(self, adev: ParentDevice) -> None:
+        """Forget a device before deleting it (see ``publish``)."""
+
     def unplug(self, adev: ParentDevice) -> None:
+        self.unpublish(adev)
         if adev.state == "added":
             adev.delete()
         if adev.state in ("initialized", "deleted"):

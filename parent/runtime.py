@@ -36,8 +36,10 @@ log = logging.getLogger("auxipc.parent")
 class ParentDevice:
     """An auxiliary_device owned by this parent."""
 
-    def __init__(self, rt: "ParentRuntime | None", name: str, id: int, release: Callable | None = None):
+    def __init__(self, rt: "ParentRuntime | None", name: str, id: int, release: Callable | None = None,
+                 attrs: dict | None = None):
         self.rt, self.short, self.id, self.release_cb = rt, name, id, release
+        self.attrs: dict = dict(attrs or {})   # sysfs/udev attributes: set before add(), as drivers expect
         self.dev_id = 0
         self.name = ""            # full name, known after init
         self.topic = b""
@@ -52,7 +54,7 @@ class ParentDevice:
         self.data: dict = {}
         self.early: list[EventsIn] = []   # async events that beat the BIND notice here (other socket)
 
-    def _req(self, make, what: str, timeout: float = 30.0) -> dict:
+    def _req(self, make, what: str, timeout: float | None = 30.0) -> dict:
         result, _ = self.rt.request(make, timeout=timeout, what=what)
         self.rt.check(result, what)
         return result.d
@@ -74,14 +76,20 @@ class ParentDevice:
         """auxiliary_device_add: returns the bound driver's name (or None). On error
         the caller still owns the device and must uninit() it."""
         task = self.rt.task
-        d = self._req(lambda r: E.DevAdd(r=r, dev=self.dev_id, task=task), f"auxiliary_device_add {self.name}")
+        # No deadline: add returns once probe() did, however long it takes (the broker
+        # reports a hung probe; a dead driver process ends it).
+        d = self._req(lambda r: E.DevAdd(r=r, dev=self.dev_id, task=task, attrs=self.attrs),
+                      f"auxiliary_device_add {self.name}", timeout=None)
         self.state = DeviceState.ADDED
         return d.get("driver")
 
     def delete(self) -> None:
         """auxiliary_device_delete: unbinds synchronously."""
         task = self.rt.task
-        self._req(lambda r: E.DevDelete(r=r, dev=self.dev_id, task=task), f"auxiliary_device_delete {self.name}")
+        # No deadline: delete returns once remove() did (auxiliary_device_delete cannot
+        # return before it); the broker reports a hung remove.
+        self._req(lambda r: E.DevDelete(r=r, dev=self.dev_id, task=task), f"auxiliary_device_delete {self.name}",
+                  timeout=None)
         self.state = DeviceState.DELETED
         self.driver = None
 
@@ -148,8 +156,16 @@ class ParentModel:
     def __init__(self):
         self.rt: ParentRuntime | None = None
 
-    def device(self, name: str, id: int = 0, release: Callable | None = None) -> ParentDevice:
-        return ParentDevice(self.rt, name, id, release)
+    def device(self, name: str, id: int = 0, release: Callable | None = None,
+               attrs: dict | None = None) -> ParentDevice:
+        return ParentDevice(self.rt, name, id, release, attrs)
+
+    @property
+    def index(self) -> int:
+        """This instance's index among the running instances of its model (0 when alone),
+        from the bus, as a driver's IDA numbers its PCI functions: number the aux devices
+        from it so that two instances do not clash (``ixd.eth.0``, ``ixd.eth.1``)."""
+        return self.rt.index
 
     def probe(self) -> None:
         """PCI probe: create, init and add the auxiliary devices."""
@@ -175,10 +191,11 @@ class ParentModel:
 class ParentRuntime(Runtime):
     role = "parent"
 
-    def __init__(self, model: ParentModel, **kw):
+    def __init__(self, model: ParentModel, instance: str = "", **kw):
         if not model.modname:
             raise AuxError(Errno.EINVAL, f"{type(model).__name__}: modname is empty")
         super().__init__(model.modname, **kw)
+        self.instance = instance
         self.model = model
         model.rt = self
         self.handlers = collect_handlers(model, self.catalog)
@@ -191,6 +208,18 @@ class ParentRuntime(Runtime):
     def topic_for(self, dev_id: int) -> bytes | None:
         adev = self.devices.get(dev_id)
         return b"C:" + adev.name.encode() if adev is not None and adev.bound else None
+
+    def receiver_handles(self, dev_id: int) -> frozenset | None:
+        adev = self.devices.get(dev_id)
+        return adev.child_handles if adev is not None and adev.bound else None
+
+    @property
+    def index(self) -> int:
+        """This instance's index among the instances of its model (the bus allocates it)."""
+        return self.welcome.get("index") or 0
+
+    def restore_state(self) -> dict:
+        return {"index": self.welcome["index"]} if self.welcome.get("index") is not None else {}
 
     def subscriptions(self) -> list[bytes]:
         return [f"P:{self.model.modname}.".encode()]

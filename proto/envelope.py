@@ -48,6 +48,7 @@ class Msg(IntEnum):
     DEV_GET = 24
     DEV_PUT = 25
     DEV_PM = 26
+    DEV_FIND = 29
     LOCK = 27
     UNLOCK = 28
     CALL = 30
@@ -97,7 +98,8 @@ def codes(**kw):
 
 @header(Msg.REGISTER)
 class Register(Header):
-    """First message of a peer; answered by RESULT with {peer, incarnation, epoch, hb_ivl_ms, hb_liveness}."""
+    """First message of a peer; answered by RESULT with {peer, incarnation, epoch, hb_ivl_ms, hb_liveness,
+    index}: a parent's index among the instances of its model (the lowest free, or restore.index)."""
     r = REQ_ID
     role = Str(max_len=16, doc="'parent' or 'child'")
     name = Str(max_len=64, doc="the model (parent) or the process's name (child)")
@@ -107,6 +109,7 @@ class Register(Header):
     schema = Array(Int(0, 65535), length=2)
     handles = codes(default=(), doc="event codes this peer handles")
     restore = Map(default={}, doc="after a broker restart: what this peer had (a child: bound devices)")
+    instance = Str(max_len=64, default="", doc="a parent's identity among instances of its model (a PCI address)")
 
 
 @header(Msg.UNREGISTER)
@@ -163,6 +166,7 @@ class DevAdd(Header):
     r = REQ_ID
     dev = Int(0, 2**53)
     task = Str(max_len=128, default="", doc="the task (call chain) this runs in; lockdep's unit")
+    attrs = Map(default={}, doc="the device's attributes (sysfs, udev), set before a driver binds")
 
 
 @header(Msg.DEV_DELETE)
@@ -185,6 +189,17 @@ class DevGet(Header):
     """get_device from either side; answered {refcount}."""
     r = REQ_ID
     dev = Int(0, 2**53)
+    added = Bool(default=False, doc="only a device still on the bus (auxiliary_find_device), else -ENODEV")
+
+
+@header(Msg.DEV_FIND)
+class DevFind(Header):
+    """The devices on the bus (added), in the order they were added, that have this full
+    name or match name (every one when both are empty): answered {devices: [{dev, name,
+    match, parent, driver}]}, no reference taken (auxiliary_find_device takes one with DEV_GET)."""
+    r = REQ_ID
+    name = Str(max_len=160, default="")
+    match = Str(max_len=160, default="")
 
 
 @header(Msg.DEV_PUT)
@@ -279,6 +294,7 @@ class Probe(Header):
     adopt = Bool(default=False, doc="the child had this device bound before a broker restart: "
                                     "take it back without calling probe() again")
     task = Str(max_len=128, default="", doc="the task (call chain) this runs in; lockdep's unit")
+    attrs = Map(default={}, doc="the device's attributes, as its parent set them before add")
 
 
 @header(Msg.REMOVE)

@@ -156,8 +156,8 @@ class Bus(Harness):
         self.client = Client(self.root)
         return self.broker
 
-    def parent(self, model: str = "tests.models:Pair", **env) -> Proc:    # type: ignore[override]
-        return self._start("parent", ["--model", model], env)
+    def parent(self, model: str = "tests.models:Pair", *args: str, **env) -> Proc:    # type: ignore[override]
+        return self._start("parent", ["--model", model, *args], env)
 
     def child(self, *drivers: str, **env) -> Proc:    # type: ignore[override]
         cmd = [x for d in (drivers or ("tests.models:Rec",)) for x in ("--driver", d)]
@@ -247,10 +247,10 @@ class Bus(Harness):
 def _bus_factory(label: str, logdir: Path):
     buses: list[Bus] = []
 
-    def make(hb_ivl: float = 0.1, hb_liveness: int = HB_LIVENESS, **kw) -> Bus:
+    def make(hb_ivl: float = 0.1, hb_liveness: int = HB_LIVENESS, broker_args: tuple = (), **kw) -> Bus:
         b = Bus(label + (f"-{len(buses)}" if buses else ""), logdir, **kw)
         buses.append(b)
-        b.start_broker(hb_ivl, hb_liveness)
+        b.start_broker(hb_ivl, hb_liveness, *broker_args)
         return b
 
     def close() -> None:
@@ -261,8 +261,8 @@ def _bus_factory(label: str, logdir: Path):
 
 @pytest.fixture
 def make_bus(request, tmp_path):
-    """``make_bus(hb_ivl=0.1, hb_liveness=5, fresh_dir=False, mode=None) -> Bus``; every bus
-    is torn down."""
+    """``make_bus(hb_ivl=0.1, hb_liveness=5, broker_args=(), fresh_dir=False, mode=None) -> Bus``;
+    every bus is torn down."""
     make, close = _bus_factory(_label(request.node.name), tmp_path)
     yield make
     close()

@@ -28,6 +28,10 @@ process started by the fixtures (tests/conftest.py):
     (``adev.get()``); every held reference is put by the next RESET_WARN.
 ``AXT_DEFERS``
     How many times ``Defer`` returns -EPROBE_DEFER per device before binding.
+``AXT_PROBE_SLOW``
+    Seconds ``SlowProbe``'s probe() takes (``time.sleep``), logging probe / probe-end.
+``AXT_NEEDS``
+    ``Needs`` defers the probe of every device until this device is bound in its process.
 
 Parent ``Pair`` handlers:
 - SET_MAC (sync): replies ``filter_id = addr[5]``;
@@ -140,6 +144,32 @@ class Pair(ParentModel):
         log("POST_CONFIG", dev=adev.name, vport_id=cfg.vport_id, mtu=cfg.mtu)
 
 
+class Leaky(Pair):
+    """Its PCI remove() returns with its devices still added (and not uninit'd): the bus
+    cleans up after it, and reports it (the kernel's use-after-free)."""
+
+    def remove(self) -> None:
+        log("remove-returns", devices=[a.name for a in self.rt.devices.values() if a.state == "added"])
+
+
+class EarlyUninit(Pair):
+    """Its PCI remove() uninits each device before deleting it (a put, in the kernel)."""
+
+    def remove(self) -> None:
+        for adev in list(self.rt.devices.values()):
+            adev.uninit()
+            log("uninit-done", dev=adev.name)
+            adev.delete()
+            log("delete-done", dev=adev.name)
+
+
+class WithAttrs(Pair):
+    """Pair whose devices carry attributes, set before add (a subfunction number, a role)."""
+
+    def device(self, name, id=0, release=None, attrs=None):
+        return super().device(name, id, release, {"sfnum": id + 3, "role": "uplink", "trusted": True})
+
+
 class Dup(Pair):
     """Adds ``tp.eth.0`` twice: the second add fails -EEXIST, is logged and uninit."""
 
@@ -169,6 +199,8 @@ class Rec(AuxDriver):
 
     def probe(self, adev):
         log("probe", dev=adev.name, driver=self.name)
+        if adev.attrs:
+            log("attrs", dev=adev.name, attrs=adev.attrs)
         if adev.match in self.hold:
             refcount = adev.get()
             self.held.append(adev)
@@ -268,3 +300,114 @@ class RecShutdown(Rec):
 
     def shutdown(self, adev) -> None:
         log("shutdown", dev=adev.name, driver=self.name)
+
+
+class SlowProbe(Rec):
+    """probe() sleeps $AXT_PROBE_SLOW seconds (default 1): calls to the device meanwhile wait."""
+
+    name = "t_slowprobe"
+
+    def probe(self, adev):
+        log("probe", dev=adev.name, driver=self.name)
+        time.sleep(float(os.environ.get("AXT_PROBE_SLOW", "1")))
+        log("probe-end", dev=adev.name, driver=self.name)
+        return 0
+
+
+class Needs(Rec):
+    """probe() returns -EPROBE_DEFER until the device $AXT_NEEDS is bound in this process
+    (an RDMA driver waiting for its netdev sibling)."""
+
+    name = "t_needs"
+
+    def probe(self, adev):
+        need = os.environ.get("AXT_NEEDS", "")
+        if not any(d.name == need for d in adev.rt.devices.values() if d is not adev):
+            log("probe", dev=adev.name, driver=self.name, result="defer")
+            return -Errno.EPROBE_DEFER
+        return super().probe(adev)
+
+
+class ResetOnly(AuxDriver):
+    """Binds ``ixd.eth`` and declares only RESET_WARN (not LINK_CHANGE); its remove()
+    logs what its runtime counted of async events."""
+
+    name = "t_reset_only"
+    id_table = ["ixd.eth"]
+
+    def probe(self, adev):
+        return 0
+
+    def remove(self, adev) -> None:
+        stats = adev.rt.stats
+        log("remove-stats", dev=adev.name, unhandled=stats["async_unhandled"], delivered=stats["async_delivered"])
+
+    @handler(Event.RESET_WARN)
+    def reset_warn(self, adev, warn) -> int:
+        log("RESET_WARN", dev=adev.name)
+        return 0
+
+
+def _ixd():
+    from parent.ixd import Ixd
+    return Ixd
+
+
+class IxdCounting(_ixd()):
+    """The reference ixd model, logging its runtime's replay counters at its PCI remove."""
+
+    def remove(self) -> None:
+        stats = self.rt.stats
+        log("parent-stats", replayed=stats["state_replayed"], undeclared=stats["async_undeclared"])
+        super().remove()
+
+
+class WithIds(Rec):
+    """id_table entries carry driver_data; probe(adev, id) logs the entry that matched."""
+
+    name = "t_ids"
+
+    def __init__(self):
+        super().__init__()
+        from child.runtime import AuxDeviceId
+        self.id_table = [AuxDeviceId("tp.eth", {"queues": 4}), ("tp.rdma", "roce")]
+
+    def probe(self, adev, id):
+        log("probe", dev=adev.name, driver=self.name, id=id.name, driver_data=id.driver_data)
+        return 0
+
+
+class Finder(Rec):
+    """Binds ``tp.rdma`` and, in probe(), finds its sibling ``tp.eth.0`` with
+    auxiliary_find_device (a match callback), holding the reference until remove()."""
+
+    name = "t_finder"
+
+    def __init__(self):
+        super().__init__()
+        self.id_table = ["tp.rdma"]
+        self.found = {}
+
+    def probe(self, adev):
+        want = adev.name.replace(".rdma.", ".eth.")
+        dev = adev.rt.find_device(lambda info, data: info.name == data, want)
+        none = adev.rt.find_device(match_name="tp.nothing")
+        log("found", dev=adev.name, sibling=dev.name if dev else None, none=none)
+        if dev is not None:
+            self.found[adev.name] = dev
+        return 0
+
+    def remove(self, adev) -> None:
+        dev = self.found.pop(adev.name, None)
+        if dev is not None:
+            log("put", dev=dev.name, refcount=dev.put())
+
+
+class Eth(Rec):
+    """A driver named ``eth`` in module $AXT_MODNAME: ``<modname>.eth`` on the bus."""
+
+    name = "eth"
+
+    def __init__(self):
+        super().__init__()
+        self.modname = os.environ.get("AXT_MODNAME", "")

@@ -236,8 +236,8 @@ def test_no_event_delivered_concurrently_with_remove(bus):
     "library bug: the runtime serves requests for other devices nested inside a handler that "
     "waits (auxipc/runtime/peer.py Runtime.pump, dispatch.py Dispatch.deliver), so the waiting handler cannot return until "
     "the nested one does; when the nested one needs the outer one to finish (here: a delete "
-    "that waits for device_lock), both stall until a deadline, and remove() runs after "
-    "delete() returned once REMOVE_TIMEOUT passes"))
+    "that waits for device_lock), both stall until the nested request's deadline, and only "
+    "then can remove() run (it has no deadline: delete() waits for it)"))
 def test_handler_waiting_on_one_device_does_not_stall_another(bus):
     """tp.eth.0's RESET_WARN handler waits 1.5 s (pumping, as in a sync call); meanwhile
     the child asks, on tp.rdma.0, for a reset that deletes tp.eth.0. As in the kernel

@@ -127,7 +127,9 @@ def test_probe_defer_is_retried_until_bound(bus):
     assert seq(bus.uevents(), "tp.eth.0") == [
         ("ADD", "tp.eth.0", ""),
         ("PROBE_DEFER", "tp.eth.0", "t_defer"),
+        ("DEFERRED_PROBE", "tp.eth.0", ""),        # the retry timer (nothing else binds)
         ("PROBE_DEFER", "tp.eth.0", "t_defer"),
+        ("DEFERRED_PROBE", "tp.eth.0", ""),
         ("BIND", "tp.eth.0", "t_defer"),
     ]
     assert [r.get("result") for r in child.records("probe")] == ["defer", "defer", None]
@@ -184,7 +186,10 @@ def test_duplicate_device_name_is_eexist(bus):
     snap = bus.ls()
     assert [(d["name"], d["state"]) for d in snap["devices"]] == [("tp.eth.0", "added")]
     # One ADD; the failed device was released by its uninit (the caller frees on failure).
-    assert bus.actions("tp.eth.0") == ["ADD", "RELEASE"]
+    # It was never named (add names a device): its RELEASE says what add would have named it.
+    assert bus.actions("tp.eth.0") == ["ADD"]
+    [release] = [e for e in bus.uevents() if e["action"] == "RELEASE"]
+    assert (release["dev"], release["detail"]["never_added"]) == ("", "tp.eth.0")
 
     # Another parent process of the same module (the same peer name) is refused at
     # REGISTER, like a module loaded twice: it can never add a name of the first.

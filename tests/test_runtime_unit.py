@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import pytest
 
-from proto import envelope as E
-from proto.errno import AuxError, Errno
-from proto.events import Event, LinkChange, PostConfig, ResetType, ResetWarn, SetMac, SetMacReply
 from auxipc.runtime.dispatch import BrokerLost
 from auxipc.runtime.handlers import handler
 from auxipc.runtime.memory import MemoryTransport, Starved
 from auxipc.states import DeviceState
 from child.runtime import AuxDriver, ChildRuntime
 from parent.runtime import ParentModel, ParentRuntime
+from proto import envelope as E
+from proto.errno import AuxError, Errno
+from proto.events import Event, LinkChange, PostConfig, ResetType, ResetWarn, SetMac, SetMacReply
 
 RESET_WARN, SET_MAC, LINK = int(Event.RESET_WARN), int(Event.SET_MAC), int(Event.LINK_CHANGE)
 POST_CONFIG = int(Event.POST_CONFIG)
@@ -345,6 +345,20 @@ def test_parent_serves_a_child_call_with_rtnl_held(parent, broker):
     res = broker.answer(r)
     assert res.e == 0 and model.links == [("set_mac", "ut.eth.0")]
     assert rt.contexts.held == {"rtnl": []}
+
+
+def test_parent_replays_to_a_driver_only_what_it_declared(parent, broker):
+    """The NULL check at the sender: the link state is not replayed to a driver that
+    declared only RESET_WARN; the event is counted, not sent."""
+    rt, model = parent
+    adev = model.eth
+    with pytest.raises(AuxError):
+        adev.notify(Event.LINK_CHANGE, LinkChange(up=True, speed_mbps=100))
+    rt.tr.to_peer.append(E.encode(E.Bind(dev=1, driver="ut_eth", inc=3, handles=(int(Event.RESET_WARN),))))
+    serve_all(rt)
+    rt.flush_events()
+    assert [f for f in rt.tr.published if f[0] == b"C:ut.eth.0"] == []
+    assert (rt.stats["state_replayed"], rt.stats["async_undeclared"]) == (0, 1)
 
 
 def test_a_restore_the_broker_cut_short_is_retried_at_the_next_registration(parent, broker, monkeypatch):

@@ -5,8 +5,8 @@ it forwards by hand) on a fresh runtime dir."""
 
 from __future__ import annotations
 
-import zmq
 import pytest
+import zmq
 
 from auxipc.runtime.memory import MemoryTransport
 from auxipc.runtime.seam import DEALER, SUB

@@ -2,10 +2,15 @@
 
 ``Bus`` takes decoded messages (``handle(ident, header, payload_frame)``) and the
 passage of time (``tick()``), and leaves what to send in ``outbox`` (to a routing
-id) and ``published`` (bus notifications). The broker process (``broker.py``)
+id) and ``published`` (bus notifications). The broker process (``server.py``)
 drives it with real sockets; unit tests drive it directly.
 
-Rules it enforces (see docs/protocol.md and kernel-semantics.md):
+``Bus`` holds the tables, the plumbing (outbox, timers, pending requests,
+faults) and the peers; its parts do the rest and see it only through
+``records.Host``: ``Binding`` (binding.py, the driver core), ``Devices``
+(devices.py, device lifetimes) and ``Calls`` (calls.py, sync calls and locks).
+
+Rules it enforces (see docs/protocol.md and docs/conformance.md):
 - devices: init (name required) -> add (``<modname>.<name>.<id>``, -EEXIST on a
   duplicate, binds at once) -> delete (unbinds synchronously) -> release at the
   last put;
@@ -19,12 +24,12 @@ Rules it enforces (see docs/protocol.md and kernel-semantics.md):
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
+import math
 from collections import Counter, deque
-from dataclasses import dataclass, field
-from typing import Callable
+from functools import partial
+from typing import Any, Callable
 
 from proto import envelope as E
 from proto.errno import AuxError, Errno
@@ -32,109 +37,45 @@ from proto.events import CATALOG, Catalog
 from auxipc.runtime_dir import remote_host
 from auxipc.broker.binding import Binding
 from auxipc.broker.calls import Calls
-from auxipc.broker.lifecycle import PeerState, peer_machine
+from auxipc.broker.devices import Devices
+from auxipc.broker.lifecycle import PeerEvent, peer_machine
+from auxipc.broker.lockdep import LockDep
+from auxipc.broker.records import Adopted, Device, Driver, Peer, Pending, device_name, match_name
+from auxipc.broker.timers import Timer, Timers
 from auxipc.faults import FaultPlan, FaultRule, corrupt
-from auxipc.broker.lockdep import Lock, LockDep
 
 log = logging.getLogger("auxipc.broker")
 
-def match_name(device_name: str) -> str:
-    """The name a driver's id_table is compared with: the device name cut at its last '.'."""
-    return device_name.rsplit(".", 1)[0]
+# The kernel's hung-task detector reports a task blocked for hung_task_timeout_secs
+# (120 by default); the emulator's remove() has no deadline and is reported sooner.
+HUNG_TASK_SECS = 10.0
+
+def _fault_msg(rules: list, rid: int) -> E.Header:
+    return E.Fault(r=rid, rules=rules)
 
 
-def device_name(modname: str, name: str, dev_id: int) -> str:
-    # auxiliary_device_add formats the id with %d: ids >= 2^31 print negative.
-    signed = dev_id - 2**32 if dev_id >= 2**31 else dev_id
-    return f"{modname}.{name}.{signed}"
+def _ignore(*_) -> None:
+    """An answer nobody waits for."""
 
 
-# Enum members looked up as class attributes cost a metaclass call each time; the
-# hot path compares with module constants.
-ALIVE = PeerState.ALIVE
+__all__ = ["Bus", "Device", "Driver", "Peer", "Pending", "device_name", "match_name"]
 
 
-@dataclass(eq=False, slots=True)
-class Peer:
-    ident: bytes
-    role: str
-    name: str
-    pid: int
-    start_time: int
-    inc: int
-    schema: tuple
-    handles: frozenset
-    last_seen: float
-    machine: object = None
-    drivers: list = field(default_factory=list)
-    devices: list = field(default_factory=list)
-    holding: Counter = field(default_factory=Counter)
-    slow_calls: int = 0
-    adopt: dict = field(default_factory=dict)     # device name -> (driver, refs) held before a broker restart
+class Bus:
+    """The host of the bus's parts: the driver core (``binding``), device lifetimes
+    (``lifetime``) and call routing (``calls``) see it through ``records.Host``."""
 
-    @property
-    def label(self) -> str:
-        return f"{self.role} {self.name}[{self.pid}]#{self.inc}"
-
-    @property
-    def alive(self) -> bool:
-        return self.machine.state is ALIVE
-
-
-@dataclass(eq=False, slots=True)
-class Driver:
-    name: str
-    peer: Peer
-    id_table: tuple
-    handles: frozenset
-    has_remove: bool
-    has_shutdown: bool
-
-
-@dataclass(eq=False, slots=True)
-class Device:
-    dev_id: int
-    parent: Peer
-    short: str
-    id: int
-    name: str
-    has_release: bool
-    life: object
-    bind: object
-    lock: Lock = None
-    driver: Driver | None = None
-    refs: Counter = field(default_factory=Counter)
-    defer_delay: float = 0.0
-    last_error: str = ""
-    last_probe: int = 0
-
-    @property
-    def refcount(self) -> int:
-        return sum(self.refs.values())
-
-
-@dataclass(eq=False, slots=True)
-class Pending:
-    """A request the broker sent to a peer and still owes an answer for. ``what``
-    describes it in error messages: a string, or an object formatted only when one
-    is written (a sync call describes itself, saving a string per call)."""
-    rid: int
-    callee: Peer
-    deadline: float
-    on_result: Callable[[int, str, bytes | None, dict], None]
-    what: object
-    sent: float
-    timer: list | None = None
-
-
-class Bus(Binding, Calls):
     def __init__(self, clock: Callable[[], float], epoch: int, catalog: Catalog = CATALOG,
-                 hb_ivl: float = 0.25, hb_liveness: int = 3):
+                 hb_ivl: float = 0.25, hb_liveness: int = 3, hung_task_secs: float = HUNG_TASK_SECS):
         self.clock, self.epoch, self.catalog = clock, epoch, catalog
         self.hb_ivl, self.hb_liveness = hb_ivl, hb_liveness
+        self.hung_task_secs = hung_task_secs
+        # What the kernel would WARN or print about (a hung remove, devices left behind by
+        # their parent): kept for ``ls``, sent as WARN uevents and trace records.
+        self.warnings: deque = deque(maxlen=1000)
         self.peers: dict[bytes, Peer] = {}          # main routing id -> peer
         self.hb_idents: dict[bytes, Peer] = {}      # heartbeat routing id -> peer
-        self.named: dict[tuple[str, str], Peer] = {}    # (role, name) -> its latest peer
+        self.named: dict[tuple[str, str, str], Peer] = {}    # (role, name, instance) -> its latest peer
         self.drivers: dict[str, Driver] = {}
         self.devices: dict[int, Device] = {}
         self.by_name: dict[str, Device] = {}        # added devices only
@@ -145,29 +86,49 @@ class Bus(Binding, Calls):
         self.on_output: Callable[[], None] = lambda: None
         self.published: list[list[bytes]] = []
         self.uevents: deque = deque(maxlen=20000)
-        self.stats = Counter()
-        self._ids = itertools.count(1)
+        self.stats: Counter[str] = Counter()
+        self.next_id: Callable[[], int] = itertools.count(1).__next__    # request, device and rule ids
         self._incs = itertools.count(1)
         self._seq = itertools.count(1)
-        self._timers: list = []
-        self._cancelled = 0     # cancelled timers still in the heap (a call's deadline, mostly)
-        self._tseq = itertools.count()
+        self.timers = Timers()
         self.lockdep = LockDep(self._lockdep_report)
         self.faults = FaultPlan()
         self.tracing = True     # the broker clears it while nobody subscribes to 'trace'
         # Whether a peer's process (pid, start time) still runs; the broker reads /proc.
         self.process_alive: Callable[[int, int], bool] = lambda pid, start_time: True
         self._held_back: dict[bytes, list] = {}    # reorder faults: frames held until the next send
-        self.lock_ops: dict = {}      # (task, lock name) -> LockedOp of a granted or queued LOCK
         self._hb_echo = E.encode(E.Heartbeat(epoch=epoch))    # the same frames every time
         self._hb_due = 0.0            # no peer's heartbeat can expire before this time
-        self._handlers = {            # message type -> handler(peer, msg); RESULT and CALL come first
-            E.DrvRegister: self.driver_register, E.DrvUnregister: self.driver_unregister,
-            E.DevInit: self.dev_init, E.DevAdd: self.dev_add, E.DevDelete: self.dev_delete,
-            E.DevUninit: self.dev_uninit, E.DevGet: self.dev_get, E.DevPut: self.dev_put, E.DevPm: self.dev_pm,
-            E.LockReq: self.lock_req, E.Resync: self.resync, E.UnlockReq: self.unlock_req,
+        self.binding = Binding(self)
+        self.lifetime = Devices(self, self.binding)
+        self.calls = Calls(self)
+        b, d, c = self.binding, self.lifetime, self.calls
+        self._handlers: dict[type, Callable[[Peer, Any], None]] = {   # message type -> handler(peer, msg)
+            E.DrvRegister: b.driver_register, E.DrvUnregister: b.driver_unregister,
+            E.DevInit: d.dev_init, E.DevAdd: d.dev_add, E.DevDelete: d.dev_delete,
+            E.DevUninit: d.dev_uninit, E.DevGet: d.dev_get, E.DevPut: d.dev_put, E.DevPm: self.dev_pm,
+            E.DevFind: d.dev_find,
+            E.LockReq: c.lock_req, E.Resync: c.resync, E.UnlockReq: c.unlock_req,
             E.Unregister: self.unregister,
         }
+        self._on_result, self._call = c.on_result, c.call
+
+    # ---- the driver core, for the broker's control socket ---------------------------
+
+    def bind_device(self, name: str, driver: str, done: Callable[[int, str], None]) -> None:
+        self.binding.bind_device(name, driver, done)
+
+    def unbind_device(self, name: str, done: Callable[[int, str], None], driver: str = "") -> None:
+        self.binding.unbind_device(name, done, driver)
+
+    def shutdown_all(self, done: Callable[[], None]) -> None:
+        self.binding.shutdown_all(done)
+
+    def leaks(self) -> list[dict]:
+        return self.lifetime.leaks()
+
+    def dev_pm(self, peer: Peer, msg: E.DevPm) -> None:
+        self.binding.dev_pm(peer, self.lifetime.own(peer, msg.dev), msg)
 
     # ---- plumbing ---------------------------------------------------------------
 
@@ -183,7 +144,7 @@ class Bus(Binding, Calls):
     # ---- fault injection ----------------------------------------------------------------
 
     def add_fault(self, rule: FaultRule) -> FaultRule:
-        rule.id = next(self._ids)
+        rule.id = self.next_id()
         self.faults.rules.append(rule)
         self.uevent("FAULT_ADD", rule=rule.to_dict())
         self._push_faults()
@@ -199,8 +160,8 @@ class Bus(Binding, Calls):
         for peer in self.peers.values():
             if peer.alive:
                 rules = [r.to_dict() for r in self.faults.rules if r.target in ("*", peer.name)]
-                self.request(peer, lambda rid, rules=rules: E.Fault(r=rid, rules=rules), None, 5.0,
-                             f"fault rules to {peer.label}", lambda *_: None)
+                self.request(peer, partial(_fault_msg, rules), None, 5.0, f"fault rules to {peer.label}",
+                             _ignore)
 
     def fault_applied(self, rule: FaultRule, **detail) -> None:
         self.stats["faults_applied"] += 1
@@ -237,6 +198,17 @@ class Bus(Binding, Calls):
                                                 detail=detail), topic=b"bus"))
         log.info("uevent %s %s %s %s", action, dev, driver, detail or "")
 
+    def warn(self, kind: str, message: str, dev: str = "", driver: str = "", **detail) -> None:
+        """Report what the kernel would print a warning for, where every observer sees it:
+        ``ls`` (``warnings``), a WARN uevent, a trace record and the broker's log."""
+        record = {"kind": kind, "message": message, "dev": dev, "driver": driver, "ts": self.clock(), **detail}
+        self.warnings.append(record)
+        self.stats[f"warn_{kind}"] += 1
+        log.warning("%s", message)
+        self.uevent("WARN", dev, driver, kind=kind, message=message, **detail)
+        self.published.append(E.encode(E.Uevent(seq=0, action="WARN", dev=dev, driver=driver, detail={
+            "kind": kind, "message": message, **detail}), topic=b"trace"))
+
     def _lockdep_report(self, kind: str, detail: dict) -> None:
         self.stats[f"lockdep_{kind}"] += 1
         log.warning("lockdep: %s: %s", kind, detail)
@@ -245,51 +217,28 @@ class Bus(Binding, Calls):
                                        topic=b"trace"))
 
     @staticmethod
-    def task_of(peer: "Peer", msg) -> str:
+    def task_of(peer: Peer, msg) -> str:
         """The task a request runs in: the one it names, else a task of its own (a
         peer that does not name tasks never has two requests in one task)."""
         return msg.task or f"{peer.name}#{peer.inc}/r{msg.r}"
 
-    def later(self, delay: float, fn: Callable[..., None], *args) -> list:
+    def later(self, delay: float, fn: Callable[..., object], *args) -> Timer:
         """Run ``fn(*args)`` after ``delay`` seconds; returns a handle for ``cancel``."""
-        return self.at(self.clock() + delay, fn, *args)
+        return self.timers.at(self.clock() + delay, fn, *args)
 
-    def at(self, when: float, fn: Callable[..., None], *args) -> list:
+    def at(self, when: float, fn: Callable[..., object], *args) -> Timer:
         """Run ``fn(*args)`` at clock time ``when``; returns a handle for ``cancel``."""
-        timer = [when, next(self._tseq), fn, args]
-        heapq.heappush(self._timers, timer)
-        return timer
+        return self.timers.at(when, fn, *args)
 
-    def cancel(self, timer: list | None) -> None:
-        """Cancel a timer: it never runs, and never wakes the broker. Nearly every call's
-        deadline is cancelled: once they are most of the heap it is rebuilt without them,
-        so it stays the size of what is live (pushes and pops stay cheap)."""
-        if timer is not None and timer[2] is not None:
-            timer[2] = None
-            self._cancelled += 1
-            if self._cancelled > 64 and 2 * self._cancelled > len(self._timers):
-                self._timers = [t for t in self._timers if t[2] is not None]
-                heapq.heapify(self._timers)
-                self._cancelled = 0
+    def cancel(self, timer: Timer | None) -> None:
+        self.timers.cancel(timer)
 
     def next_timer(self) -> float | None:
-        timers = self._timers
-        while timers and timers[0][2] is None:
-            heapq.heappop(timers)
-            self._cancelled -= 1
-        return timers[0][0] if timers else None
+        return self.timers.next_due()
 
     def tick(self) -> None:
         now = self.clock()
-        # self._timers, not a local: a callback's cancel() may rebuild the heap.
-        while self._timers and self._timers[0][0] <= now:
-            timer = heapq.heappop(self._timers)
-            fn = timer[2]
-            if fn is None:
-                self._cancelled -= 1
-                continue
-            timer[2] = None      # fired: a later cancel() is a no-op
-            fn(*timer[3])
+        self.timers.fire_due(now)
         if now >= self._hb_due:
             self._check_heartbeats(now)
 
@@ -308,33 +257,37 @@ class Bus(Binding, Calls):
                 due = min(due, peer.last_seen + limit)
         self._hb_due = due
 
-    def request(self, peer: Peer, msg_for: Callable[[int], E.Header], payload, timeout: float,
+    def request(self, peer: Peer, msg_for: Callable[[int], E.Header], payload, timeout: float | None,
                 what: str, on_result: Callable[[int, str, bytes | None, dict], None],
                 event: str = "") -> Pending:
-        """Send a request that the peer answers with RESULT; ``on_result`` runs exactly once.
+        """Send a request that the peer answers with RESULT; ``on_result`` runs exactly once:
+        with the answer, -ENODEV when the peer is gone, or -ETIMEDOUT after ``timeout``
+        seconds (None: no deadline, as long as the peer lives).
         A sync event (``event``) to the peer may meet a message fault on the way."""
-        rid = next(self._ids)
+        rid = self.next_id()
         if not peer.alive:
             return self.expect(peer, rid, None, timeout, what, on_result)
         msg = msg_for(rid)
         frames = msg if isinstance(msg, list) else E.encode(msg, payload)
         return self.expect(peer, rid, frames, timeout, what, on_result, event)
 
-    def expect(self, peer: Peer, rid: int, frames: list[bytes] | None, timeout: float, what: object,
+    def expect(self, peer: Peer, rid: int, frames: list[bytes] | None, timeout: float | None, what: object,
                on_result: Callable[[int, str, bytes | None, dict], None], event: str = "") -> Pending:
-        """``request`` for frames already built with request id ``rid`` (from ``self._ids``)."""
+        """``request`` for frames already built with request id ``rid`` (from ``self.next_id``)."""
         now = self.clock()
-        p = Pending(rid, peer, now + timeout, on_result, what, now)
+        p = Pending(rid, peer, now + timeout if timeout is not None else math.inf, on_result, what, now)
         if not peer.alive:      # never wait for an answer from the dead
             self.later(0, on_result, -Errno.ENODEV, f"{what}: {peer.label} is gone", None, {})
             return p
         self.pending[rid] = p
         rule = self.faults.find("message", peer.name, event) if event and self.faults else None
+        assert frames is not None      # built for every live peer (request)
         if rule is None:
             self.outbox.append((peer.ident, frames))
         else:
             self.message_fault(rule, peer, frames, str(what))
-        p.timer = self.at(p.deadline, self._expire, p)
+        if timeout is not None:
+            p.timer = self.at(p.deadline, self._expire, p)
         return p
 
     def _expire(self, p: Pending) -> None:
@@ -353,7 +306,8 @@ class Bus(Binding, Calls):
 
     # ---- entry point --------------------------------------------------------------
 
-    def handle(self, ident: bytes, msg: E.Header, payload: bytes | None) -> None:
+    def handle(self, ident: bytes, msg: Any, payload: bytes | None) -> None:
+        """One decoded message (an ``E.Header`` of the type its ``t`` names) from ``ident``."""
         now = self.clock()
         hb_peer = self.hb_idents.get(ident)
         if hb_peer is not None:
@@ -379,9 +333,9 @@ class Bus(Binding, Calls):
         peer.last_seen = now
         try:
             if kind is E.Result:
-                self.on_result(peer, msg, payload)
+                self._on_result(peer, msg, payload)
             elif kind is E.Call:
-                self.call(peer, msg, payload)
+                self._call(peer, msg, payload)
             else:
                 handler = self._handlers.get(kind)
                 if handler is None:
@@ -402,83 +356,81 @@ class Bus(Binding, Calls):
         if not msg.name:
             return self.reply(ident, msg.r, Errno.EINVAL, "$.header.name: empty")
         # Any schema major registers (the envelope is the same); matching never binds
-        # a driver and a device whose peers' majors differ (Binding._bind_refused).
-        # One live peer per role and name: the same process registering it again (on a
-        # new socket) replaces it; another process gets -EEXIST while it lives.
-        other = self.named.get((msg.role, msg.name))
+        # a driver and a device whose peers' majors differ (ops.schema_clash).
+        # One live peer per role, name and instance (a parent's PCI address: two
+        # instances of one model are two peers): the same process registering it again
+        # (on a new socket) replaces it; another process gets -EEXIST while it lives.
+        other = self.named.get((msg.role, msg.name, msg.instance))
         if other is not None and other.alive:
             if other.pid == msg.pid and other.start_time == msg.start_time:
                 self.peer_died(other, f"re-registered on a new socket (pid {msg.pid})")
             elif self.process_alive(other.pid, other.start_time):
                 self.stats["register_eexist"] += 1
                 return self.reply(ident, msg.r, Errno.EEXIST, f"register: {other.label} is already "
-                                  f"registered as {msg.role} {msg.name!r} and alive")
+                                  f"registered as {msg.role} {msg.name!r}"
+                                  f"{f' instance {msg.instance!r}' if msg.instance else ''} and alive")
             else:
                 self.peer_died(other, f"process {other.pid} exited (found at a new registration)")
         peer = Peer(ident, msg.role, msg.name, msg.pid, msg.start_time, next(self._incs),
                     tuple(msg.schema), frozenset(msg.handles), self.clock())
         peer.machine = peer_machine(peer.label)
+        peer.instance = msg.instance
+        if msg.role == "parent":
+            peer.index = self.lifetime.instance_index(msg.name, msg.restore.get("index"))
         if msg.role == "child":
             for item in msg.restore.get("bound", ()):
                 if isinstance(item, dict) and isinstance(item.get("name"), str):
-                    peer.adopt[item["name"]] = (item.get("driver"), int(item.get("refs", 0) or 0))
+                    peer.adopt[item["name"]] = Adopted(item.get("driver"), int(item.get("refs", 0) or 0))
         self.peers[ident] = peer
-        self.named[(peer.role, peer.name)] = peer
+        self.named[(peer.role, peer.name, peer.instance)] = peer
         self.hb_idents[ident + b"#hb"] = peer
         self.uevent("REGISTER", role=msg.role, name=msg.name, pid=msg.pid, inc=peer.inc, **_host_detail(ident))
         self.reply(ident, msg.r, data=self._welcome(peer))
-
-    def resync(self, peer: Peer, msg: E.Resync) -> None:
-        """Pass a receiver's gap report to the other side of the device (no answer)."""
-        dev = self.devices.get(msg.dev)
-        if dev is None or dev.driver is None:
-            return
-        other = dev.driver.peer if peer is dev.parent else dev.parent if dev.driver.peer is peer else None
-        if other is not None and other.alive:
-            self.stats["resyncs"] += 1
-            self.send(other.ident, E.Resync(dev=msg.dev))
 
     def _welcome(self, peer: Peer) -> dict:
         return {"peer": peer.label, "inc": peer.inc, "epoch": self.epoch,
                 "faults": [r.to_dict() for r in self.faults.rules if r.matches(peer.name) or r.target == "*"],
                 "hb_ivl_ms": int(self.hb_ivl * 1000), "hb_liveness": self.hb_liveness,
-                "schema": list(self.catalog.version)}
+                "schema": list(self.catalog.version), "index": peer.index}
 
     def unregister(self, peer: Peer, msg: E.Unregister) -> None:
         self.reply(peer.ident, msg.r)
-        self._peer_gone(peer, "unregister", "unregistered")
+        self._peer_gone(peer, PeerEvent.UNREGISTER, "unregistered")
 
     def peer_died(self, peer: Peer, reason: str) -> None:
         if peer.alive:
             self.stats["peer_deaths"] += 1
-            self._peer_gone(peer, "crash", reason)
+            self._peer_gone(peer, PeerEvent.CRASH, reason)
 
-    def _peer_gone(self, peer: Peer, event: str, reason: str) -> None:
+    def _peer_gone(self, peer: Peer, event: PeerEvent, reason: str) -> None:
+        crash = event is PeerEvent.CRASH
         peer.machine.fire(event)
-        log.log(logging.WARNING if event == "crash" else logging.INFO, "%s is %s: %s",
+        log.log(logging.WARNING if crash else logging.INFO, "%s is %s: %s",
                 peer.label, peer.machine.state.value, reason)
-        self.uevent("PEER_DEAD" if event == "crash" else "UNREGISTER", name=peer.name, pid=peer.pid,
+        self.uevent("PEER_DEAD" if crash else "UNREGISTER", name=peer.name, pid=peer.pid,
                     inc=peer.inc, reason=reason)
         # Unbind first: calls queued behind a device lock must fail now, not start
         # towards the dead peer when the lock frees.
         for drv in list(peer.drivers):
-            self._driver_gone(drv, f"driver {drv.name} died ({reason})" if event == "crash"
-                              else f"driver {drv.name} unregistered")
+            self.binding.driver_gone(drv, f"driver {drv.name} died ({reason})" if crash
+                                     else f"driver {drv.name} unregistered")
         for rid, p in list(self.pending.items()):
             if p.callee is peer:
                 self.settle(rid)
                 p.on_result(-Errno.ENODEV, f"{p.what}: {peer.label} is gone ({reason})", None, {})
-        self.locks_gone(peer)
+        self.calls.locks_gone(peer)
+        if not crash and peer.devices:
+            self.lifetime.left_behind(peer)
         for dev in list(peer.devices):
-            self._parent_gone(dev, reason)
+            self.lifetime.parent_gone(dev, reason)
         for dev_id, n in list(peer.holding.items()):
             dev = self.devices.get(dev_id)
             if dev is not None:
                 for _ in range(n):
-                    self._put(dev, peer)
+                    self.lifetime.put(dev, peer)
         self.peers.pop(peer.ident, None)
-        if self.named.get((peer.role, peer.name)) is peer:
-            del self.named[(peer.role, peer.name)]
+        if self.named.get((peer.role, peer.name, peer.instance)) is peer:
+            del self.named[(peer.role, peer.name, peer.instance)]
         self.hb_idents.pop(peer.ident + b"#hb", None)
 
 

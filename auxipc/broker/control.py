@@ -123,8 +123,11 @@ class Control:
                              lambda e, m: self.bus.reply(ident, msg.r, e, m))
 
     def op_unbind(self, ident, msg, payload):
-        """sysfs unbind: {device}."""
-        self.bus.unbind_device(self._str(msg, "device"), lambda e, m: self.bus.reply(ident, msg.r, e, m))
+        """sysfs unbind: {device, driver (optional: then only if that driver is bound)}."""
+        driver = msg.args.get("driver") or ""
+        if not isinstance(driver, str):
+            raise AuxError(Errno.EINVAL, "$.args.driver: expected a driver name")
+        self.bus.unbind_device(self._str(msg, "device"), lambda e, m: self.bus.reply(ident, msg.r, e, m), driver)
 
     def op_fault(self, ident, msg, payload):
         """{action: add, rule: {...}} | {action: clear, target} | {action: ls}."""

@@ -1,23 +1,31 @@
-"""The bus's state machines, each a table: device lifecycle, binding, peer liveness.
+"""The bus's state machines, each a table: device lifecycle, binding, peer liveness,
+and the supervisor's processes.
 
-``TABLE[state][event] -> next state``. An event a state does not list is illegal:
-``Machine.fire`` raises ``IllegalTransition`` naming the machine, the object,
-the state and the event, with the errno the driver core would return in that
-state (an operation on a deleted device is -ENODEV, not a crash).
+``TABLE[state][event] -> next state``, states and events both enums. An event a
+state does not list is illegal: ``Machine.fire`` raises ``IllegalTransition``
+naming the machine, the object, the state and the event, with the errno the
+driver core would return in that state (an operation on a deleted device is
+-ENODEV, not a crash). A table lists only transitions some code path fires.
 """
 
 from __future__ import annotations
 
 from enum import Enum
 
-from proto.errno import AuxError, Errno
 from auxipc.states import DeviceState  # noqa: F401  (re-exported: the broker's tables key on it)
+from proto.errno import AuxError, Errno
+
+
+class DeviceEvent(Enum):
+    ADD = "add"                   # auxiliary_device_add
+    DELETE = "delete"             # auxiliary_device_delete
+    RELEASE = "release"           # the last put_device
 
 
 DEVICE_TABLE = {
-    DeviceState.INITIALIZED: {"add": DeviceState.ADDED, "release": DeviceState.RELEASED},
-    DeviceState.ADDED: {"delete": DeviceState.DELETED},
-    DeviceState.DELETED: {"release": DeviceState.RELEASED},
+    DeviceState.INITIALIZED: {DeviceEvent.ADD: DeviceState.ADDED, DeviceEvent.RELEASE: DeviceState.RELEASED},
+    DeviceState.ADDED: {DeviceEvent.DELETE: DeviceState.DELETED},
+    DeviceState.DELETED: {DeviceEvent.RELEASE: DeviceState.RELEASED},
     DeviceState.RELEASED: {},
 }
 DEVICE_ILLEGAL = {DeviceState.ADDED: Errno.EBUSY, DeviceState.DELETED: Errno.ENODEV,
@@ -25,26 +33,34 @@ DEVICE_ILLEGAL = {DeviceState.ADDED: Errno.EBUSY, DeviceState.DELETED: Errno.ENO
 
 
 class BindState(Enum):
+    """dev->driver, as the driver core sets it. Whether the device waits on the
+    deferred-probe list is kept apart (``Device.deferred``), as the kernel keeps it."""
     UNBOUND = "unbound"
     PROBING = "probing"
     BOUND = "bound"
     REMOVING = "removing"
-    DEFERRED = "deferred"     # probe returned -EPROBE_DEFER; retried later
+
+
+class BindEvent(Enum):
+    PROBE = "probe"                   # a driver's probe() is called
+    PROBE_OK = "probe_ok"             # it returned 0: bound
+    PROBE_REJECT = "probe_reject"     # -ENODEV/-ENXIO: the match is rejected silently
+    PROBE_FAIL = "probe_fail"         # another error: reported
+    PROBE_DEFER = "probe_defer"       # -EPROBE_DEFER: the next driver tries; retried on the next bind
+    REMOVE = "remove"                 # remove() is called
+    REMOVED = "removed"               # remove() returned (or its process died)
+    DRIVER_GONE = "driver_gone"       # the bound driver's process died or unregistered
 
 
 BIND_TABLE = {
-    BindState.UNBOUND: {"probe": BindState.PROBING},
-    BindState.PROBING: {"probe_ok": BindState.BOUND, "probe_reject": BindState.UNBOUND,
-                        "probe_fail": BindState.UNBOUND, "probe_defer": BindState.DEFERRED,
-                        "driver_gone": BindState.UNBOUND},
-    BindState.BOUND: {"remove": BindState.REMOVING, "driver_gone": BindState.UNBOUND},
-    BindState.REMOVING: {"removed": BindState.UNBOUND, "driver_gone": BindState.UNBOUND},
-    BindState.DEFERRED: {"probe": BindState.PROBING, "driver_gone": BindState.UNBOUND,
-                         "give_up": BindState.UNBOUND},
+    BindState.UNBOUND: {BindEvent.PROBE: BindState.PROBING},
+    BindState.PROBING: {BindEvent.PROBE_OK: BindState.BOUND, BindEvent.PROBE_REJECT: BindState.UNBOUND,
+                        BindEvent.PROBE_FAIL: BindState.UNBOUND, BindEvent.PROBE_DEFER: BindState.UNBOUND},
+    BindState.BOUND: {BindEvent.REMOVE: BindState.REMOVING, BindEvent.DRIVER_GONE: BindState.UNBOUND},
+    BindState.REMOVING: {BindEvent.REMOVED: BindState.UNBOUND, BindEvent.DRIVER_GONE: BindState.UNBOUND},
 }
 BIND_ILLEGAL = {BindState.BOUND: Errno.EBUSY, BindState.PROBING: Errno.EBUSY,
-                BindState.REMOVING: Errno.EBUSY, BindState.UNBOUND: Errno.ENODEV,
-                BindState.DEFERRED: Errno.EAGAIN}
+                BindState.REMOVING: Errno.EBUSY, BindState.UNBOUND: Errno.ENODEV}
 
 
 class PeerState(Enum):
@@ -53,9 +69,13 @@ class PeerState(Enum):
     GONE = "gone"          # unregistered cleanly
 
 
+class PeerEvent(Enum):
+    CRASH = "crash"              # its process died, or went silent past its liveness
+    UNREGISTER = "unregister"    # it said goodbye
+
+
 PEER_TABLE = {
-    PeerState.ALIVE: {"heartbeat": PeerState.ALIVE, "expire": PeerState.DEAD,
-                      "crash": PeerState.DEAD, "unregister": PeerState.GONE},
+    PeerState.ALIVE: {PeerEvent.CRASH: PeerState.DEAD, PeerEvent.UNREGISTER: PeerState.GONE},
     PeerState.DEAD: {},
     PeerState.GONE: {},
 }
@@ -63,13 +83,15 @@ PEER_ILLEGAL = {PeerState.DEAD: Errno.ESHUTDOWN, PeerState.GONE: Errno.ESHUTDOWN
 
 
 class IllegalTransition(AuxError):
-    def __init__(self, errno: int, machine: str, who: str, state: Enum, event: str):
+    def __init__(self, errno: int, machine: str, who: str, state: Enum, event):
         self.state, self.event = state, event
-        super().__init__(errno, f"{machine} {who}: '{event}' is illegal in state {state.name}")
+        name = event.value if isinstance(event, Enum) else event
+        super().__init__(errno, f"{machine} {who}: '{name}' is illegal in state {state.name}")
 
 
 class Machine:
-    """One object's state in one table."""
+    """One object's state in one table. Events are the table's keys: enums here,
+    plain strings in the emulated hardware's tables."""
 
     __slots__ = ("kind", "who", "table", "illegal", "state")
 
@@ -77,10 +99,10 @@ class Machine:
         self.kind, self.who, self.table, self.state = kind, who, table, initial
         self.illegal = illegal or {}
 
-    def can(self, event: str) -> bool:
+    def can(self, event) -> bool:
         return event in self.table[self.state]
 
-    def fire(self, event: str) -> Enum:
+    def fire(self, event) -> Enum:
         try:
             self.state = self.table[self.state][event]
         except KeyError:
@@ -110,15 +132,26 @@ class ProcState(Enum):
     FAILED = "failed"         # could not start, or the supervisor gave up on it
 
 
+class ProcEvent(Enum):
+    START = "start"
+    READY = "ready"                   # its ready line arrived
+    EXIT_RESTART = "exit_restart"     # it exited and restarts after the backoff
+    EXIT_FINAL = "exit_final"         # it exited and stays down
+    STOP = "stop"                     # the operator stops it
+    GIVE_UP = "give_up"               # too many restarts
+    RESTART = "restart"               # stopped to restart with a sibling (its group)
+
+
 PROC_TABLE = {
-    ProcState.STARTING: {"ready": ProcState.RUNNING, "exit_restart": ProcState.BACKOFF,
-                         "exit_final": ProcState.FAILED, "stop": ProcState.STOPPED, "give_up": ProcState.FAILED},
-    ProcState.RUNNING: {"exit_restart": ProcState.BACKOFF, "exit_final": ProcState.STOPPED,
-                        "stop": ProcState.STOPPED, "give_up": ProcState.FAILED,
-                        "restart": ProcState.BACKOFF},
-    ProcState.BACKOFF: {"start": ProcState.STARTING, "stop": ProcState.STOPPED, "give_up": ProcState.FAILED},
-    ProcState.STOPPED: {"start": ProcState.STARTING, "stop": ProcState.STOPPED},
-    ProcState.FAILED: {"start": ProcState.STARTING, "stop": ProcState.STOPPED},
+    ProcState.STARTING: {ProcEvent.READY: ProcState.RUNNING, ProcEvent.EXIT_RESTART: ProcState.BACKOFF,
+                         ProcEvent.EXIT_FINAL: ProcState.FAILED, ProcEvent.STOP: ProcState.STOPPED,
+                         ProcEvent.GIVE_UP: ProcState.FAILED},
+    ProcState.RUNNING: {ProcEvent.EXIT_RESTART: ProcState.BACKOFF, ProcEvent.EXIT_FINAL: ProcState.STOPPED,
+                        ProcEvent.STOP: ProcState.STOPPED, ProcEvent.GIVE_UP: ProcState.FAILED,
+                        ProcEvent.RESTART: ProcState.BACKOFF},
+    ProcState.BACKOFF: {ProcEvent.START: ProcState.STARTING, ProcEvent.STOP: ProcState.STOPPED},
+    ProcState.STOPPED: {ProcEvent.START: ProcState.STARTING, ProcEvent.STOP: ProcState.STOPPED},
+    ProcState.FAILED: {ProcEvent.START: ProcState.STARTING, ProcEvent.STOP: ProcState.STOPPED},
 }
 PROC_ILLEGAL = {ProcState.STOPPED: Errno.ESHUTDOWN, ProcState.FAILED: Errno.ESHUTDOWN,
                 ProcState.STARTING: Errno.EBUSY, ProcState.RUNNING: Errno.EBUSY}

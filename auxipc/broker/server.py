@@ -42,7 +42,7 @@ from proto.errno import AuxError, Errno, ProtocolError
 from proto.events import CATALOG, Catalog
 from auxipc.broker import control
 from auxipc.broker.auth import Listeners, RemotePeers
-from auxipc.broker.bus import Bus, Peer
+from auxipc.broker.bus import HUNG_TASK_SECS, Bus, Peer
 from auxipc.procfs import process_start_time
 from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints, remote_host
 from auxipc.runtime.transport import recv_ready, send_frames
@@ -238,13 +238,14 @@ class AsyncGate(threading.Thread):
 
 class Broker:
     def __init__(self, runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, catalog: Catalog = CATALOG,
-                 listen: Listeners | None = None):
+                 hung_task_secs: float = HUNG_TASK_SECS, listen: Listeners | None = None):
         self.ep = endpoints(runtime_dir, connect="")
         self.listen = listen or Listeners()
         self.remote = RemotePeers()
         self.lock = BrokerLock(self.ep.root)
         self.epoch = time.time_ns() // 1_000_000
-        self.bus = Bus(time.monotonic, self.epoch, catalog, hb_ivl=hb_ivl, hb_liveness=hb_liveness)
+        self.bus = Bus(time.monotonic, self.epoch, catalog, hb_ivl=hb_ivl, hb_liveness=hb_liveness,
+                       hung_task_secs=hung_task_secs)
         self.ctl = control.Control(self)
         self.bus.process_alive = lambda pid, start: process_start_time(pid) == start
         self._stop = False
@@ -605,8 +606,9 @@ class Broker:
 
 
 def serve(runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, ready=print,
-          catalog: Catalog = CATALOG, listen: Listeners | None = None) -> None:
-    broker = Broker(runtime_dir, hb_ivl, hb_liveness, catalog, listen)
+          catalog: Catalog = CATALOG, hung_task_secs: float = HUNG_TASK_SECS,
+          listen: Listeners | None = None) -> None:
+    broker = Broker(runtime_dir, hb_ivl, hb_liveness, catalog, hung_task_secs, listen)
     broker.start()
     broker.install_signals()
     try:

@@ -8,7 +8,7 @@ from proto.errno import AuxError
 from proto.events import negotiate
 from proto.names import match_name, version_str
 from auxipc.broker.bus import Bus
-from auxipc.broker.lifecycle import DeviceState
+from auxipc.broker.lifecycle import BindState, DeviceState
 
 
 def _schemas(dev) -> dict:
@@ -34,9 +34,12 @@ def device_entry(bus: Bus, dev) -> dict:
                        "parent": spec.code in dev.parent.handles, "child": spec.code in child_handles,
                        "deliverable": bool(dev.driver) and spec.code in receiver})
     return {
-        "id": dev.dev_id, "name": dev.name, "match": match_name(dev.name),
+        "id": dev.dev_id, "name": dev.label, "match": match_name(dev.name) if dev.name else None,
+        "pending": dev.pending, "attrs": dev.attrs,
         "driver": dev.driver.name if dev.driver else None,
-        "state": dev.life.state.value, "bind": dev.bind.state.value,
+        "state": dev.life.state.value,
+        "bind": "deferred" if dev.deferred and dev.bind.state is BindState.UNBOUND else dev.bind.state.value,
+        "deferred": dev.deferred, "hung": dev.hung or None,
         "refcount": dev.refcount, "holders": dict(dev.refs),
         "leak": dev.life.state is DeviceState.DELETED and dev.refcount > 0,
         "parent": dev.parent.label, "locked_by": dev.lock.owner.what if dev.lock.owner else None,
@@ -70,6 +73,7 @@ def snapshot(bus: Bus, devices: list[dict] | None = None) -> dict:
                 "handles": sorted(bus.catalog.lookup(c).name for c in d.handles if bus.catalog.get(c))}
                for d in bus.drivers.values()]
     peers = [{"role": p.role, "name": p.name, "pid": p.pid, "inc": p.inc, "alive": p.alive,
+              "instance": p.instance or None, "index": p.index,
               "state": p.machine.state.value, "schema": version_str(p.schema),
               "last_seen_ms": int((now - p.last_seen) * 1000), "slow_calls": p.slow_calls}
              for p in bus.peers.values()]
@@ -79,4 +83,5 @@ def snapshot(bus: Bus, devices: list[dict] | None = None) -> dict:
     return {"epoch": bus.epoch, "schema": bus.catalog.version_str, "devices": devices,
             "drivers": drivers, "peers": peers, "pending": len(bus.pending), "locks": locks,
             "lockdep": {"inversions": bus.lockdep.inversions, "deadlocks": bus.lockdep.deadlocks},
+            "warnings": list(bus.warnings),
             "stats": dict(bus.stats)}

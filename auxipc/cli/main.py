@@ -70,13 +70,16 @@ def _serve_until_signal(rt, ready_line) -> None:
               help="Heartbeat interval (seconds) every peer is told to use.")
 @click.option("--hb-liveness", default=3, show_default=True, type=click.IntRange(2, 100),
               help="Missed heartbeats before a peer is declared dead.")
+@click.option("--hung-task-secs", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="A probe() or remove() still running after this long is reported, as the kernel's "
+                   "hung-task detector would (hung_task_timeout_secs; 120 in the kernel).")
 @click.option("--listen", multiple=True, metavar="tcp://ADDR:PORT",
               help="Also listen on TCP (PORT..PORT+3), CURVE-authenticated against the key dir's "
                    "authorized/ keys; repeatable.")
 @click.option("--insecure", "listen_insecure", is_flag=True,
               help="Listen on plain TCP: no encryption, no authentication (ls says so).")
 @SCHEMA
-def broker(runtime_dir, hb_ivl, hb_liveness, listen, listen_insecure, catalog):
+def broker(runtime_dir, hb_ivl, hb_liveness, hung_task_secs, listen, listen_insecure, catalog):
     """Run the bus broker (one per runtime dir).
 
     \b
@@ -89,7 +92,7 @@ def broker(runtime_dir, hb_ivl, hb_liveness, listen, listen_insecure, catalog):
     from auxipc.keys import key_dir
     insecure = listen_insecure or os.environ.get("AUXIPC_INSECURE", "") not in ("", "0")
     serve(runtime_dir, hb_ivl, hb_liveness, ready=lambda line: (click.echo(line), sys.stdout.flush()),
-          catalog=catalog, listen=Listeners(tuple(listen), insecure, str(key_dir())))
+          catalog=catalog, hung_task_secs=hung_task_secs, listen=Listeners(tuple(listen), insecure, str(key_dir())))
 
 
 @main.command()
@@ -97,10 +100,13 @@ def broker(runtime_dir, hb_ivl, hb_liveness, listen, listen_insecure, catalog):
 @click.option("--model", required=True, shell_complete=complete.models,
               help="Parent model: ixd (Model A), idpf (Model B), mlx5_core, ice, or module:Class. "
                    "Their emulated hardware takes knobs from $AUXIPC_HW (docs/models.md).")
-@click.option("--devices", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="How many auxiliary devices the model adds (ids 0..N-1).")
+@click.option("--devices", default=1, show_default=True, type=click.IntRange(1, 4096),
+              help="How many auxiliary devices of each kind the model adds (ids 0..N-1, or from "
+                   "N*index for the index-th running instance of the model).")
+@click.option("--pci", default="", metavar="ADDR",
+              help="This instance's identity (a PCI address, e.g. 0000:3b:00.1), shown in 'auxipc ls'.")
 @SCHEMA
-def parent(runtime_dir, model, devices, catalog):
+def parent(runtime_dir, model, devices, pci, catalog):
     """Run a PCI-owner emulator process that adds auxiliary devices."""
     from auxipc.registry import MODELS, load
     from parent.runtime import ParentRuntime
@@ -109,7 +115,7 @@ def parent(runtime_dir, model, devices, catalog):
         instance = cls(devices=devices)
     except TypeError:
         instance = cls()
-    rt = ParentRuntime(instance, runtime_dir=runtime_dir, catalog=catalog)
+    rt = ParentRuntime(instance, pci, runtime_dir=runtime_dir, catalog=catalog)
     _serve_until_signal(rt, lambda rt: f"auxipc parent {rt.name} ready: "
                         + (", ".join(d.name for d in rt.devices.values()) or "no devices"))
 
@@ -255,11 +261,13 @@ def bind(runtime_dir, device, driver):
 @main.command()
 @RUNTIME_DIR
 @click.argument("device", shell_complete=complete.devices)
-def unbind(runtime_dir, device):
-    """Unbind DEVICE from its driver (its remove() runs), like sysfs unbind."""
+@click.argument("driver", required=False, default="", shell_complete=complete.drivers)
+def unbind(runtime_dir, device, driver):
+    """Unbind DEVICE from its driver (its remove() runs), like sysfs unbind. With DRIVER,
+    as /sys/bus/auxiliary/drivers/DRIVER/unbind: -ENODEV unless DRIVER is bound to DEVICE."""
     from auxipc.observe.client import Client
     with Client(runtime_dir, timeout=30.0) as c:
-        c.query("unbind", device=device)
+        c.query("unbind", device=device, driver=driver)
     click.echo(f"{device}: unbound")
 
 

@@ -38,7 +38,14 @@ def render_ls(snap: dict) -> str:
               f"{p['last_seen_ms']} ms"] for p in snap["peers"]]
     out.append(table(peers, ["ROLE", "NAME", "HOST", "PID", "INC", "STATE", "SCHEMA", "LAST SEEN"])
                if peers else "no peers")
+    out.extend(_warning_lines(snap))
     return "\n".join(out)
+
+
+def _warning_lines(snap: dict) -> list[str]:
+    """What the bus reported as the kernel would warn (a hung task, devices left behind)."""
+    found = snap.get("warnings") or []
+    return ["", f"warnings ({len(found)}):", *(f"  WARN {w['kind']}: {w['message']}" for w in found)] if found else []
 
 
 def _events_lines(events: list[dict]) -> list[str]:
@@ -83,7 +90,8 @@ def render_tree(snap: dict) -> str:
         holders = ", ".join(f"{k}x{v}" if v > 1 else k for k, v in d["holders"].items()) or "-"
         lock = f", locked by {d['locked_by']}" + (f" ({d['queued']} queued)" if d["queued"] else "") \
             if d.get("locked_by") else ""
-        head = f"{d['name']}  (auxiliary:{d['match']})  {d['state']}, {d['bind']}  refs {d['refcount']} [{holders}]{lock}"
+        alias = f"  (auxiliary:{d['match']})" if d.get("match") else ""
+        head = f"{d['name']}{alias}  {d['state']}, {d['bind']}  refs {d['refcount']} [{holders}]{lock}"
         rest = []
         if d["driver"]:
             drv = drivers.get(d["driver"])
@@ -95,6 +103,8 @@ def render_tree(snap: dict) -> str:
         rest.extend(f"     {line}" for line in _events_lines(d["events"]))
         if d.get("last_error"):
             rest.append(f"   last error: {d['last_error']}")
+        if d.get("hung"):
+            rest.append(f"   hung: {d['hung']}")
         return [head, *rest]
 
     roots: list[tuple[str, list]] = []
@@ -123,4 +133,5 @@ def render_tree(snap: dict) -> str:
     if not roots:
         out.append("(no processes on the bus)")
     _branch(out, roots, root)
+    out.extend(_warning_lines(snap))
     return "\n".join(out)

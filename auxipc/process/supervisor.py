@@ -30,7 +30,7 @@ from pathlib import Path
 
 import zmq
 
-from auxipc.broker.lifecycle import ProcState, proc_machine
+from auxipc.broker.lifecycle import ProcEvent, ProcState, proc_machine
 from auxipc.process.launch import Proc
 from auxipc.runtime_dir import endpoints
 from proto import envelope as E
@@ -185,7 +185,7 @@ class Supervisor:
             raise
 
     def _start(self, p: Supervised) -> None:
-        p.machine.fire("start")
+        p.machine.fire(ProcEvent.START)
         p.operator_stopped = False
         p.proc = Proc(p.spec.name, [*p.spec.argv, "--runtime-dir", str(self.ep.root)], log_dir=self.log_dir)
         try:
@@ -194,7 +194,7 @@ class Supervisor:
             p.last_exit = exc.message
             self._exited(p, abnormal=True, reason=f"failed to start: {exc.message}")
             return
-        p.machine.fire("ready")
+        p.machine.fire(ProcEvent.READY)
         p.started_at = time.monotonic()
         self.echo(f"up: {p.spec.name} running (pid {p.proc.pid})")
 
@@ -208,8 +208,8 @@ class Supervisor:
         for p in reversed(self.procs):
             p.operator_stopped = True
             self._terminate(p)
-            if p.machine.can("stop"):
-                p.machine.fire("stop")
+            if p.machine.can(ProcEvent.STOP):
+                p.machine.fire(ProcEvent.STOP)
 
     # ---- exits and restarts ------------------------------------------------------------------
 
@@ -226,25 +226,25 @@ class Supervisor:
         self.echo(f"up: {p.spec.name} {reason}")
         restart = (p.spec.restart == "permanent" or (p.spec.restart == "transient" and abnormal))
         if not restart or p.operator_stopped or self._stop:
-            p.machine.fire("exit_final")
+            p.machine.fire(ProcEvent.EXIT_FINAL)
             return
         now = time.monotonic()
         self.restart_times = [t for t in self.restart_times if now - t < self.spec.period] + [now]
         if len(self.restart_times) > self.spec.intensity:
             self.gave_up = (f"more than {self.spec.intensity} restarts within {self.spec.period:.0f} s "
                             f"(last: {p.spec.name} {reason}); giving up")
-            p.machine.fire("give_up")
+            p.machine.fire(ProcEvent.GIVE_UP)
             return
         if p.started_at and now - p.started_at >= self.spec.period:
             p.failures = 0
         p.failures += 1
         delay = min(self.spec.backoff_max, self.spec.backoff_min * 2 ** (p.failures - 1))
         group = self._group(p)
-        p.machine.fire("exit_restart")
+        p.machine.fire(ProcEvent.EXIT_RESTART)
         for q in group:
             if q is not p and q.state is ProcState.RUNNING:
                 self._terminate(q)
-                q.machine.fire("restart")
+                q.machine.fire(ProcEvent.RESTART)
             q.due = now + delay
         self.echo(f"up: restarting {', '.join(q.spec.name for q in group)} in {delay:.2f} s")
 
@@ -285,7 +285,7 @@ class Supervisor:
         if op == "stop":
             p.operator_stopped = True
             self._terminate(p)
-            p.machine.fire("stop")
+            p.machine.fire(ProcEvent.STOP)
         elif op == "start":
             if p.state in (ProcState.RUNNING, ProcState.STARTING):
                 raise AuxError(Errno.EBUSY, f"{name} is already {p.state.value}")
@@ -293,7 +293,7 @@ class Supervisor:
         elif op == "restart":
             p.operator_stopped = True
             self._terminate(p)
-            p.machine.fire("stop")
+            p.machine.fire(ProcEvent.STOP)
             self._start(p)
         else:
             raise AuxError(Errno.EOPNOTSUPP, f"unknown supervisor op {op!r} (ps, stop, start, restart, down)")

@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable, Protocol
 
-from proto import envelope as E
-from proto.events import Catalog
 from auxipc.faults import FaultPlan
 from auxipc.runtime.seam import Heartbeat, Transport
+from proto import envelope as E
+from proto.events import Catalog
 
 
 class Host(Protocol):
@@ -28,7 +28,7 @@ class Host(Protocol):
     @property
     def stopping(self) -> bool: ...
 
-    def request(self, make: Callable[[int], E.Header], payload=None, timeout: float = 5.0,
+    def request(self, make: Callable[[int], E.Header], payload=None, timeout: float | None = 5.0,
                 what: str = "request", after_send: Callable[[], None] | None = None,
                 ) -> tuple[E.Result, bytes | None]:
         """Send a request to the broker and serve others until its answer comes."""
@@ -44,3 +44,5 @@ class Host(Protocol):
     def on_async(self, topic: bytes, msg: E.AsyncEvent, items: list) -> None: ...
     def on_notice(self, msg: E.Header) -> None: ...
     def topic_for(self, dev_id: int) -> bytes | None: ...
+    def receiver_handles(self, dev_id: int) -> frozenset | None:
+        """The event codes the other side of a device declared (None: not known)."""

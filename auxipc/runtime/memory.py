@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable
 
-from proto.errno import AuxError, Errno
 from auxipc.runtime.seam import DEALER, SUB
+from proto.errno import AuxError, Errno
 
 
 class Starved(AuxError):

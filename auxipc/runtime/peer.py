@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import time
 import traceback
@@ -36,6 +37,7 @@ from proto.events import CATALOG, Catalog
 from auxipc.faults import FaultPlan, FaultRule
 from auxipc.runtime.contexts import Contexts
 from auxipc.runtime.dispatch import BrokerLost, Dispatch
+from auxipc.runtime.lookup import find_device
 from auxipc.runtime.publishing import Publisher
 from auxipc.runtime.seam import DEALER, SUB, Heartbeat, Transport
 from auxipc.runtime.transport import ZmqTransport, peer_ident
@@ -63,6 +65,7 @@ class Runtime:
     def __init__(self, name: str, runtime_dir=None, catalog: Catalog = CATALOG,
                  connect_timeout: float = 10.0, transport: Transport | None = None):
         self.name = name
+        self.instance = ""        # a parent's identity among instances of its model (a PCI address)
         self.catalog = catalog
         self.tr: Transport = transport if transport is not None else ZmqTransport(endpoints(runtime_dir))
         self.connect_timeout = connect_timeout
@@ -92,6 +95,11 @@ class Runtime:
         self.flush_events, self.replay_state = p.flush, p.replay_state
         self.run_async = d.run_async
 
+    def find_device(self, match=None, data=None, *, start=None, name: str = "", match_name: str = ""):
+        """auxiliary_find_device: the first device on the bus ``match(info, data)`` accepts,
+        with a reference the caller must ``put()``; None if none (see lookup.py)."""
+        return find_device(self, match, data, start=start, name=name, match_name=match_name)
+
     # ---- subclass hooks -------------------------------------------------------------
 
     def handles(self) -> set[int]:
@@ -111,6 +119,10 @@ class Runtime:
 
     def topic_for(self, dev_id: int) -> bytes | None:
         """The topic this process publishes on for a device (None if it has no such device)."""
+        return None
+
+    def receiver_handles(self, dev_id: int) -> frozenset | None:
+        """The event codes the other side of a device declared it handles (None: not known)."""
         return None
 
     def on_registered(self) -> None:
@@ -160,7 +172,8 @@ class Runtime:
         restore = self.restore_state()
         result, _ = self.request(lambda r: E.Register(
             r=r, role=self.role, name=self.name, pid=os.getpid(), start_time=start,
-            schema=self.catalog.version, handles=sorted(self.handles()), restore=restore),
+            schema=self.catalog.version, handles=sorted(self.handles()), restore=restore,
+            instance=self.instance),
             timeout=timeout, what="register")
         self.check(result, "register")
         w = self.welcome = result.d
@@ -311,9 +324,12 @@ class Runtime:
 
     # ---- requests to the broker -----------------------------------------------------------
 
-    def request(self, make: Callable[[int], E.Header], payload=None, timeout: float = 5.0,
+    def request(self, make: Callable[[int], E.Header], payload=None, timeout: float | None = 5.0,
                 what: str = "request", after_send: Callable[[], None] | None = None,
                 ) -> tuple[E.Result, bytes | None]:
+        """Send a request to the broker and serve others until its answer comes: within
+        ``timeout`` seconds, or (None) for as long as the broker lives, as the driver
+        core's add and delete wait for probe() and remove()."""
         self.might_sleep(what)
         r = next(self._r)
         msg = make(r)
@@ -323,7 +339,7 @@ class Runtime:
         tr.send(msg if isinstance(msg, list) else E.encode(msg, payload))
         if after_send is not None:
             after_send()
-        deadline = time.monotonic() + timeout + GRACE
+        deadline = math.inf if timeout is None else time.monotonic() + timeout + GRACE
         results = self._results
         if self._connected:
             # The answer usually comes within the DEALER's short wait; async events and
@@ -341,7 +357,7 @@ class Runtime:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AuxError(Errno.ETIMEDOUT, f"{what}: no answer from the broker within {timeout + GRACE:.1f} s")
-            self.pump(remaining)
+            self.pump(min(remaining, 1.0))
         return results.pop(r)
 
     @staticmethod

@@ -165,11 +165,17 @@ class Publisher:
         topic: for a driver that just bound (a late joiner) or a receiver that saw a gap.
         Keyed by device name, so a device deleted and added again keeps its state."""
         topic = self.host.topic_for(dev_id)
-        n = 0
+        declared = self.host.receiver_handles(dev_id)
+        n = undeclared = 0
         for code, wire in list(self.last_state.get(topic, {}).items()):
+            if declared is not None and code not in declared:
+                undeclared += 1     # the NULL check: an event the receiver did not declare is not sent
+                continue
             self.publish(dev_id, topic, self.host.catalog.get(code), wire)
             n += 1
         self.stats["state_replayed"] += n
+        if undeclared:
+            self.stats["async_undeclared"] += undeclared
         return n
 
     def _async_fault(self, rule: FaultRule, topic: bytes, event: str, wire: bytes, frame_of) -> None:

@@ -112,6 +112,21 @@ class AuxBus(Harness):
         self.xprocess = xprocess
         self.request = request
 
+    # WARN kinds that fail the test at teardown: a parent left devices on the bus
+    # (a use-after-free or a leak in the kernel; the bus cleaned up for it).
+    LIFETIME_BUGS = ("devices_outlive_parent", "uninit_missing")
+
+    def bus_problems(self) -> list[str]:
+        try:
+            found = self.ls().get("warnings", [])
+        except Exception:   # noqa: BLE001 — the broker went away meanwhile: nothing to ask
+            return []
+        return [f"the bus reported: {w['message']}" for w in found if w.get("kind") in self.LIFETIME_BUGS]
+
+    def warnings(self) -> list[dict]:
+        """What the bus reported that the kernel would warn about (``ls`` ``warnings``)."""
+        return self.ls().get("warnings", [])
+
     # ---- environment ----
 
     def proc_env(self) -> dict:
