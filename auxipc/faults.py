@@ -25,6 +25,7 @@ import signal as _signal
 from dataclasses import asdict, dataclass, field
 
 from proto import envelope as E
+from proto.control import fault_spec
 from proto.errno import AuxError, Errno
 
 KINDS = {"kill": {"point": ("probe", "remove", "request", "send", "reset")},
@@ -96,12 +97,10 @@ class FaultRule:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FaultRule":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and not k.startswith("_")}
-        try:
-            return cls(**known).validate()
-        except TypeError as exc:
-            raise AuxError(Errno.EINVAL, f"fault rule: {exc}") from None
+    def from_dict(cls, d, path: str = "$.rule") -> "FaultRule":
+        """A rule from its wire form (a map or a proto FaultSpec): types and bounds
+        checked by the declaration, meanings by ``validate``."""
+        return cls(**fault_spec(d, path).to_wire()).validate()
 
 
 class FaultPlan:

@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 _INLINE = (Int, Bool, Str, Enum, Bytes)    # kinds whose strict and lenient checks agree
 
 
+def _attr(name: str) -> str:
+    """Source reading field ``name`` of ``self`` (a keyword, such as ``from``, is no attribute name)."""
+    if name.isidentifier() and not keyword.iskeyword(name):
+        return f"self.{name}"
+    return f"self.__dict__[{name!r}]"
+
+
 def compile_payload(cls: type[Payload]):
     """Build ``cls._fill(self, obj)`` and ``cls._to_wire(self)``, and for payloads of
     scalar fields a keyword constructor: the declaration's checks and conversions as
@@ -46,27 +53,31 @@ def compile_payload(cls: type[Payload]):
                 env[f"C{i}"] = frozenset(f.choices)
                 cond += f" or v not in C{i}"
             checks += [f"        if {cond}:", "            raise Slow"]
-            wire.append(f"{name!r}: self.{name}")
+            wire.append(f"{name!r}: {_attr(name)}")
         elif kind is Bool:
             checks += ["        if type(v) is not bool:", "            raise Slow"]
-            wire.append(f"{name!r}: self.{name}")
+            wire.append(f"{name!r}: {_attr(name)}")
         elif kind is Str:
-            checks += [f"        if type(v) is not str or len(v) > {f.max_len}:", "            raise Slow"]
-            wire.append(f"{name!r}: self.{name}")
+            cond = f"type(v) is not str or len(v) > {f.max_len}"
+            if f.choices:
+                env[f"C{i}"] = frozenset(f.choices)
+                cond += f" or v not in C{i}"
+            checks += [f"        if {cond}:", "            raise Slow"]
+            wire.append(f"{name!r}: {_attr(name)}")
         elif kind is Bytes:
             size = f"len(v) != {f.size}" if f.size is not None else f"len(v) > {f.max_len}"
             checks += [f"        if type(v) is not bytes or {size}:", "            raise Slow"]
-            wire.append(f"{name!r}: self.{name}")
+            wire.append(f"{name!r}: {_attr(name)}")
         elif kind is Enum:
             env[f"E{i}"] = f.enum._value2member_map_
             env[f"T{i}"] = f.enum
             checks += [f"        v = E{i}.get(v) if type(v) is int or type(v) is T{i} else None",
                        "        if v is None:", "            raise Slow"]
-            wire.append(f"{name!r}: int(self.{name})")
+            wire.append(f"{name!r}: int({_attr(name)})")
         else:
             checks += ["        try:", f"            v = F{i}.validate(v, '', False)",
                        "        except AuxError:", "            raise Slow from None"]
-            wire.append(f"{name!r}: F{i}.to_wire(self.{name})")
+            wire.append(f"{name!r}: F{i}.to_wire({_attr(name)})")
         checks.append(f"    put({name!r}, v)")
     names = list(cls.fields)
     lines = ["def fill(self, obj):",

@@ -18,17 +18,27 @@ and a ``RCVMORE`` query on each of the four hops of a call. See docs/protocol.md
 from __future__ import annotations
 
 from enum import IntEnum
+from functools import partial
 
 import msgpack
-from msgpack import unpackb as _unpackb
+from msgpack import unpackb as _unpackb_raw
 
+from .control import FaultSpec, Restore
 from .errno import AuxError, Errno, ProtocolError
-from .schema import Array, Bool, Int, Map, Payload, Str
+from .schema import Array, Bool, Int, Map, Nested, Payload, Str
 
 MAGIC = b"AUX1"
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20  # bytes: the largest payload
 MAX_MSG = MAX_FRAME + 4096   # bytes: the largest message frame (payload + header); MAXMSGSIZE
+# Bounds applied while msgpack decodes, before anything walks a value: no string, bin,
+# array or map may claim more than this, and no value nests deeper than MAX_DEPTH
+# (a 1,000-deep value would otherwise reach Python's recursion limit in the first
+# repr, packb or comparison that walks it).
+MAX_ITEMS = 1 << 17
+MAX_DEPTH = 32
+_unpackb = partial(_unpackb_raw, raw=False, strict_map_key=True, max_str_len=MAX_MSG, max_bin_len=MAX_MSG,
+                   max_array_len=MAX_ITEMS, max_map_len=MAX_ITEMS)
 
 U32 = dict(min=0, max=2**32 - 1)
 REQ_ID = Int(0, 2**53)
@@ -108,7 +118,7 @@ class Register(Header):
     proto = Int(1, 255, default=PROTOCOL_VERSION)
     schema = Array(Int(0, 65535), length=2)
     handles = codes(default=(), doc="event codes this peer handles")
-    restore = Map(default={}, doc="after a broker restart: what this peer had (a child: bound devices)")
+    restore = Nested(Restore, default=Restore(), doc="after a broker restart: what this peer had (a child: bound devices)")
     instance = Str(max_len=64, default="", doc="a parent's identity among instances of its model (a PCI address)")
 
 
@@ -358,7 +368,7 @@ class Inject(Header):
 class Fault(Header):
     """To a peer: the fault rules in force for it (replacing earlier ones); see auxipc/faults.py."""
     r = REQ_ID
-    rules = Array(Map(), max_len=256, default=())
+    rules = Array(Nested(FaultSpec), max_len=256, default=())
 
 
 @header(Msg.RESYNC)
@@ -407,10 +417,41 @@ packb = _PACKER.pack
 
 
 def unpackb(data: bytes, what: str):
+    """One msgpack value, within the size bounds (``_unpackb``) and MAX_DEPTH; EPROTO naming ``what``."""
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+        obj = _unpackb(data)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(f"{what}: undecodable msgpack ({type(exc).__name__})") from None
+    if type(obj) is dict or type(obj) is list:
+        check_depth(obj, what)
+    return obj
+
+
+def check_depth(obj, what: str, limit: int = MAX_DEPTH) -> None:
+    """EPROTO if ``obj`` nests deeper than ``limit`` containers. Without recursion:
+    the point is to refuse what recursion could not walk."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        items = value.values() if type(value) is dict else value
+        for item in items:
+            if type(item) is dict or type(item) is list:
+                if depth >= limit:
+                    raise ProtocolError(f"{what}: nested deeper than {limit} levels")
+                stack.append((item, depth + 1))
+
+
+_CONTAINERS = frozenset((dict, list))
+
+
+def _check_header_depth(head: dict) -> None:
+    """``check_depth`` for each container field of a header, naming the field (most
+    headers have none: one pass over the values' types, in C)."""
+    if _CONTAINERS.isdisjoint(map(type, head.values())):
+        return
+    for key, value in head.items():
+        if (type(value) is dict or type(value) is list) and value:
+            check_depth(value, f"$.header.{key}", MAX_DEPTH - 1)
 
 
 def encode(msg: Header, payload: dict | bytes | None = None, topic: bytes | None = None) -> list[bytes]:
@@ -458,11 +499,14 @@ def decode(frames: list[bytes]) -> tuple[Header, bytes | None]:
         raise ProtocolError(f"$.magic: expected {MAGIC!r}, got {bytes(frame[:8])!r}")
     if len(frame) <= MAX_MSG:
         try:     # the common case in one call: a header map with a known type and a bin payload
-            head = _unpackb(frame[4:], raw=False, strict_map_key=True)
+            # str and bin are bounded by the frame's length (msgpack's default), at most MAX_MSG here
+            head = _unpackb_raw(frame[4:], raw=False, strict_map_key=True, max_array_len=MAX_ITEMS,
+                                max_map_len=MAX_ITEMS)
             t = head["t"]
             payload = head.get("p")
             if type(t) is int and t in _HEADERS and (payload is None or (
                     type(payload) is bytes and len(payload) <= MAX_FRAME)):
+                _check_header_depth(head)
                 del head["t"]
                 if payload is not None:
                     del head["p"]
@@ -481,6 +525,7 @@ def decode_frame(frame: bytes) -> tuple[Header, bytes | None]:
     head = unpackb(frame[4:], "$.header")
     if type(head) is not dict:
         raise ProtocolError("$.header: expected map")
+    _check_header_depth(head)
     t = head.pop("t", None)
     cls = _HEADERS.get(t) if type(t) is int else None
     if cls is None:

@@ -89,11 +89,14 @@ class Field:
 class Int(Field):
     kind = "int"
 
-    def __init__(self, min: int = -(2**31), max: int = 2**31 - 1, *, choices: tuple[int, ...] = (), **kw):
+    def __init__(self, min: int = -(2**31), max: int = 2**31 - 1, *, choices: tuple[int, ...] = (),
+                 nullable: bool = False, **kw):
         super().__init__(**kw)
-        self.min, self.max, self.choices = min, max, tuple(choices)
+        self.min, self.max, self.choices, self.nullable = min, max, tuple(choices), nullable
 
     def check(self, value, path):
+        if value is None and self.nullable:
+            return None
         if type(value) is not int and not isinstance(value, IntEnum):
             raise reject(path, f"expected int, got {_type_name(value)}")
         value = int(value)
@@ -117,8 +120,10 @@ class Int(Field):
 
     def rule(self):
         if self.choices:
-            return "one of " + ", ".join(hex(c) if c > 255 else str(c) for c in self.choices)
-        return f"int {self.min}..{self.max}"
+            rule = "one of " + ", ".join(hex(c) if c > 255 else str(c) for c in self.choices)
+        else:
+            rule = f"int {self.min}..{self.max}"
+        return rule + " or nil" if self.nullable else rule
 
     def _simplest(self):
         if self.choices:
@@ -147,27 +152,66 @@ class Bool(Field):
 
 
 class Str(Field):
+    """A string of at most ``max_len`` characters; with ``choices``, one of them."""
+
     kind = "str"
 
-    def __init__(self, max_len: int = 255, **kw):
+    def __init__(self, max_len: int = 255, *, choices: tuple[str, ...] = (), nullable: bool = False, **kw):
         super().__init__(**kw)
-        self.max_len = max_len
+        self.max_len, self.choices, self.nullable = max_len, tuple(choices), nullable
 
     def check(self, value, path):
+        if value is None and self.nullable:
+            return None
         if type(value) is not str:
             raise reject(path, f"expected str, got {_type_name(value)}")
         if len(value) > self.max_len:
             raise reject(path, f"length {len(value)} exceeds {self.max_len}")
+        if self.choices and value not in self.choices:
+            raise reject(path, f"{value!r} is not one of {', '.join(map(repr, self.choices))}")
         return value
 
     def rule(self):
-        return f"string, at most {self.max_len} chars"
+        rule = ("one of " + ", ".join(repr(c) for c in self.choices) if self.choices
+                else f"string, at most {self.max_len} chars")
+        return rule + " or nil" if self.nullable else rule
 
     def _simplest(self):
-        return ""
+        return self.choices[0] if self.choices else ""
 
     def describe(self):
-        return super().describe() | {"max_len": self.max_len}
+        d = super().describe() | {"max_len": self.max_len}
+        if self.choices:
+            d["choices"] = list(self.choices)
+        return d
+
+
+class Float(Field):
+    """A finite number within ``min``..``max``; an int is taken as its float."""
+
+    kind = "float"
+
+    def __init__(self, min: float = 0.0, max: float = 1.0, **kw):
+        super().__init__(**kw)
+        self.min, self.max = float(min), float(max)
+
+    def check(self, value, path):
+        if type(value) is not float and type(value) is not int:
+            raise reject(path, f"expected float, got {_type_name(value)}")
+        if not self.min <= value <= self.max:     # false for NaN as well
+            raise reject(path, f"{value} out of range {self.min}..{self.max}")
+        return float(value)
+
+    def rule(self):
+        return f"float {self.min}..{self.max}"
+
+    def _simplest(self):
+        return self.min
+
+    def describe(self):
+        return super().describe() | {"min": self.min, "max": self.max}
+
+    ctype = "double"
 
 
 class Bytes(Field):
@@ -317,13 +361,15 @@ class Nested(Field):
     def validate(self, value, path, strict=False):
         if isinstance(value, self.struct):
             return value
+        if value is None and self.default is None:     # an optional struct, left out
+            return None
         return self.struct.from_wire(value, path, strict)
 
     def _simplest(self):
         return self.struct.example()
 
     def to_wire(self, value):
-        return value.to_wire()
+        return None if value is None else value.to_wire()     # None: an optional struct left out
 
     def rule(self):
         return f"struct {self.struct.__name__}"
@@ -349,13 +395,22 @@ def _jsonable(value: Any) -> Any:
 
 
 class Map(Field):
-    """A free-form map (control query results); only its type is checked."""
+    """A free-form map (control query results, bus notification details): its type
+    and size are checked here; its depth is bounded where a message is decoded
+    (``envelope.MAX_DEPTH``). Maps whose keys are known are declared as a Nested
+    payload instead."""
 
     kind = "map"
+
+    def __init__(self, max_len: int = 1 << 17, **kw):
+        super().__init__(**kw)
+        self.max_len = max_len
 
     def check(self, value, path):
         if not isinstance(value, dict):
             raise reject(path, f"expected map, got {_type_name(value)}")
+        if len(value) > self.max_len:
+            raise reject(path, f"{len(value)} keys exceed {self.max_len}")
         return value
 
     def _simplest(self):

@@ -7,7 +7,9 @@ checks that docs/protocol.md contains exactly what this renders.
 from __future__ import annotations
 
 from . import envelope as E
+from .control import CTL_ARGS, BoundDevice, FaultSpec, Restore
 from .errno import ERRNO_TABLE
+from .replies import REPLIES
 
 
 def _fields(cls) -> str:
@@ -18,11 +20,28 @@ def _fields(cls) -> str:
     return "; ".join(parts) or "—"
 
 
+def _doc(cls) -> str:
+    return (cls.__doc__ or "").strip().replace("\n", " ").replace("  ", " ")
+
+
 def message_table() -> str:
     rows = ["| t | message | header fields (besides `t`) | purpose |", "|---:|---|---|---|"]
     for code, cls in sorted(E.header_types().items()):
-        doc = (cls.__doc__ or "").strip().replace("\n", " ").replace("  ", " ")
-        rows.append(f"| {code} | {E.Msg(code).name} | {_fields(cls)} | {doc} |")
+        rows.append(f"| {code} | {E.Msg(code).name} | {_fields(cls)} | {_doc(cls)} |")
+    rows += ["", "Maps nested in headers, declared like the headers (a bad value is refused with EINVAL "
+             "naming its path, e.g. `$.header.restore.bound[0].refs`):", "",
+             "| struct | fields | purpose |", "|---|---|---|"]
+    rows += [f"| {cls.__name__} | {_fields(cls)} | {_doc(cls)} |" for cls in (BoundDevice, Restore, FaultSpec)]
+    rows += ["", "CTL `args`, per `op` (an op not listed is refused with EOPNOTSUPP):", "",
+             "| op | args | purpose |", "|---|---|---|"]
+    rows += [f"| {op} | {_fields(cls)} | {_doc(cls)} |" for op, cls in CTL_ARGS.items()]
+    rows += ["", "The broker's answers: RESULT `d`, per request (a request not listed is answered "
+             "with `d = {}`; an error carries only `e` and `m`):", "",
+             "| request | `d` fields | purpose |", "|---|---|---|"]
+    rows += [f"| {msg.name} | {_fields(cls)} | {_doc(cls)} |" for msg, cls in REPLIES.items()]
+    rows += ["", f"Every value is bounded while it is decoded: a message of at most {E.MAX_MSG} bytes, "
+             f"strings and bins within it, arrays and maps of at most {E.MAX_ITEMS} items, and "
+             f"nesting of at most {E.MAX_DEPTH} levels (deeper: EPROTO)."]
     return "\n".join(rows)
 
 

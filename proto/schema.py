@@ -29,6 +29,7 @@ from .fields import (
     Bytes,
     Enum,
     Field,
+    Float,
     Int,
     Map,
     Nested,
@@ -38,7 +39,7 @@ from .fields import (
     reject,
 )
 
-__all__ = ["MISSING", "Array", "Bool", "Bytes", "Empty", "Enum", "Field", "Int", "Map", "Nested", "Payload", "Str",
+__all__ = ["MISSING", "Array", "Bool", "Bytes", "Empty", "Enum", "Field", "Float", "Int", "Map", "Nested", "Payload", "Str",
            "_Slow", "reject"]
 
 

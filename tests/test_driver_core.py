@@ -50,6 +50,21 @@ def test_delete_waits_for_remove_past_the_hung_task_warning(h):
     assert snapshot(h.bus)["devices"][0]["hung"] is None
 
 
+def test_uninit_while_remove_runs_releases_once_after_remove(h):
+    """The parent's put arriving while delete() still waits for remove(): the bus holds
+    the device until remove() returns, then it is released exactly once (the fuzzer
+    found a second release here)."""
+    dev = bound(h)
+    h.send(P, E.DevDelete(r=10, dev=dev, task="pf-remove"))
+    (rm,) = [m for _, m, _ in h.take(C) if isinstance(m, E.Remove)]
+    h.send(P, E.DevUninit(r=11, dev=dev))
+    assert h.result(P, 11)[0].e == 0
+    assert dev in h.bus.devices and "RELEASE" not in h.actions("ixd.eth.0")
+    h.send(C, E.Result(r=rm.r))
+    assert h.result(P, 10)[0].e == 0
+    assert h.actions("ixd.eth.0").count("RELEASE") == 1 and dev not in h.bus.devices
+
+
 def test_delete_ends_when_the_removing_process_dies(h):
     dev = bound(h)
     h.send(P, E.DevDelete(r=10, dev=dev))

@@ -192,6 +192,119 @@ def test_event_batch_round_trip_and_rejections():
             "EPROTO: $.header.p[2]: expected an event code and a payload map")
 
 
+def test_depth_and_size_are_bounded_while_decoding():
+    deep = b"\x91" * 100 + b"\x00"
+    head = E.packb({"t": 24, "r": 1, "dev": 1})
+    frame = M + bytes([head[0] + 1]) + head[1:] + E.packb("x") + deep    # one more key: x, 100 deep
+    err = rejects(lambda: E.decode([frame]), f"EPROTO: $.header.x: nested deeper than {E.MAX_DEPTH - 1} levels")
+    assert err.errno == Errno.EPROTO
+    rejects(lambda: E.decode_payload_frame(deep), f"EPROTO: $.payload: nested deeper than {E.MAX_DEPTH} levels")
+    rejects(lambda: E.decode_events(E.packb([1, {"a": [[[[[[[[[[]]]]]]]]]]}]) .replace(b"\x90", deep)),
+            f"EPROTO: $.header.p: nested deeper than {E.MAX_DEPTH} levels")
+    ok = E.packb({"a": [[[[[[[[[[]]]]]]]]]]})
+    assert E.decode_payload_frame(ok) == {"a": [[[[[[[[[[]]]]]]]]]]}
+    huge = b"\xdd\xff\xff\xff\xff"        # an array claiming 2^32 - 1 items, in 5 bytes
+    rejects(lambda: E.decode_payload_frame(huge), "EPROTO: $.payload: undecodable msgpack (ValueError)")
+
+
+def test_register_restore_is_declared():
+    frame = E.encode(E.Register(r=1, role="child", name="c", pid=2, start_time=1, schema=(1, 0),
+                                restore={"bound": [{"name": "ixd.eth.0", "driver": "d", "refs": 2}]}))
+    msg, _ = E.decode(frame)
+    assert [(b.name, b.driver, b.refs) for b in msg.restore.bound] == [("ixd.eth.0", "d", 2)]
+    assert E.decode(E.encode(E.Register(r=1, role="parent", name="p", pid=2, start_time=1,
+                                        schema=(1, 0))))[0].restore.bound == ()
+    base = {"t": 1, "r": 1, "role": "child", "name": "c", "pid": 2, "start_time": 1, "schema": [1, 0]}
+    for restore, message in [
+            (5, "$.header.restore: expected map, got int"),
+            ({"bound": 5}, "$.header.restore.bound: expected array, got int"),
+            ({"bound": ["x"]}, "$.header.restore.bound[0]: expected map, got str"),
+            ({"bound": [{"refs": 1}]}, "$.header.restore.bound[0].name: required field missing"),
+            ({"bound": [{"name": "a", "refs": "1"}]}, "$.header.restore.bound[0].refs: expected int, got str"),
+            ({"bound": [{"name": "a", "refs": -1}]}, "$.header.restore.bound[0].refs: -1 out of range 0..2147483647"),
+            ({"bound": [{"name": "a", "refs": 1e309}]}, "$.header.restore.bound[0].refs: expected int, got float")]:
+        rejects(lambda: E.decode([M + E.packb({**base, "restore": restore})]), f"EINVAL: {message}")
+
+
+def test_fault_rules_are_declared():
+    from proto.control import FaultSpec, fault_spec
+    rule = fault_spec({"kind": "message", "target": "x", "action": "drop", "probability": 1, "count": 2})
+    assert (rule.probability, rule.count, rule.signal) == (1.0, 2, "KILL")
+    msg, _ = E.decode(E.encode(E.Fault(r=1, rules=[rule.to_wire()])))
+    assert msg.rules == (rule,) and isinstance(msg.rules[0], FaultSpec)
+    for bad, message in [
+            ([], "$.rule: expected map, got array"),
+            ({"kind": "boom", "target": "x"}, "$.rule.kind: 'boom' is not one of 'kill', 'handler', 'message'"),
+            ({"kind": "kill", "target": "x", "signal": 9}, "$.rule.signal: expected str, got int"),
+            ({"kind": "kill", "target": "x", "count": "x"}, "$.rule.count: expected int, got str"),
+            ({"kind": "kill", "target": "x", "probability": float("inf")}, "$.rule.probability: inf out of range 0.0..1.0"),
+            ({"kind": "kill", "target": "x", "probability": True}, "$.rule.probability: expected float, got bool"),
+            ({"kind": "kill", "target": ["x"]}, "$.rule.target: expected str, got array")]:
+        rejects(lambda: fault_spec(bad), f"EINVAL: {message}")
+
+
+def test_control_args_per_op():
+    from proto.control import CTL_ARGS, ctl_args
+    assert ctl_args("ls", {}).to_wire() == {}
+    send = ctl_args("send", {"device": "a.b.0", "event": "RESET_WARN", "from": "child"})
+    assert (send.timeout_ms, getattr(send, "from")) == (5000, "child")
+    assert send.to_wire() == {"device": "a.b.0", "event": "RESET_WARN", "timeout_ms": 5000, "from": "child"}
+    assert ctl_args("fault", {}).rule is None and ctl_args("fault", {}).to_wire()["rule"] is None
+    rejects(lambda: ctl_args("nope", {}), "EOPNOTSUPP: $.header.op: unknown control op 'nope' (ops: "
+            + ", ".join(sorted(CTL_ARGS)) + ")")
+    rejects(lambda: ctl_args("send", {"device": "a", "event": None, "from": "child"}),
+            "EINVAL: $.header.args.event: expected str, got nil")
+    rejects(lambda: ctl_args("send", {"device": "a", "event": "X", "from": "both"}),
+            "EINVAL: $.header.args.from: 'both' is not one of 'parent', 'child'")
+    rejects(lambda: ctl_args("signal", {"target": "a", "signal": ["KILL"]}),
+            "EINVAL: $.header.args.signal: expected str, got array")
+    rejects(lambda: ctl_args("fault", {"action": "add", "rule": 3}), "EINVAL: $.header.args.rule: expected map, got int")
+    rejects(lambda: ctl_args("uevents", {"since": -1}), "EINVAL: $.header.args.since: -1 out of range 0..9223372036854775807")
+
+
+def test_supervisor_args_are_declared():
+    from proto.control import UP_ARGS, ctl_args
+    assert ctl_args("restart", {"name": "ixd"}, UP_ARGS).name == "ixd" and ctl_args("ps", {}, UP_ARGS).to_wire() == {}
+    rejects(lambda: ctl_args("stop", {"name": ["ixd"]}, UP_ARGS), "EINVAL: $.header.args.name: expected str, got array")
+    rejects(lambda: ctl_args("kill", {}, UP_ARGS),
+            "EOPNOTSUPP: $.header.op: unknown control op 'kill' (ops: down, ps, restart, start, stop)")
+
+
+def test_every_control_op_declares_its_args():
+    """The broker's control ops and proto's declarations are the same set: an op added
+    without declared args would act on unchecked values."""
+    from auxipc.broker.control import Control
+    from proto.control import CTL_ARGS
+    ops = {n[3:] for n in dir(Control) if n.startswith("op_")}
+    assert ops == set(CTL_ARGS)
+
+
+def test_str_choices_and_float_fields():
+    from proto.schema import Float, Payload, Str
+
+    class Knob(Payload):
+        mode = Str(max_len=8, choices=("on", "off"))
+        level = Float(0.0, 2.0, default=0.5)
+    assert Knob(mode="on").to_wire() == {"mode": "on", "level": 0.5}
+    assert Knob.from_wire({"mode": "off", "level": 2}).level == 2.0
+    rejects(lambda: Knob(mode="dim"), "EINVAL: $.payload.mode: 'dim' is not one of 'on', 'off'")
+    rejects(lambda: Knob.from_wire({"mode": "on", "level": float("nan")}),
+            "EINVAL: $.payload.level: nan out of range 0.0..2.0")
+    assert Str(choices=("a", "b")).rule() == "one of 'a', 'b'" and Float(0, 1).rule() == "float 0.0..1.0"
+    assert Str(max_len=4, nullable=True).check(None, "$.x") is None
+    assert Str(max_len=4, nullable=True).rule() == "string, at most 4 chars or nil"
+    rejects(lambda: Str(max_len=4).check(None, "$.x"), "EINVAL: $.x: expected str, got nil")
+
+
+def test_broker_replies_are_declared():
+    from proto.replies import DevAdded, Welcome, reply_type
+    assert reply_type(E.Msg.DEV_ADD) is DevAdded and reply_type(E.Msg.UNREGISTER) is None
+    w = Welcome.from_wire({"peer": "parent ixd[2]#1", "inc": 1, "epoch": 5, "hb_ivl_ms": 250, "hb_liveness": 3,
+                           "schema": [1, 0], "faults": [{"kind": "kill", "target": "ixd", "point": "probe"}]})
+    assert w.faults[0].signal == "KILL"
+    assert DevAdded.from_wire({"name": "ixd.eth.0", "driver": None}).driver is None
+
+
 # ---- errno -----------------------------------------------------------------------------
 
 def test_errno_table_is_linux():
@@ -205,6 +318,18 @@ def test_auxerror_code_and_str():
     e = AuxError(-Errno.EBUSY, "reset in progress")
     assert (e.errno, e.code, e.name, str(e)) == (16, -16, "EBUSY", "EBUSY: reset in progress")
     assert AuxError(Errno.ENODEV).message == "No such device"
+
+
+def test_importing_proto_loads_no_io_module():
+    """What the AST check below cannot see: an I/O module pulled in by one of proto's imports."""
+    import subprocess
+    import sys
+    code = ("import sys; before = set(sys.modules); import proto, proto.envelope, proto.control, "
+            "proto.protodoc, proto.cheader, proto.mddoc; "
+            "print(sorted({m.split('.')[0] for m in set(sys.modules) - before} & "
+            "{'zmq', 'logging', 'socket', 'threading', 'subprocess', 'select', 'asyncio'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_proto_is_sans_io():

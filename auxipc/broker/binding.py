@@ -95,7 +95,7 @@ class Binding:
         host.drivers.pop(drv.name, None)
         if drv in drv.peer.drivers:
             drv.peer.drivers.remove(drv)
-        for dev in host.devices.values():
+        for dev in list(host.devices.values()):     # unbinding may release a device
             if dev.driver is drv:
                 dev.bind.fire(BindEvent.DRIVER_GONE)
                 dev.driver = None

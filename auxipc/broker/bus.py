@@ -376,11 +376,10 @@ class Bus:
         peer.machine = peer_machine(peer.label)
         peer.instance = msg.instance
         if msg.role == "parent":
-            peer.index = self.lifetime.instance_index(msg.name, msg.restore.get("index"))
+            peer.index = self.lifetime.instance_index(msg.name, msg.restore.index)
         if msg.role == "child":
-            for item in msg.restore.get("bound", ()):
-                if isinstance(item, dict) and isinstance(item.get("name"), str):
-                    peer.adopt[item["name"]] = Adopted(item.get("driver"), int(item.get("refs", 0) or 0))
+            for item in msg.restore.bound:
+                peer.adopt[item.name] = Adopted(item.driver or None, item.refs)
         self.peers[ident] = peer
         self.named[(peer.role, peer.name, peer.instance)] = peer
         self.hb_idents[ident + b"#hb"] = peer

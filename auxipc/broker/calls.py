@@ -245,11 +245,15 @@ class Calls:
             if msg.ensure:
                 return self.host.reply(peer.ident, msg.r, data={"held": True})
         key = (msg.task, name)
-        if key in self.lock_ops:
-            # The task holds or already waits for it: refused, and the entry of that
-            # first LOCK stays (it is what releases the lock when its peer dies).
-            raise AuxError(Errno.EDEADLK, f"lock {name}: task {msg.task} already "
-                           f"{'holds' if lock.owner is self.lock_ops[key] else 'waits for'} it")
+        held = self.lock_ops.get(key)
+        if held is not None:
+            # The task holds or already waits for it: refused, and the entry of that first
+            # LOCK stays (it is what releases the lock when its peer dies). A second wait
+            # would hide the first from that bookkeeping: -EBUSY; a re-take of a held
+            # non-recursive lock is a self-deadlock: -EDEADLK.
+            if not held.started:
+                raise AuxError(Errno.EBUSY, f"lock {name}: task {msg.task} is already waiting for it")
+            raise AuxError(Errno.EDEADLK, f"lock {name}: task {msg.task} already holds it")
 
         def granted(op: LockedOp):
             self.lock_ops[key] = op

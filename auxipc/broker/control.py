@@ -22,6 +22,7 @@ import logging
 import os
 
 from proto import envelope as E
+from proto.control import CTL_ARGS, ctl_args
 from proto.errno import AuxError, Errno
 from auxipc.broker.lifecycle import BindState
 from auxipc.faults import SIGNALS, FaultRule
@@ -35,36 +36,6 @@ ADMIN = b"\0admin:"    # routing ids the broker gives senders on the admin socke
 ADMIN_OPS = ("send", "bind", "unbind", "fault", "signal")
 PAGE_BYTES = E.MAX_FRAME // 2    # a listing's reply stays well under the message limit
 
-# The types a fault rule's fields may have on the wire: checked before the rule is
-# built, so a rule that would fail later (at the next call it meets, or when it is
-# packed for a peer) is refused when it is added.
-_RULE_TYPES = {f.name: (f.type if f.type in ("str", "int") else "float" if f.type == "float" else None)
-               for f in dataclasses.fields(FaultRule) if not f.name.startswith("_")}
-_RULE_LIMITS = {"delay_ms": (0, 3_600_000), "count": (0, 2**31 - 1), "seed": (0, 2**63 - 1),
-                "id": (0, 0), "applied": (0, 0)}
-
-
-def check_rule(rule) -> dict:
-    """A fault rule from the wire, its fields' types and bounds checked (EINVAL naming one)."""
-    where = "$.header.args.rule"
-    if not isinstance(rule, dict):
-        raise AuxError(Errno.EINVAL, f"{where}: expected a map, got {type(rule).__name__}")
-    for key, value in rule.items():
-        kind = _RULE_TYPES.get(key) if isinstance(key, str) else None
-        if kind is None:
-            raise AuxError(Errno.EINVAL, f"{where}: unknown field {str(key)[:40]!r} "
-                           f"(fields: {', '.join(k for k in _RULE_TYPES if k not in ('id', 'applied'))})")
-        if kind == "str" and not (isinstance(value, str) and len(value) <= 128):
-            raise AuxError(Errno.EINVAL, f"{where}.{key}: expected a string of at most 128 characters")
-        if kind == "int":
-            lo, hi = _RULE_LIMITS.get(key, (0, 2**31 - 1))
-            if type(value) is not int or not lo <= value <= hi:
-                raise AuxError(Errno.EINVAL, f"{where}.{key}: expected an int {lo}..{hi}")
-        if kind == "float" and (type(value) not in (int, float) or not 0.0 <= value <= 1.0):
-            raise AuxError(Errno.EINVAL, f"{where}.{key}: expected a number 0..1")
-    return rule
-
-
 class Control:
     def __init__(self, broker):
         self.broker = broker
@@ -75,6 +46,8 @@ class Control:
         if op is None:
             ops = ", ".join(sorted(n[3:] for n in dir(self) if n.startswith("op_")))
             raise AuxError(Errno.EOPNOTSUPP, f"$.header.op: unknown control op {msg.op!r} (ops: {ops})")
+        if msg.op in CTL_ARGS:
+            ctl_args(msg.op, msg.args)     # refuse a bad argument before any op reads one
         if msg.op in ADMIN_OPS and not (msg.op == "fault" and msg.args.get("action", "ls") == "ls"):
             if not ident.startswith(ADMIN):
                 raise AuxError(Errno.EPERM, f"control op {msg.op!r} changes the bus: taken only on the admin "
@@ -133,7 +106,7 @@ class Control:
         """{action: add, rule: {...}} | {action: clear, target} | {action: ls}."""
         what = msg.args.get("action", "ls")
         if what == "add":
-            rule = self.bus.add_fault(FaultRule.from_dict(check_rule(msg.args.get("rule"))))
+            rule = self.bus.add_fault(FaultRule.from_dict(msg.args.get("rule") or {}, "$.header.args.rule"))
             self.bus.reply(ident, msg.r, data={"rule": rule.to_dict()})
         elif what == "clear":
             target = msg.args.get("target", "")

@@ -101,10 +101,12 @@ class Devices:
         dev.lock.cancel_queued(f"{dev.name} was deleted", keep=lambda op: op.what.startswith("remove"))
 
         def removed() -> None:
+            dev.deleting = False
             host.uevent("REMOVE", dev.name)
             if dev.refcount == 0:                  # uninit came first: the bus's reference was the last
                 self.release(dev)
             done()
+        dev.deleting = True
         self.binding.remove(dev, reason, task, removed)
 
     def dev_uninit(self, peer: Peer, msg: E.DevUninit) -> None:
@@ -208,7 +210,8 @@ class Devices:
             holder.holding[dev.dev_id] -= 1
             if holder.holding[dev.dev_id] <= 0:
                 del holder.holding[dev.dev_id]
-        if dev.refcount == 0 and dev.life.state is not DeviceState.ADDED:   # the bus holds an added one
+        # The bus holds an added device, and a deleted one until its remove() returns.
+        if dev.refcount == 0 and dev.life.state is not DeviceState.ADDED and not dev.deleting:
             self.release(dev)
 
     def release(self, dev: Device) -> None:

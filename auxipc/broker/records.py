@@ -95,6 +95,7 @@ class Device:
     last_error: str = ""
     last_probe: int = 0
     hung: str = ""                  # what a hung-task warning said while the operation still blocks
+    deleting: bool = False          # delete() waits for remove(): the bus still holds the device
     name: str = ""                  # <modname>.<name>.<id> once added
     attrs: dict = field(default_factory=dict)   # attributes for drivers and udev, set by add
 

@@ -34,6 +34,7 @@ from auxipc.broker.lifecycle import ProcEvent, ProcState, proc_machine
 from auxipc.process.launch import Proc
 from auxipc.runtime_dir import endpoints
 from proto import envelope as E
+from proto.control import UP_ARGS, ctl_args
 from proto.errno import AuxError, Errno
 
 RESTART_TYPES = ("permanent", "transient", "temporary")
@@ -327,7 +328,7 @@ class Supervisor:
             msg, _ = E.decode(body)
             if not isinstance(msg, E.Ctl):
                 raise AuxError(Errno.EPROTO, "expected a CTL message")
-            data = self.command(msg.op, msg.args.get("name", ""))
+            data = self.command(msg.op, getattr(ctl_args(msg.op, msg.args, UP_ARGS), "name", ""))
             reply = E.Result(r=msg.r, d=data)
         except AuxError as exc:
             reply = E.Result(r=getattr(locals().get("msg"), "r", 0), e=exc.code, m=exc.message)
