@@ -99,9 +99,11 @@ class _Admit:
         return False
 
 
-def with_hosts(snap: dict, bus, listen: Listeners) -> dict:
+def with_hosts(snap: dict, bus, listen: Listeners | None) -> dict:
     """``ls`` across hosts: the TCP listeners (and whether they are insecure), each
-    peer's host ("local" over ipc), and the refused handshakes."""
+    peer's host ("local" over ipc), and the refused handshakes. ``listen`` None: a
+    bus driven without a broker process (the fuzz harness): no listeners."""
+    listen = listen if listen is not None else Listeners()
     hosts = {p.label: remote_host(p.ident) or "local" for p in bus.peers.values()}
     for p in snap["peers"]:
         label = f"{p['role']} {p['name']}[{p['pid']}]#{p['inc']}"

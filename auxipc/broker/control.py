@@ -88,7 +88,7 @@ class Control:
         else:
             data, budget = {"epoch": self.bus.epoch}, PAGE_BYTES
         data["devices"], data["next"] = device_page(self.bus, after, budget, lambda d: len(E.packb(d)))
-        self.bus.reply(ident, msg.r, data=with_hosts(data, self.bus, self.broker.listen) if after < 0 else data)
+        self.bus.reply(ident, msg.r, data=with_hosts(data, self.bus, getattr(self.broker, "listen", None)) if after < 0 else data)
 
     def op_bind(self, ident, msg, payload):
         """sysfs bind: {device, driver}."""
