@@ -8,6 +8,11 @@ PIN = "@pinned"
 
 RT_TARGET = 1.25          # auxipc round-trip p50 <= 1.25 x the forwarder floor's
 ASYNC_TARGET = 0.5        # auxipc async recv msg/s >= 0.5 x raw PUB/SUB's, zero loss
+DBUS_TARGET = 1.0         # auxipc round-trip p50 <= 1.0 x D-Bus's (dbus-fast both ends), free and pinned
+FIXTURE_START_MS = 250    # auxbus fixture: start -> broker + parent + child bound
+FIXTURE_TEARDOWN_MS = 100
+COMMAND_MS = 150          # wall of auxipc ls / send / wait / --help
+REBOUND_MS = 150          # auxipc up: SIGKILL of a driver -> its device bound again
 
 
 # ---- statistics --------------------------------------------------------------------------
@@ -36,6 +41,7 @@ def med(vals):
 RT_ROWS = [
     ("direct", "floor: DEALER → ROUTER direct (pyzmq + msgpack)"),
     ("forwarder", "floor: DEALER → Python ROUTER/ROUTER forwarder → DEALER"),
+    ("dbus", "D-Bus: dbus-fast → dbus-daemon → dbus-fast Echo(ay)"),
     ("aux_c2p", "auxipc: child→parent SET_MAC call (via broker)"),
     ("aux_p2c", "auxipc: parent→child RESET_WARN call (via broker)"),
 ]
@@ -142,6 +148,16 @@ def build_table(s, info, args):
                 extra = f" (direct {r['p50_us'] / d['p50_us']:.2f}x)" if d else ""
                 add(f"| {what} p50, {place} | {r['p50_us']:.1f} µs | forwarder {f['p50_us']:.1f} µs | "
                     f"{ratio:.2f}x{extra} | ≤ {RT_TARGET}x | {'PASS' if ratio <= RT_TARGET else 'MISS'} |")
+    for suffix, place in (("", "free"), (PIN, "pinned")):
+        db = s.get("dbus" + suffix)
+        for key, what in (("aux_c2p", "c2p SET_MAC"), ("aux_p2c", "p2c RESET_WARN")):
+            r = s.get(key + suffix)
+            if r and db:
+                ratio = r["p50_us"] / db["p50_us"]
+                add(f"| {what} p50, {place} | {r['p50_us']:.1f} µs | D-Bus {db['p50_us']:.1f} µs | {ratio:.2f}x | "
+                    f"≤ {DBUS_TARGET}x | {'PASS' if ratio <= DBUS_TARGET else 'MISS'} |")
+    if info.get("dbus_skipped"):
+        add(f"| sync p50 vs D-Bus | – | – | – | ≤ {DBUS_TARGET}x | skipped: {info['dbus_skipped']} |")
     p = s.get("pubsub")
     if a and p:
         ratio = a["recv_msg_per_s"] / p["recv_msg_per_s"]
@@ -153,4 +169,70 @@ def build_table(s, info, args):
             f"{ratio:.2f}x{extra} | ≥ {ASYNC_TARGET}x, zero loss | "
             f"{'PASS' if ratio >= ASYNC_TARGET and lossless else 'MISS'}"
             f"{'' if lossless else ' (LOSS)'} |")
+    return "\n".join(out)
+
+
+# ---- the speed a user feels (bench/user.py) ----------------------------------------------------
+
+def summarize_user(results):
+    """Medians across reps of each user case's figures (commands: per command)."""
+    out = {}
+    for key, runs in results.items():
+        if key == "commands":
+            out[key] = {cmd: {"median_ms": med([r[cmd]["median_ms"] for r in runs]),
+                              "min_ms": min(r[cmd]["min_ms"] for r in runs),
+                              "max_ms": max(r[cmd]["max_ms"] for r in runs),
+                              "runs": sum(r[cmd]["runs"] for r in runs)} for cmd in runs[0]}
+        else:
+            out[key] = {k: med([r[k] for r in runs]) for k in runs[0]} | {"reps": len(runs)}
+            for k in ("start_max_ms", "teardown_max_ms", "max_ms"):
+                if k in runs[0]:
+                    out[key][k] = max(r[k] for r in runs)
+    return out
+
+
+def _verdict(ok: bool, why: str = "") -> str:
+    return "PASS" if ok else f"MISS{' (' + why + ')' if why else ''}"
+
+
+def build_user_table(u, s, info, args):
+    """The speed a user feels: each figure beside its anchor from the same run, and the verdicts."""
+    out = []
+    add = out.append
+    add("")
+    add("The speed a user feels (bench/user.py): medians across reps; anchors measured in the same run.")
+    add("")
+    add("| target | auxipc | anchor (same run) | target | verdict |")
+    add("|--------|-------:|-------------------|--------|---------|")
+    fx, fs = u.get("fixture"), u.get("fixture_spawn")
+    if fx:
+        anchor = (f"spawn (AUXIPC_ZYGOTE=0): {fs['start_ms']:.0f} ms start, {fs['teardown_ms']:.0f} ms teardown"
+                  if fs else "–")
+        add(f"| bus per test: auxbus start → broker + parent + child bound (median; max {fx['start_max_ms']:.0f}) | "
+            f"{fx['start_ms']:.0f} ms | {anchor} | ≤ {FIXTURE_START_MS} ms | "
+            f"{_verdict(fx['start_ms'] <= FIXTURE_START_MS)} |")
+        add(f"| bus per test: teardown (median; max {fx['teardown_max_ms']:.0f}) | {fx['teardown_ms']:.0f} ms | "
+            f"{'spawn: %.0f ms' % fs['teardown_ms'] if fs else '–'} | ≤ {FIXTURE_TEARDOWN_MS} ms | "
+            f"{_verdict(fx['teardown_ms'] <= FIXTURE_TEARDOWN_MS)} |")
+        add(f"| bus per test: whole pytest per test ({args.n_fixture} tests; first start {fx['first_start_ms']:.0f} ms "
+            f"incl. the zygote) | {fx['per_test_ms']:.0f} ms | "
+            f"{'spawn: %.0f ms' % fs['per_test_ms'] if fs else '–'} | (info) | – |")
+    cmds = u.get("commands")
+    if cmds:
+        anchor_key = next(k for k in cmds if k.startswith("anchor"))
+        a = cmds[anchor_key]["median_ms"]
+        for k, v in cmds.items():
+            if k == anchor_key:
+                continue
+            ok = v["median_ms"] <= COMMAND_MS
+            why = "" if ok else ("the machine is slow: the anchor alone takes %.0f ms" % a if a > COMMAND_MS / 1.5
+                                 else "imports")
+            add(f"| `{k}` wall (median of {v['runs']}; {v['min_ms']:.0f}–{v['max_ms']:.0f}) | {v['median_ms']:.0f} ms | "
+                f"`import zmq, msgpack, click`: {a:.0f} ms ({v['median_ms'] / a:.2f}x) | ≤ {COMMAND_MS} ms | "
+                f"{_verdict(ok, why)} |")
+    rb, rs = u.get("rebound"), u.get("rebound_spawn")
+    if rb:
+        add(f"| `auxipc up`: SIGKILL driver → bound again (median; {rb['min_ms']:.0f}–{rb['max_ms']:.0f}) | "
+            f"{rb['median_ms']:.0f} ms | {'spawn (AUXIPC_ZYGOTE=0): %.0f ms' % rs['median_ms'] if rs else '–'} | "
+            f"≤ {REBOUND_MS} ms | {_verdict(rb['median_ms'] <= REBOUND_MS)} |")
     return "\n".join(out)

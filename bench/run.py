@@ -36,12 +36,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from auxipc.testing.harness import Harness  # noqa: E402
-from bench import floors  # noqa: E402
-from bench.report import PIN, build_table, rt_stats, summarize  # noqa: E402
+from bench import dbus, floors, user  # noqa: E402
+from bench.report import PIN, build_table, build_user_table, rt_stats, summarize, summarize_user  # noqa: E402
 from proto.errno import AuxError  # noqa: E402
 
 SPAWN = mp.get_context("spawn")
 SRC = [ROOT]              # the tree whose auxipc is measured (--src / --rev change it)
+DBUS: list = []           # the private dbus-daemon of this run, if dbus-daemon and dbus-fast are here
 CHILDREN: list = []       # multiprocessing.Process: every floor end we start
 
 
@@ -263,6 +264,32 @@ def floor_pubsub(tmp, n, warm, via_proxy):
             "recv_msg_per_s": r["timed_n"] / dt if dt > 0 else 0.0, "cpu": cpu_per_op(c0, c1, n)}
 
 
+def dbus_case(n, warm, cpu=None):
+    """dbus-fast client -> our dbus-daemon -> dbus-fast Echo service, and back; pinned:
+    the daemon too, on the same CPU, for the case's duration."""
+    d = DBUS[0]
+    ready, stop, started = SPAWN.Event(), SPAWN.Event(), SPAWN.Event()
+    procs = []
+    old = os.sched_getaffinity(d.pid)
+    with pinned(cpu):
+        if cpu is not None:
+            os.sched_setaffinity(d.pid, {cpu})
+        try:
+            procs.append(start(dbus.echo_server, d.address, ready, stop))
+            wait_event(ready, "D-Bus Echo service")
+            rc, wc = SPAWN.Pipe(duplex=False)
+            procs.append(start(dbus.echo_client, d.address, warm, n, started, wc))
+            wait_event(started, "D-Bus client warm-up", step=0.002)
+            pids = {"caller": procs[1].pid, "broker": d.pid, "callee": procs[0].pid}
+            c0 = cpu_sample(pids)
+            res = collect(rc, "D-Bus client")
+            return rt_stats(res) | {"cpu": cpu_per_op(c0, cpu_sample(pids), n)}
+        finally:
+            stop.set()
+            finish(procs)
+            os.sched_setaffinity(d.pid, old)
+
+
 # ---- auxipc cases ---------------------------------------------------------------------------
 
 def aux_case(tmp, mode, n, warm, cpu=None, profile_dir=None, timeout=120):
@@ -411,12 +438,16 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small N, 1 rep: smoke test under ~30 s")
     ap.add_argument("--json", metavar="FILE", help="write every rep's figures and the summary here")
     ap.add_argument("--only", default="", help="comma-separated case keys (direct, forwarder, aux_c2p, "
-                    "aux_p2c, pubsub, pubsub_proxy, aux_async; @pinned variants follow their base)")
+                    "aux_p2c, dbus, pubsub, pubsub_proxy, aux_async, fixture, fixture_spawn, commands, rebound, "
+                    "rebound_spawn; @pinned variants follow their base)")
     ap.add_argument("--pin-cpu", type=int, default=0, help="CPU for the @pinned round trips (-1: skip them)")
     ap.add_argument("--n-rt", type=int, default=10000, help="floor round trips per rep")
     ap.add_argument("--n-aux", type=int, default=5000, help="auxipc sync calls per rep")
     ap.add_argument("--n-pub", type=int, default=500000, help="floor PUB/SUB messages per rep")
     ap.add_argument("--n-async", type=int, default=100000, help="auxipc async events per rep")
+    ap.add_argument("--n-fixture", type=int, default=10, help="auxbus tests per fixture run")
+    ap.add_argument("--n-cmd", type=int, default=7, help="runs of each command per rep")
+    ap.add_argument("--n-rebound", type=int, default=6, help="kills per rebound run")
     ap.add_argument("--rev", help="measure this git revision of auxipc (exported with git archive), "
                     "not the work tree: e.g. HEAD while the tree is being edited")
     ap.add_argument("--src", help="measure the auxipc in this project tree instead of this checkout")
@@ -425,6 +456,7 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.n_rt, args.n_aux, args.n_pub, args.n_async = 2000, 1000, 50000, 10000
+        args.n_fixture, args.n_cmd, args.n_rebound = 4, 3, 3
         args.reps = args.reps or 1
     args.reps = args.reps or 3
     args.warm_rt = max(1, args.n_rt // 10)
@@ -451,6 +483,11 @@ def main():
         elif args.src:
             SRC[:] = [os.path.abspath(args.src)]
         info["source"] = source_info()
+        info["dbus_skipped"] = dbus.missing()
+        if info["dbus_skipped"] is None and not args.profile:
+            DBUS.append(dbus.DBusDaemon(tmp))
+            info["dbus_daemon"] = subprocess.run(["dbus-daemon", "--version"], capture_output=True,
+                                                 text=True).stdout.splitlines()[0]
         if args.profile:
             return profile(tmp, args)
         plan = [
@@ -462,11 +499,21 @@ def main():
             ("pubsub_proxy", lambda cpu: floor_pubsub(tmp, args.n_pub, args.warm_pub, True), False),
             ("aux_async", lambda cpu: aux_case(tmp, "async", args.n_async, args.warm_async), False),
         ]
+        if DBUS:
+            plan.insert(2, ("dbus", lambda cpu: dbus_case(args.n_rt, args.warm_rt, cpu), True))
+        user_plan = [
+            ("fixture", lambda: user.fixture_case(tmp, args.n_fixture, zygote=True)),
+            ("fixture_spawn", lambda: user.fixture_case(tmp, max(2, args.n_fixture // 3), zygote=False)),
+            ("commands", lambda: user.commands_case(tmp, args.n_cmd)),
+            ("rebound", lambda: user.rebound_case(tmp, args.n_rebound, zygote=True)),
+            ("rebound_spawn", lambda: user.rebound_case(tmp, max(2, args.n_rebound // 2), zygote=False)),
+        ]
         cases = []
         for key, fn, rt in plan:
             cases.append((key, lambda fn=fn: fn(None)))
             if rt and args.pin_cpu >= 0:
                 cases.append((key + PIN, lambda fn=fn: fn(args.pin_cpu)))
+        cases += user_plan
         if args.only:
             keep = set(args.only.split(","))
             cases = [c for c in cases if c[0] in keep or c[0].split("@")[0] in keep]
@@ -477,24 +524,32 @@ def main():
                 r = fn()
                 results.setdefault(key, []).append(r)
                 fig = (f"p50={r['p50_us']:.1f}us p99={r['p99_us']:.1f}us" if "p50_us" in r else
-                       f"recv={r['recv_msg_per_s']:,.0f}/s lost={r['lost']}")
+                       f"recv={r['recv_msg_per_s']:,.0f}/s lost={r['lost']}" if "recv_msg_per_s" in r else
+                       f"start={r['start_ms']:.0f}ms teardown={r['teardown_ms']:.0f}ms" if "start_ms" in r else
+                       f"median={r['median_ms']:.0f}ms" if "median_ms" in r else
+                       " ".join(f"{k.split()[-1]}={v['median_ms']:.0f}ms" for k, v in r.items()))
                 print(f"[rep {rep + 1}/{args.reps}] {key:20s} {time.monotonic() - t0:5.1f}s  {fig}",
                       file=sys.stderr, flush=True)
     finally:
         reap_all()
+        if DBUS:
+            DBUS.pop().stop()
         shutil.rmtree(tmp, ignore_errors=True)
     info["loadavg_end"] = os.getloadavg()
     info["wall_s"] = round(time.monotonic() - t_all, 1)
     info["other_cpu_s"] = round(max(0.0, (system_busy_s() - busy0) - (own_cpu_s() - own0)), 1)
-    summary = summarize(results)
+    user_keys = {k for k, _ in user_plan}
+    summary = summarize({k: v for k, v in results.items() if k not in user_keys})
+    usum = summarize_user({k: v for k, v in results.items() if k in user_keys})
     print(build_table(summary, info, args))
+    print(build_user_table(usum, summary, info, args))
     other = info["other_cpu_s"] / info["wall_s"] if info["wall_s"] else 0.0
     print(f"\n(total wall {info['wall_s']} s; processes other than the bench used {info['other_cpu_s']} CPU-s "
           f"meanwhile = {other:.2f} of a CPU on average{' — figures are noisy' if other > 0.1 else ''}; "
           f"loadavg start {info['loadavg_start'][0]:.2f}, end {info['loadavg_end'][0]:.2f})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "args": vars(args), "summary": summary,
+            json.dump({"info": info, "args": vars(args), "summary": summary, "user": usum,
                        "runs": {k: [{x: y for x, y in r.items() if x != "lat"} for r in v]
                                 for k, v in results.items()}}, f, indent=1)
 

@@ -12,18 +12,19 @@ unknown one is EINVAL naming the argument and the closest known name.
 
 from __future__ import annotations
 
-import difflib
 import os
+from typing import TYPE_CHECKING
 
-from click.shell_completion import CompletionItem
+if TYPE_CHECKING:       # the protocol is imported by what completes or checks, not by every command
+    from click.shell_completion import CompletionItem
 
-from proto.errno import AuxError, Errno
-from proto.events import CATALOG, Catalog, EventSpec
+    from proto.events import Catalog, EventSpec
 
 QUERY_TIMEOUT = 0.3     # seconds a completion may wait for the broker
 
 
 def closest(name: str, known: list[str]) -> str | None:
+    import difflib
     hits = difflib.get_close_matches(str(name).upper(), [k.upper() for k in known], n=1, cutoff=0.6)
     if not hits:
         return None
@@ -39,6 +40,7 @@ def closest_hint(name: str, known: list[str]) -> str:
 def event_arg(catalog: Catalog, name: str, what: str = "EVENT") -> EventSpec:
     """The event ``name`` (a name or code) of ``catalog``; an unknown one is a usage
     error (EINVAL, exit 2) naming ``what`` and the closest known name."""
+    from proto.errno import AuxError, Errno
     try:
         return catalog.lookup(name)
     except AuxError:
@@ -48,6 +50,7 @@ def event_arg(catalog: Catalog, name: str, what: str = "EVENT") -> EventSpec:
 
 
 def _catalog(ctx) -> Catalog:
+    from proto.events import CATALOG, Catalog
     value = ctx.params.get("catalog") if ctx is not None else None
     return value if isinstance(value, Catalog) else CATALOG
 
@@ -64,6 +67,7 @@ def _snapshot(ctx) -> dict:
 
 
 def _items(names, incomplete: str, help_of=None) -> list[CompletionItem]:
+    from click.shell_completion import CompletionItem
     low = incomplete.lower()
     return [CompletionItem(n, help=help_of(n) if help_of else None)
             for n in sorted(set(names)) if n.lower().startswith(low)]

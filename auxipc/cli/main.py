@@ -15,17 +15,40 @@ import sys
 import click
 
 from auxipc.cli import complete
-from auxipc.cli.contract import events, proto
-from auxipc.cli.fault import fault
 from auxipc.cli.keys import REMOTE_OPTIONS, export_remote
-from auxipc.cli.keys import keys as keys_command
-from auxipc.cli.observe import monitor, run, trace, wait
-from auxipc.cli.options import OWN_RUNTIME_DIR, RUNTIME_DIR, SCHEMA, Group, json_option
-from auxipc.cli.up import COMMANDS as SUPERVISION
-from proto.errno import AuxError, Errno
+from auxipc.cli.options import OWN_RUNTIME_DIR, RUNTIME_DIR, SCHEMA, SCHEMA_NAMES, Group, catalog_for, json_option
+
+# The commands of the other modules, imported only when used: name -> (module:attr, short help).
+LAZY = {
+    "events": ("auxipc.cli.contract:events",
+               "The event catalog, one event's contract, or the negotiated contract of DEVICE's binding."),
+    "proto": ("auxipc.cli.contract:proto",
+              "Artefacts generated from the event catalog: C header, Markdown reference, JSON schema."),
+    "fault": ("auxipc.cli.fault:fault",
+              "Inject faults: kill/stop processes, break handlers, drop or mangle messages."),
+    "monitor": ("auxipc.cli.observe:monitor", "Print bus notifications as they happen, like udevadm monitor."),
+    "trace": ("auxipc.cli.observe:trace",
+              "Live trace of calls, events and notifications; render recorded traces."),
+    "wait": ("auxipc.cli.observe:wait", "Block until a condition holds on the bus (bound, peer, broker, ...)."),
+    "run": ("auxipc.cli.observe:run", "Run a scenario file: processes, steps, PASS/FAIL per step."),
+    "up": ("auxipc.cli.up:up", "Start a broker and the processes of SCENARIO (default: Model A, ixd + idpf_eth), "
+           "supervise them, and stop them all on SIGINT/SIGTERM."),
+    "ps": ("auxipc.cli.up:ps", "The supervised processes: state, pid, restarts, last exit."),
+    "stop": ("auxipc.cli.up:stop", "Stop process NAME (SIGTERM, grace, SIGKILL); it is not restarted."),
+    "start": ("auxipc.cli.up:start", "Start process NAME again."),
+    "restart": ("auxipc.cli.up:restart", "Stop and start process NAME."),
+    "down": ("auxipc.cli.up:down", "Stop every supervised process (reverse start order) and the supervisor."),
+    "keys": ("auxipc.cli.keys:keys", "CURVE keys for a bus across hosts: create, admit, revoke, ls."),
+    "soak": ("auxipc.cli.up:soak", "Chaos under load: kill, stop and restart drivers, the parent and the broker "
+             "while events flow both ways; then check the invariants and print the figures."),
+}
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+class Main(Group):
+    lazy = LAZY
+
+
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @REMOTE_OPTIONS
 @click.version_option(package_name="auxipc")
@@ -164,6 +187,7 @@ def ls(runtime_dir, as_json, tree):
 
 def _payload(spec, fields: tuple[str, ...], payload: str | None) -> dict:
     """The payload from --payload, @FILE.json arguments and key=value arguments, in that order."""
+    from proto.errno import AuxError, Errno
     from proto.kvargs import assign
     obj: dict = {}
     sources = ([("--payload", payload)] if payload is not None else []) + [
@@ -199,8 +223,9 @@ def _payload(spec, fields: tuple[str, ...], payload: str | None) -> dict:
 @click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.001, 3600),
               help="Deadline in seconds.")
 @json_option("Print {errno, error, reply} as JSON.")
-@SCHEMA
-def send(runtime_dir, device, event, fields, side, payload, timeout, as_json, catalog):
+@SCHEMA_NAMES
+@click.pass_context
+def send(ctx, runtime_dir, device, event, fields, side, payload, timeout, as_json, catalog):
     """Send EVENT on DEVICE through the parent's or the child's runtime.
 
     The payload: KEY=VALUE arguments typed by the event's payload (ints, bools,
@@ -215,6 +240,8 @@ def send(runtime_dir, device, event, fields, side, payload, timeout, as_json, ca
       auxipc send ixd.eth.0 DCB_CONFIG @dcb.json pfc.pfc_en=0x10
     """
     from auxipc.observe.client import Client
+    from proto.errno import AuxError
+    catalog = catalog_for(ctx, catalog, event)
     try:
         spec = catalog.lookup(event)
     except AuxError:
@@ -291,10 +318,6 @@ def demo(runtime_dir, record, which):
     from auxipc.testing.demo import run_demo
     sys.exit(run_demo(runtime_dir, record))
 
-
-for command in (proto, events, monitor, trace, wait, run, fault, *SUPERVISION):
-    main.add_command(command)
-main.add_command(keys_command)
 
 if __name__ == "__main__":
     main()

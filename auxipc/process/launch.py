@@ -42,6 +42,7 @@ class Proc:
         self.popen: subprocess.Popen | None = None
         self.start_time: int | None = None
         self.ready_line = ""
+        self._pidfd: int | None = None
         self.log_path = os.path.join(self.log_dir, f"{name}.log")
 
     @property
@@ -50,12 +51,39 @@ class Proc:
 
     def start(self, ready_timeout: float = 15.0) -> str:
         self._log = open(self.log_path, "ab")
+        self.popen = self._fork() if not (self.wrap or self.py_args) else None
+        if self.popen is None:
+            self._spawn()
+        self.start_time = process_start_time(self.popen.pid)
+        return self.wait_ready(ready_timeout)
+
+    def _fork(self):
+        """Through this process's zygote (``auxipc.process.zygote``), or None: off, not
+        started, or this env/cwd would import another auxipc than the zygote holds."""
+        from auxipc.process import zygote
+        if not zygote.fits(self.args, self.env, self.cwd):
+            return None
+        z = zygote.shared()
+        if z is None:
+            return None
+        out_r, out_w = os.pipe()
+        try:
+            with open(os.devnull, "rb") as null:
+                popen = z.spawn(list(self.args), self.env, self.cwd, null.fileno(), out_w,
+                                self._log.fileno())
+        except OSError:
+            os.close(out_r)
+            return None
+        finally:
+            os.close(out_w)
+        popen.stdout = os.fdopen(out_r, "rb", buffering=0)
+        return popen
+
+    def _spawn(self) -> None:
         self.popen = subprocess.Popen([*self.wrap, sys.executable, "-u", *self.py_args, "-m", "auxipc", *self.args],
                                       stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, env=self.env,
                                       cwd=self.cwd,
                                       start_new_session=True, preexec_fn=_die_with_launcher)
-        self.start_time = process_start_time(self.popen.pid)
-        return self.wait_ready(ready_timeout)
 
     def wait_ready(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -77,6 +105,21 @@ class Proc:
                 buf += chunk
         self.ready_line = buf.decode(errors="replace").strip().splitlines()[-1]
         return self.ready_line
+
+    def exit_fd(self) -> int | None:
+        """A descriptor that becomes readable when the process exits (a supervisor polls it
+        with its other sockets: an exit is seen at once, not at the next tick); None if none."""
+        if self.popen is None:
+            return None
+        fileno = getattr(self.popen, "exit_fileno", None)
+        if fileno is not None:
+            return fileno()
+        if self._pidfd is None and self.popen.returncode is None:
+            try:
+                self._pidfd = os.pidfd_open(self.popen.pid)
+            except (OSError, AttributeError):
+                return None
+        return self._pidfd
 
     def tail(self, lines: int = 8) -> str:
         try:
@@ -108,3 +151,6 @@ class Proc:
         finally:
             self.popen.stdout.close()
             self._log.close()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None

@@ -5,10 +5,12 @@ systemd in mind:
 - restart types per process: ``permanent`` (always restarted), ``transient``
   (restarted after an abnormal exit only), ``temporary`` (never);
 - strategies: ``one_for_one``, ``one_for_all``, ``rest_for_one``;
-- exponential backoff per process (``backoff_min`` doubling to ``backoff_max``,
-  reset once it stayed up for ``period``), and a restart intensity: more than
-  ``intensity`` restarts within ``period`` seconds and the supervisor gives up,
-  stops everything and says why;
+- an immediate first restart, then exponential backoff per process (``backoff_min``
+  doubling to ``backoff_max``, reset once it stayed up for ``period``), and a
+  restart intensity: more than ``intensity`` restarts within ``period`` seconds
+  and the supervisor gives up, stops everything and says why;
+- an exit is seen at once: each process's exit descriptor is polled with the
+  control socket, and a restart forks from the zygote (auxipc/process/zygote.py);
 - a stop the operator asked for (``auxipc stop NAME``, SIGTERM/SIGINT to
   ``auxipc up``) never triggers a restart;
 - shutdown in reverse start order: SIGTERM, ``grace``, SIGKILL, always reaped;
@@ -22,6 +24,7 @@ their own (their runtimes re-register). Operators talk to the supervisor over
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import signal
 import time
@@ -239,7 +242,8 @@ class Supervisor:
         if p.started_at and now - p.started_at >= self.spec.period:
             p.failures = 0
         p.failures += 1
-        delay = min(self.spec.backoff_max, self.spec.backoff_min * 2 ** (p.failures - 1))
+        # The first restart is immediate (OTP's); consecutive ones back off from backoff_min, doubling.
+        delay = 0.0 if p.failures == 1 else min(self.spec.backoff_max, self.spec.backoff_min * 2 ** (p.failures - 2))
         group = self._group(p)
         p.machine.fire(ProcEvent.EXIT_RESTART)
         for q in group:
@@ -308,7 +312,7 @@ class Supervisor:
             signal.signal(sig, lambda *_: setattr(self, "_stop", True))
         try:
             while not self._stop and not self.gave_up:
-                if self.sock.poll(50):
+                if self._wait(0.05):
                     self._serve()
                 self.reap()
                 self.restart_due()
@@ -320,6 +324,20 @@ class Supervisor:
             self.echo(f"up: {self.gave_up}")
             return 1
         return 0
+
+    def _wait(self, longest: float) -> bool:
+        """Wait for a request, a process exit or the next restart due, at most ``longest``
+        seconds; whether a request is waiting."""
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        for p in self.procs:
+            fd = p.proc.exit_fd() if p.state is ProcState.RUNNING and p.proc is not None else None
+            if fd is not None:
+                poller.register(fd, zmq.POLLIN)
+        due = [p.due for p in self.procs if p.state is ProcState.BACKOFF]
+        timeout = min([longest, *(d - time.monotonic() for d in due)])
+        ready = dict(poller.poll(max(0, math.ceil(timeout * 1000))))
+        return self.sock in ready
 
     def _serve(self) -> None:
         frames = self.sock.recv_multipart()

@@ -143,6 +143,7 @@ class Heartbeat(threading.Thread):
         self.wake_fd, self.wake_pub = wake_fd, wake_pub
         self.lost: str | None = None
         self._halt = threading.Event()
+        self._halt_r, self._halt_w = os.pipe()     # stop() wakes the poll at once, not at the next beat
         self.last_answer = time.monotonic()
 
     def run(self) -> None:
@@ -159,6 +160,7 @@ class Heartbeat(threading.Thread):
             poller.register(self.monitor, zmq.POLLIN)
         if self.wake_fd is not None:
             poller.register(self.wake_fd, zmq.POLLIN)
+        poller.register(self._halt_r, zmq.POLLIN)
         try:
             next_beat = 0.0
             while not self._halt.is_set():
@@ -198,8 +200,14 @@ class Heartbeat(threading.Thread):
             self.wake()
 
     def stop(self) -> None:
+        if self._halt.is_set():
+            return
         self._halt.set()
+        os.write(self._halt_w, b"x")
         self.join(2)
+        os.close(self._halt_w)
+        if not self.is_alive():      # else the thread still polls it: closed with the process
+            os.close(self._halt_r)
 
 
 class ZmqTransport:

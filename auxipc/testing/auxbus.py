@@ -1,5 +1,6 @@
-"""``AuxBus``: the ``auxbus`` fixture's bus, a ``Harness`` whose broker is started
-through pytest-xprocess (the fixture itself is in ``auxipc.testing.pytest_plugin``).
+"""``AuxBus``: the ``auxbus`` fixture's bus, a ``Harness`` whose broker is forked from
+the zygote like its other processes, or (``AUXIPC_ZYGOTE=0``) started through
+pytest-xprocess (the fixture itself is in ``auxipc.testing.pytest_plugin``).
 """
 
 from __future__ import annotations
@@ -147,6 +148,12 @@ class AuxBus(Harness):
         if args or kwargs:
             return super().start(*args, **kwargs)
         _reap_stale(self.xprocess)
+        from auxipc.process import zygote
+        if zygote.usable(["broker", "--runtime-dir", self.root], self.env()):
+            # forked from the zygote like every other process of the test: ~40 ms instead of an
+            # interpreter start; its PR_SET_PDEATHSIG chain stops it if pytest is killed
+            super().broker()
+            return None
         info = self.xprocess.getinfo(_broker_name())
         if info.pidpath.check() and not (info.pid and _is_broker(info.pid)):
             info.pidpath.remove()    # a pid reused by another process: never let xprocess signal it
@@ -161,10 +168,14 @@ class AuxBus(Harness):
         return None
 
     def broker_alive(self) -> bool:
+        if self.broker_proc is not None:
+            return super().broker_alive()
         return bool(self.broker_pid) and not gone(self.broker_pid)
 
     def stop_broker(self) -> int | None:
         """SIGTERM the broker (SIGKILL after the grace period) and reap it; its exit code."""
+        if self.broker_proc is not None:
+            return super().stop_broker()
         import subprocess
         info = self.xprocess.getinfo(_broker_name())
         popen = next((r.popen for r in reversed(self.xprocess.resources)

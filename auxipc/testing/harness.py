@@ -2,7 +2,8 @@
 and the project's own tests all need around a bus.
 
 A ``Harness`` owns a runtime dir (a fresh short one under /tmp unless given), a log
-dir, the broker and every process started on it (``python -m auxipc ...``, each
+dir, the broker and every process started on it (``python -m auxipc ...``, forked
+from the zygote of ``auxipc.process.zygote`` unless AUXIPC_ZYGOTE=0; each
 waited for by its ready line), a ``Watcher`` subscribed before any peer starts and
 a ``Client``. Every record the watcher delivers goes through one place: annotated
 with who sent it to whom (``Lifelines``), kept in ``records``, written to the

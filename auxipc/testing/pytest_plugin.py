@@ -13,10 +13,12 @@ Installed with auxipc (entry point ``pytest11``); needs pytest-xprocess
         auxbus.expect_uevent("UNBIND", dev="ixd.eth.0")
 
 The bus is ``auxipc.testing.auxbus.AuxBus``: the project's one bus harness
-(``auxipc.testing.harness.Harness``) whose broker is started through pytest-xprocess (``ensure(..., restart=True)``,
-one name per pytest process; a broker left by an earlier pytest that was killed
-before its teardown is stopped first) in a short runtime dir under /tmp, waited
-for by its ready line and a real ping. A ``Watcher`` is
+(``auxipc.testing.harness.Harness``): every process forked from a zygote that
+imported auxipc once (``auxipc.process.zygote``); with ``AUXIPC_ZYGOTE=0`` spawned,
+the broker through pytest-xprocess (``ensure(..., restart=True)``, one name per
+pytest process; a broker left by an earlier pytest that was killed before its
+teardown is stopped first); in a short runtime dir under /tmp, each waited for by
+its ready line. A ``Watcher`` is
 subscribed before any other process starts, so ``trace()`` holds every bus
 notification, sync call and async event of the test. Teardown stops every
 process (children and parents first, SIGCONT then SIGTERM, SIGKILL after a
