@@ -46,7 +46,9 @@ def export_remote(connect, insecure, keys) -> None:
 
 @click.group()
 def keys():
-    """CURVE keys for a bus across hosts (docs/multihost.md).
+    """CURVE keys for a bus across hosts: create, admit, revoke, ls.
+
+    See docs/multihost.md.
 
     \b
     On the broker's host:   auxipc keys create broker
