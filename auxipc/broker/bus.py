@@ -31,10 +31,6 @@ from collections import Counter, deque
 from functools import partial
 from typing import Any, Callable
 
-from proto import envelope as E
-from proto.errno import AuxError, Errno
-from proto.events import CATALOG, Catalog
-from auxipc.runtime_dir import remote_host
 from auxipc.broker.binding import Binding
 from auxipc.broker.calls import Calls
 from auxipc.broker.devices import Devices
@@ -43,6 +39,10 @@ from auxipc.broker.lockdep import LockDep
 from auxipc.broker.records import Adopted, Device, Driver, Peer, Pending, device_name, match_name
 from auxipc.broker.timers import Timer, Timers
 from auxipc.faults import FaultPlan, FaultRule, corrupt
+from auxipc.runtime_dir import remote_host
+from proto import envelope as E
+from proto.errno import AuxError, Errno
+from proto.events import CATALOG, Catalog
 
 log = logging.getLogger("auxipc.broker")
 

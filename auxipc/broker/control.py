@@ -17,18 +17,17 @@ read-only ones are answered on both.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 
+from auxipc.broker.auth import refuse_remote, with_hosts
+from auxipc.broker.lifecycle import BindState
+from auxipc.broker.snapshot import device_page, snapshot
+from auxipc.faults import SIGNALS, FaultRule
+from auxipc.runtime_dir import process_start_time
 from proto import envelope as E
 from proto.control import CTL_ARGS, ctl_args
 from proto.errno import AuxError, Errno
-from auxipc.broker.lifecycle import BindState
-from auxipc.faults import SIGNALS, FaultRule
-from auxipc.broker.auth import refuse_remote, with_hosts
-from auxipc.broker.snapshot import device_page, snapshot
-from auxipc.runtime_dir import process_start_time
 
 log = logging.getLogger("auxipc.broker")
 

@@ -28,24 +28,24 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
 import traceback
 from collections import Counter, deque
 
 import zmq
 from zmq.backend import zmq_poll
-from zmq.utils.monitor import parse_monitor_message
 
+from auxipc.broker import control
+from auxipc.broker.auth import Listeners, RemotePeers
+from auxipc.broker.bus import HUNG_TASK_SECS, Bus
+from auxipc.broker.gate import AsyncGate
+from auxipc.broker.sidewatch import SideWatch, peer_credentials
+from auxipc.procfs import process_start_time
+from auxipc.runtime.transport import recv_ready, send_frames
+from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints, remote_host
 from proto import envelope as E
 from proto.errno import AuxError, Errno, ProtocolError
 from proto.events import CATALOG, Catalog
-from auxipc.broker import control
-from auxipc.broker.auth import Listeners, RemotePeers
-from auxipc.broker.bus import HUNG_TASK_SECS, Bus, Peer
-from auxipc.procfs import process_start_time
-from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints, remote_host
-from auxipc.runtime.transport import recv_ready, send_frames
 
 NOBLOCK = int(zmq.NOBLOCK)
 _recv = zmq.backend.Socket.recv
@@ -82,158 +82,6 @@ class LogLimiter:
             args = (*args, left_out, now - last)
         log.log(level, fmt, *args, exc_info=exc_info)
         return True
-
-
-def peer_credentials(frame: zmq.Frame) -> tuple[int, int, int] | None:
-    """(pid, uid, gid) of the process at the other end of an ipc connection, as the
-    kernel gave them to libzmq (SO_PEERCRED): libzmq 4.3 exposes them as the frame's
-    ``Peer-Address`` property, ``localhost:<uid>:<gid>:<pid>``. None on transports
-    without credentials."""
-    try:
-        addr = frame.get("Peer-Address")
-    except (zmq.ZMQError, UnicodeDecodeError):
-        return None
-    parts = addr.split(":") if isinstance(addr, str) else ()
-    if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]):
-        return None
-    return int(parts[3]), int(parts[1]), int(parts[2])
-
-
-class SideWatch(threading.Thread):
-    """Watches the ROUTER's disconnect monitor, the wake pipe and the admin socket for
-    the main loop, and reports each event as a message from an inproc DEALER whose
-    routing id is a secret of this process: ``disconnect``, ``wake``, or ``admin``
-    (+ the sender's ``pid:uid`` + its routing id + the message). Answers to the admin
-    socket come back the same way (``reply`` + routing id + frames) and leave here.
-    Owns the monitor and admin sockets; ends (closing them) when the context is
-    terminated."""
-
-    def __init__(self, ctx: zmq.Context, monitor: zmq.Socket, wake_fd: int, endpoint: str, ident: bytes,
-                 admin: zmq.Socket):
-        super().__init__(name="auxipc-sidewatch", daemon=True)
-        self.ctx, self.monitor, self.wake_fd, self.endpoint, self.routing_id = ctx, monitor, wake_fd, endpoint, ident
-        self.admin = admin
-
-    def run(self) -> None:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self.routing_id)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.endpoint)
-        poller = zmq.Poller()
-        poller.register(self.monitor, zmq.POLLIN)
-        poller.register(self.wake_fd, zmq.POLLIN)
-        poller.register(self.admin, zmq.POLLIN)
-        poller.register(sock, zmq.POLLIN)
-        try:
-            while True:
-                ready = dict(poller.poll())
-                if self.monitor in ready:
-                    while self.monitor.poll(0):
-                        parse_monitor_message(self.monitor.recv_multipart())
-                    sock.send(b"disconnect")
-                if self.wake_fd in ready:
-                    os.read(self.wake_fd, 4096)
-                    sock.send(b"wake")
-                if self.admin in ready:
-                    self._from_admin(sock)
-                if sock in ready:
-                    while sock.poll(0):
-                        msg = sock.recv_multipart()
-                        if msg[0] == b"reply":
-                            try:
-                                self.admin.send_multipart(msg[1:], zmq.NOBLOCK)
-                            except zmq.ZMQError:
-                                pass    # the CLI went away, or stopped reading
-        except zmq.ContextTerminated:
-            pass
-        finally:
-            sock.close(linger=0)
-            self.monitor.close(linger=0)
-            self.admin.close(linger=0)
-
-    def _from_admin(self, sock: zmq.Socket) -> None:
-        while self.admin.poll(0):
-            frames = self.admin.recv_multipart(copy=False)
-            creds = peer_credentials(frames[0])
-            who = b"%d:%d" % (creds[0], creds[1]) if creds else b"?"
-            sock.send_multipart([b"admin", who, *(f.bytes for f in frames)])
-
-
-class AsyncGate(threading.Thread):
-    """The async path, in place of ``zmq_proxy``: every message a peer publishes on
-    ``pub.sock`` is checked before the XPUB passes it on. An EVENT on ``C:<device>``
-    must come from the process of the device's parent, ``P:<device>`` from the
-    process of its bound driver's peer (the pid the kernel gave the connection,
-    SO_PEERCRED), and name that device's id, the broker's epoch and that peer's
-    current incarnation; anything else is dropped and counted (``async_forged``,
-    ``async_stale``). ``hello:`` and ``trace`` topics pass; other topics are dropped.
-    Reads the bus's tables without a lock: single lookups, atomic under the GIL,
-    and a stale answer only drops an event a moment before or after a bind."""
-
-    PASS = (b"hello:", b"trace")
-
-    def __init__(self, bus: Bus, xsub: zmq.Socket, xpub: zmq.Socket):
-        super().__init__(name="auxipc-async-gate", daemon=True)
-        self.bus, self.xsub, self.xpub = bus, xsub, xpub
-        self.remote = RemotePeers()     # the broker's, set after construction
-        self.stats: Counter = Counter()     # written by this thread only; the main loop copies it
-
-    def run(self) -> None:
-        xsub, xpub = self.xsub, self.xpub
-        poller = zmq.Poller()
-        poller.register(xsub, zmq.POLLIN)
-        poller.register(xpub, zmq.POLLIN)
-        try:
-            while True:
-                ready = dict(poller.poll())
-                if xpub in ready:
-                    while xpub.poll(0):     # subscriptions: the XSUB already takes everything
-                        xpub.recv_multipart()
-                if xsub in ready:
-                    while xsub.poll(0):
-                        frames = xsub.recv_multipart(copy=False)
-                        why = self.check(frames)
-                        if why is not None:
-                            self.stats[why] += 1
-                            continue
-                        try:
-                            xpub.send_multipart(frames, zmq.NOBLOCK)
-                        except zmq.Again:
-                            self.stats["async_dropped_hwm"] += 1
-                        else:
-                            self.stats["async_passed"] += 1
-        except zmq.ContextTerminated:
-            pass
-        finally:
-            xsub.close(linger=0)
-            xpub.close(linger=0)
-
-    def check(self, frames: list) -> str | None:
-        """None if the message may pass, else the counter of why not."""
-        topic = frames[0].bytes
-        if len(frames) != 2:
-            return "async_malformed"
-        kind = topic[:2]
-        if kind not in (b"C:", b"P:"):
-            return None if topic.startswith(self.PASS) else "async_unknown_topic"
-        bus = self.bus
-        dev = bus.by_name.get(topic[2:].decode(errors="replace"))
-        if dev is None:
-            return "async_no_device"
-        sender: Peer | None = dev.parent if kind == b"C:" else dev.driver.peer if dev.driver is not None else None
-        creds = peer_credentials(frames[0])
-        if sender is None or not sender.alive or not self.remote.same_sender(sender, creds, frames[0]):
-            return "async_forged"
-        data = frames[1].bytes
-        try:
-            head = E.unpackb(data[4:], "$.header") if data[:4] == E.MAGIC else None
-        except AuxError:
-            head = None
-        if type(head) is not dict or head.get("t") != E.Msg.EVENT:
-            return "async_malformed"
-        if head.get("dev") != dev.dev_id or head.get("epoch") != bus.epoch or head.get("inc") != sender.inc:
-            return "async_stale"
-        return None
 
 
 class Broker:

@@ -18,10 +18,10 @@ import time
 import zmq
 from zmq.backend import zmq_poll
 
-from proto import envelope as E
 from auxipc.keys import handshake_failed_events, monitor_event, refused
 from auxipc.runtime.seam import DEALER, SUB
 from auxipc.runtime_dir import Endpoints
+from proto import envelope as E
 
 HWM = 100_000
 SUB_HWM = 10_000     # async messages queued for a runtime that does not read (the broker's XPUB holds as many)
