@@ -4,6 +4,13 @@ Resolution order: ``--runtime-dir``, ``$AUXIPC_RUNTIME_DIR``,
 ``$XDG_RUNTIME_DIR/auxipc``, ``/tmp/auxipc-<uid>``. The directory is created
 mode 0700; an existing one must be ours and 0700 already. One broker per
 directory, enforced by an ``flock`` on ``broker.lock`` (a second ipc bind on the same path would silently steal the socket).
+
+A bus on another host is reached over TCP instead: ``$AUXIPC_CONNECT``
+(``auxipc --connect``) names its ``tcp://HOST:PORT``; the broker's four sockets
+are on PORT .. PORT+3 (``tcp_endpoints``). TCP is CURVE-encrypted and
+authenticated (auxipc/keys.py) unless ``$AUXIPC_INSECURE`` (``--insecure``) is set.
+The admin socket (send, bind, unbind, fault, signal) stays ipc-only: across hosts
+a client reads the bus (ls, trace, wait) through the bus socket.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from proto.errno import AuxError, Errno
 
@@ -29,39 +37,97 @@ def resolve(runtime_dir: str | os.PathLike | None = None) -> Path:
     return Path(f"/tmp/auxipc-{os.getuid()}")
 
 
+PORTS = ("bus", "pub", "sub", "notify")     # a TCP bus: these at PORT, PORT+1, PORT+2, PORT+3
+
+
+def parse_tcp(url: str, what: str = "--connect") -> tuple[str, int]:
+    """``tcp://HOST:PORT`` -> (HOST, PORT), PORT leaving room for the three after it."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not url.startswith("tcp://") or not host or port is None or parts.path or not 0 < port <= 65535 - 3:
+        raise AuxError(Errno.EINVAL, f"{what}: {url!r} is not tcp://HOST:PORT with PORT in 1..65532 "
+                       "(the bus uses PORT..PORT+3)")
+    return host, port
+
+
+def tcp_endpoints(url: str, what: str = "--connect") -> dict[str, str]:
+    """The four sockets of a TCP bus, by role (``PORTS``)."""
+    host, port = parse_tcp(url, what)
+    host = f"[{host}]" if ":" in host else host
+    return {role: f"tcp://{host}:{port + i}" for i, role in enumerate(PORTS)}
+
+
+def remote_host(ident: bytes) -> str | None:
+    """The host a peer connected from over TCP (its routing id's ``@host``), or None
+    for a peer on the broker's host (ipc)."""
+    at = ident.rfind(b"@")
+    return ident[at + 1:].decode(errors="replace") if at >= 0 else None
+
+
 @dataclass(frozen=True)
 class Endpoints:
-    """The three ipc endpoints of a bus: request/reply, publish-in, subscribe-out."""
+    """The endpoints of a bus: request/reply, publish-in, subscribe-out, notifications.
+    In ``root`` over ipc, or at ``tcp`` (``tcp://HOST:PORT``) on another host; over TCP
+    ``secure`` sets a socket up for CURVE before it connects (``insecure``: plain)."""
 
     root: Path
+    tcp: str | None = None
+    insecure: bool = False
+
+    def _at(self, role: str, sock: str) -> str:
+        return tcp_endpoints(self.tcp)[role] if self.tcp else f"ipc://{self.root / sock}"
+
+    @property
+    def where(self) -> str:
+        """For messages: where the broker is looked for."""
+        return self.tcp or str(self.root)
+
+    @property
+    def remote(self) -> bool:
+        return self.tcp is not None
 
     @property
     def bus(self) -> str:
-        return f"ipc://{self.root / 'bus.sock'}"
+        return self._at("bus", "bus.sock")
 
     @property
     def pub(self) -> str:
         """Peers connect their PUB here (the broker's XSUB)."""
-        return f"ipc://{self.root / 'pub.sock'}"
+        return self._at("pub", "pub.sock")
 
     @property
     def notify(self) -> str:
         """Bus notifications and the call trace (the broker's own XPUB): a subscriber
         connects its SUB here as well as to ``sub``."""
-        return f"ipc://{self.root / 'notify.sock'}"
+        return self._at("notify", "notify.sock")
 
     @property
     def admin(self) -> str:
         """Control ops that change the bus (send, bind, unbind, fault, signal) are
-        taken only here: the CLI's socket, not the peers'."""
-        return f"ipc://{self.root / 'admin.sock'}"
+        taken only here: the CLI's socket, not the peers'. Over TCP there is none (the
+        bus socket answers the read-only ops; the others are refused with EPERM)."""
+        return self.bus if self.tcp else f"ipc://{self.root / 'admin.sock'}"
 
     @property
     def sub(self) -> str:
         """Peers connect their SUB here (the broker's XPUB)."""
-        return f"ipc://{self.root / 'sub.sock'}"
+        return self._at("sub", "sub.sock")
+
+    def secure(self, sock) -> None:
+        """Before ``sock`` connects to a TCP bus: the CURVE client keys (this host's pair,
+        the broker's public key). Nothing over ipc or with ``insecure``."""
+        if self.tcp and not self.insecure:
+            from auxipc.keys import client_keys
+            public, secret, server = client_keys()
+            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server
 
     def check(self) -> None:
+        if self.tcp:
+            parse_tcp(self.tcp)
+            return
         longest = max(len(str(self.root / name)) for name in SOCKETS)
         import zmq  # here, not at the top: `auxipc --help` needs the paths, not zmq
         limit = getattr(zmq, "IPC_PATH_MAX_LEN", 107) or 107
@@ -71,8 +137,16 @@ class Endpoints:
                            "or set AUXIPC_RUNTIME_DIR")
 
 
-def endpoints(runtime_dir=None) -> Endpoints:
-    ep = Endpoints(resolve(runtime_dir))
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "no", "false")
+
+
+def endpoints(runtime_dir=None, connect: str | None = None, insecure: bool | None = None) -> Endpoints:
+    """The bus to talk to: ``connect`` (or ``$AUXIPC_CONNECT``) names a TCP bus; else the
+    runtime dir's ipc sockets."""
+    connect = connect if connect is not None else os.environ.get("AUXIPC_CONNECT") or None
+    insecure = insecure if insecure is not None else _flag("AUXIPC_INSECURE")
+    ep = Endpoints(resolve(runtime_dir), connect or None, insecure)
     ep.check()
     return ep
 

@@ -22,11 +22,11 @@ import inspect
 import logging
 from typing import Any, NamedTuple
 
+from auxipc.runtime.handlers import collect_handlers, normalize_result
+from auxipc.runtime.peer import Runtime
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import EventSpec, decode_payload
-from auxipc.runtime.handlers import collect_handlers, normalize_result
-from auxipc.runtime.peer import Runtime
 
 log = logging.getLogger("auxipc.child")
 
@@ -210,7 +210,7 @@ class ChildRuntime(Runtime):
             adev.bound = False
             log.warning("%s: %s did not come back after the broker restart: removed", adev.driver.name, adev.name)
             if callable(adev.driver.remove):
-                self.guard(lambda: adev.driver.remove(adev))
+                self.guard(lambda adev=adev: adev.driver.remove(adev))
 
     # ---- deliveries (each under the device's lock) ---------------------------------------
 

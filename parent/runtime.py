@@ -22,13 +22,13 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from proto import envelope as E
-from proto.errno import AuxError, Errno
-from proto.events import decode_payload
 from auxipc.runtime.dispatch import BrokerLost, EventsIn
 from auxipc.runtime.handlers import collect_handlers, normalize_result
 from auxipc.runtime.peer import Runtime
 from auxipc.states import DeviceState
+from proto import envelope as E
+from proto.errno import AuxError, Errno
+from proto.events import decode_payload
 
 log = logging.getLogger("auxipc.parent")
 

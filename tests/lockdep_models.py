@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 
+from auxipc import AuxDriver, ParentModel, handler
 from proto.events import Event, LinkChange, SetMac
 from proto.payloads import MtuChangeBefore
-from auxipc import AuxDriver, ParentModel, handler
 from tests.models import log
 
 

@@ -49,9 +49,9 @@ import json
 import os
 import time
 
+from auxipc import AuxDriver, ParentModel, handler
 from proto.errno import AuxError, Errno
 from proto.events import Event, ResetType, SetMac, SetMacReply
-from auxipc import AuxDriver, ParentModel, handler
 
 
 def log(what: str, **fields) -> None:

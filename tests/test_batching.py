@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from proto import envelope as E
-from proto.events import CATALOG, Event, FwEvent, FwEventKind, LinkChange
 from auxipc.faults import FaultRule
 from auxipc.runtime.memory import MemoryTransport
 from auxipc.runtime.publishing import BATCH_EVENTS
 from parent.runtime import ParentModel, ParentRuntime
+from proto import envelope as E
+from proto.events import CATALOG, Event, FwEvent, FwEventKind, LinkChange
 
 LINK, FW = CATALOG.lookup(Event.LINK_CHANGE), CATALOG.lookup(Event.FW_EVENT)
 ETH, RDMA = b"C:tb.eth.0", b"C:tb.rdma.0"

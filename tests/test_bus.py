@@ -2,12 +2,21 @@
 
 import pytest
 
+from auxipc.broker.bus import Bus, device_name, match_name
+from auxipc.broker.lifecycle import (
+    BindEvent,
+    BindState,
+    DeviceEvent,
+    DeviceState,
+    IllegalTransition,
+    PeerEvent,
+    bind_machine,
+    device_machine,
+    peer_machine,
+)
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import Event
-from auxipc.broker.bus import Bus, device_name, match_name
-from auxipc.broker.lifecycle import (BindEvent, BindState, DeviceEvent, DeviceState, IllegalTransition, PeerEvent,
-                                    bind_machine, device_machine, peer_machine)
 
 
 class Clock:
@@ -77,7 +86,7 @@ class Harness:
 
     def answer(self, ident, kind, e=0, payload=None):
         """Answer the first pending request of type ``kind`` sent to ``ident``."""
-        for who, m, p in self.take(ident):
+        for _who, m, _p in self.take(ident):
             if isinstance(m, kind):
                 self.send(ident, E.Result(r=m.r, e=e), payload)
                 return m

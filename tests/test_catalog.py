@@ -15,9 +15,25 @@ from hypothesis import strategies as st
 
 from auxipc.cli.main import main
 from proto.errno import AuxError, Errno
-from proto.events import (CATALOG, Caps, Context, DcbConfig, Delivery, Direction, EnableQueues, Event,
-                          EventSpec, MacFilter, Qos, ResetWarn, Virtchnl, VlanFilter, decode_payload,
-                          encode_payload, negotiate)
+from proto.events import (
+    CATALOG,
+    Caps,
+    Context,
+    DcbConfig,
+    Delivery,
+    Direction,
+    EnableQueues,
+    Event,
+    EventSpec,
+    MacFilter,
+    Qos,
+    ResetWarn,
+    Virtchnl,
+    VlanFilter,
+    decode_payload,
+    encode_payload,
+    negotiate,
+)
 from proto.extend import build_catalog
 from proto.schema import Array, Bool, Bytes, Empty, Int, Map, Nested, Payload, Str
 from proto.schema import Enum as EnumField

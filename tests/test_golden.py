@@ -75,7 +75,7 @@ def test_child_crash():
 
 def test_parent_crash():
     h = Harness()
-    dev = setup(h)
+    setup(h)
     h.bus.peer_died(h.bus.peers[P], "killed")
     h.answer(C, E.Remove)                                # children get remove()
     h.bus.peer_died(h.bus.peers[C], "killed later")       # nothing is removed or released twice

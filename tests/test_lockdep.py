@@ -2,10 +2,10 @@
 
 import pytest
 
+from auxipc.broker.lockdep import Lock, LockDep, LockedOp
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import Event
-from auxipc.broker.lockdep import Lock, LockDep, LockedOp
 from tests.test_bus import C, Harness, P, bound
 
 
@@ -89,7 +89,7 @@ def lock(h, who, name, task, r, ensure=False):
 
 def test_named_locks_through_the_bus():
     h = Harness()
-    dev = bound(h)
+    bound(h)
     lock(h, P, "rtnl", "ixd/t1", 1)
     assert h.result(P, 1)[0].e == 0
     lock(h, C, "rtnl", "idpf/t2", 2)                   # queued behind ixd/t1

@@ -327,7 +327,7 @@ def test_mlx5_several_children(bus):
     names = ["mlx5_core.eth.0", "mlx5_core.rdma.0", "mlx5_core.vnet.0"]
     bus.wait_ls(lambda s: all((bus.device(n, s) or {}).get("bind") == "bound" for n in names))
     for dev in ("mlx5_core.eth.0", "mlx5_core.vnet.0"):
-        bus.wait_until(lambda: [r["up"] for r in c.records("link", dev=dev)][-3:] == [True, False, True], 5,
+        bus.wait_until(lambda dev=dev: [r["up"] for r in c.records("link", dev=dev)][-3:] == [True, False, True], 5,
                        f"a FW flap on {dev}")
     assert not c.records("link", dev="mlx5_core.rdma.0")
 

@@ -16,8 +16,19 @@ from parent.hw.reset import Reset, ResetState
 from parent.hw.sched import Kind, QueueSpace, SchedTree
 from parent.hw.shaper import MIN_RATE, validate
 from proto.errno import AuxError
-from proto.events import DcbConfig, Duplex, Ets, MacKind, NetshaperSet, Pfc, ShaperHandle, ShaperMetric, ShaperScope
-from proto.events import ResetType, Tsa
+from proto.events import (
+    DcbConfig,
+    Duplex,
+    Ets,
+    MacKind,
+    NetshaperSet,
+    Pfc,
+    ResetType,
+    ShaperHandle,
+    ShaperMetric,
+    ShaperScope,
+    Tsa,
+)
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from auxipc.testing.auxbus import AuxBus
 from auxipc.procfs import process_start_time
+from auxipc.testing.auxbus import AuxBus
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -144,8 +144,8 @@ def test_example_file_runs_in_its_own_pytest_and_failures_leave_nothing():
 
 
 def test_a_broker_left_by_a_killed_pytest_is_stopped_by_the_next(xprocess):
-    from auxipc.testing.auxbus import BROKER_PREFIX, _is_broker, _reap_stale
     from auxipc.process.launch import Proc
+    from auxipc.testing.auxbus import BROKER_PREFIX, _is_broker, _reap_stale
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
     root = tempfile.mkdtemp(prefix="axt-", dir="/tmp")

@@ -4,8 +4,21 @@ import pytest
 
 from proto import envelope as E
 from proto.errno import ERRNO_TABLE, AuxError, Errno, errno_name, strerror
-from proto.events import (CATALOG, Catalog, Direction, Duplex, Event, EventSpec, FwEvent, LinkChange,
-                          ResetType, SetMac, SetMacReply, decode_payload, encode_payload)
+from proto.events import (
+    CATALOG,
+    Catalog,
+    Direction,
+    Duplex,
+    Event,
+    EventSpec,
+    FwEvent,
+    LinkChange,
+    ResetType,
+    SetMac,
+    SetMacReply,
+    decode_payload,
+    encode_payload,
+)
 
 
 def rejects(fn, message):
@@ -187,7 +200,7 @@ def test_event_batch_round_trip_and_rejections():
     assert E.decode_events(p) == [1, {"up": True}, 2, {}]
     message = "EPROTO: $.header.p: expected a non-empty array of event code, payload map pairs"
     for bad in (None, E.packb([]), E.packb([1]), E.packb({"a": 1})):
-        rejects(lambda: E.decode_events(bad), message)
+        rejects(lambda bad=bad: E.decode_events(bad), message)
     rejects(lambda: E.decode_events(E.packb([1, {}, "x", {}])),
             "EPROTO: $.header.p[2]: expected an event code and a payload map")
 
@@ -223,7 +236,7 @@ def test_register_restore_is_declared():
             ({"bound": [{"name": "a", "refs": "1"}]}, "$.header.restore.bound[0].refs: expected int, got str"),
             ({"bound": [{"name": "a", "refs": -1}]}, "$.header.restore.bound[0].refs: -1 out of range 0..2147483647"),
             ({"bound": [{"name": "a", "refs": 1e309}]}, "$.header.restore.bound[0].refs: expected int, got float")]:
-        rejects(lambda: E.decode([M + E.packb({**base, "restore": restore})]), f"EINVAL: {message}")
+        rejects(lambda restore=restore: E.decode([M + E.packb({**base, "restore": restore})]), f"EINVAL: {message}")
 
 
 def test_fault_rules_are_declared():
@@ -240,7 +253,7 @@ def test_fault_rules_are_declared():
             ({"kind": "kill", "target": "x", "probability": float("inf")}, "$.rule.probability: inf out of range 0.0..1.0"),
             ({"kind": "kill", "target": "x", "probability": True}, "$.rule.probability: expected float, got bool"),
             ({"kind": "kill", "target": ["x"]}, "$.rule.target: expected str, got array")]:
-        rejects(lambda: fault_spec(bad), f"EINVAL: {message}")
+        rejects(lambda bad=bad: fault_spec(bad), f"EINVAL: {message}")
 
 
 def test_control_args_per_op():
@@ -350,6 +363,7 @@ def test_proto_is_sans_io():
 
 def test_protocol_doc_is_current():
     import pathlib
+
     from proto.protodoc import render
     doc = pathlib.Path(__file__).parent.parent / "docs" / "protocol.md"
     text = doc.read_text()

@@ -76,7 +76,7 @@ def test_kill_at_remove_and_at_request(bus):
 
 @pytest.mark.timeout(60)
 def test_broker_restart_restores_bindings_without_a_second_probe(bus):
-    parent = bus.parent("tests.models:Pair")
+    bus.parent("tests.models:Pair")
     child = bus.child("tests.models:Rec")
     bus.wait_ls(lambda s: sum(1 for d in s["devices"] if d["driver"]) == 2)
     assert len(child.records("probe")) == 2

@@ -15,11 +15,21 @@ import pytest
 from click.testing import CliRunner
 
 from auxipc.cli.main import main
-from auxipc.testing.scenario import (ExpectRecord, ExpectResult, ProcessSpec, SendSpec, SignalSpec, StartSpec, StopSpec,
-                             WaitSpec, parse, subset_mismatch)
 from auxipc.procfs import process_start_time
+from auxipc.testing.scenario import (
+    ExpectRecord,
+    ExpectResult,
+    ProcessSpec,
+    SendSpec,
+    SignalSpec,
+    StartSpec,
+    StopSpec,
+    WaitSpec,
+    load,
+    parse,
+    subset_mismatch,
+)
 from auxipc.testing.scenario_run import run_scenario
-from auxipc.testing.scenario import load
 from proto.errno import AuxError
 
 pytestmark = pytest.mark.timeout(30)

@@ -12,11 +12,11 @@ import logging
 from functools import partial
 from typing import Callable
 
-from proto import envelope as E
-from proto.errno import AuxError, Errno, errno_name
 from auxipc.broker.lifecycle import BindEvent, BindState, DeviceState
 from auxipc.broker.ops import Pm, Probe, Remove, Sequence, Shutdown, schema_clash, unbound
 from auxipc.broker.records import Device, Driver, Host, Peer, match_name
+from proto import envelope as E
+from proto.errno import AuxError, Errno, errno_name
 
 log = logging.getLogger("auxipc.broker")
 

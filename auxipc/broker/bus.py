@@ -31,9 +31,6 @@ from collections import Counter, deque
 from functools import partial
 from typing import Any, Callable
 
-from proto import envelope as E
-from proto.errno import AuxError, Errno
-from proto.events import CATALOG, Catalog
 from auxipc.broker.binding import Binding
 from auxipc.broker.calls import Calls
 from auxipc.broker.devices import Devices
@@ -42,6 +39,10 @@ from auxipc.broker.lockdep import LockDep
 from auxipc.broker.records import Adopted, Device, Driver, Peer, Pending, device_name, match_name
 from auxipc.broker.timers import Timer, Timers
 from auxipc.faults import FaultPlan, FaultRule, corrupt
+from auxipc.runtime_dir import remote_host
+from proto import envelope as E
+from proto.errno import AuxError, Errno
+from proto.events import CATALOG, Catalog
 
 log = logging.getLogger("auxipc.broker")
 
@@ -382,7 +383,7 @@ class Bus:
         self.peers[ident] = peer
         self.named[(peer.role, peer.name, peer.instance)] = peer
         self.hb_idents[ident + b"#hb"] = peer
-        self.uevent("REGISTER", role=msg.role, name=msg.name, pid=msg.pid, inc=peer.inc)
+        self.uevent("REGISTER", role=msg.role, name=msg.name, pid=msg.pid, inc=peer.inc, **_host_detail(ident))
         self.reply(ident, msg.r, data=self._welcome(peer))
 
     def _welcome(self, peer: Peer) -> dict:
@@ -430,3 +431,9 @@ class Bus:
         if self.named.get((peer.role, peer.name, peer.instance)) is peer:
             del self.named[(peer.role, peer.name, peer.instance)]
         self.hb_idents.pop(peer.ident + b"#hb", None)
+
+
+def _host_detail(ident: bytes) -> dict:
+    """A peer on another host: its host, for the REGISTER notification and the trace."""
+    host = remote_host(ident)
+    return {"host": host} if host else {}

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 
-from proto import envelope as E
-from proto.errno import AuxError, Errno, errno_name
-from proto.events import decode_payload
 from auxipc.broker.lifecycle import BindState, DeviceState
 from auxipc.broker.lockdep import LockedOp
 from auxipc.broker.records import Device, Driver, Host, Peer
 from auxipc.broker.timers import Timer
+from proto import envelope as E
+from proto.errno import AuxError, Errno, errno_name
+from proto.events import decode_payload
 
 log = logging.getLogger("auxipc.broker")
 

@@ -17,17 +17,17 @@ read-only ones are answered on both.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 
+from auxipc.broker.auth import refuse_remote, with_hosts
+from auxipc.broker.lifecycle import BindState
+from auxipc.broker.snapshot import device_page, snapshot
+from auxipc.faults import SIGNALS, FaultRule
+from auxipc.runtime_dir import process_start_time
 from proto import envelope as E
 from proto.control import CTL_ARGS, ctl_args
 from proto.errno import AuxError, Errno
-from auxipc.broker.lifecycle import BindState
-from auxipc.faults import SIGNALS, FaultRule
-from auxipc.broker.snapshot import device_page, snapshot
-from auxipc.runtime_dir import process_start_time
 
 log = logging.getLogger("auxipc.broker")
 
@@ -87,7 +87,7 @@ class Control:
         else:
             data, budget = {"epoch": self.bus.epoch}, PAGE_BYTES
         data["devices"], data["next"] = device_page(self.bus, after, budget, lambda d: len(E.packb(d)))
-        self.bus.reply(ident, msg.r, data=data)
+        self.bus.reply(ident, msg.r, data=with_hosts(data, self.bus, getattr(self.broker, "listen", None)) if after < 0 else data)
 
     def op_bind(self, ident, msg, payload):
         """sysfs bind: {device, driver}."""
@@ -131,6 +131,7 @@ class Control:
         if not peers:
             names = ", ".join(sorted({p.name for p in self.bus.peers.values()})) or "none"
             raise AuxError(Errno.ENODEV, f"no live peer named {target!r} (peers: {names})")
+        refuse_remote(peers)
         for p in peers:
             if p.pid <= 1 or p.pid == os.getpid() or process_start_time(p.pid) != p.start_time:
                 raise AuxError(Errno.ENODEV, f"{p.label}: process {p.pid} is not the one that registered")

@@ -28,23 +28,24 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
 import traceback
 from collections import Counter, deque
 
 import zmq
 from zmq.backend import zmq_poll
-from zmq.utils.monitor import parse_monitor_message
 
+from auxipc.broker import control
+from auxipc.broker.auth import Listeners, RemotePeers
+from auxipc.broker.bus import HUNG_TASK_SECS, Bus
+from auxipc.broker.gate import AsyncGate
+from auxipc.broker.sidewatch import SideWatch, peer_credentials
+from auxipc.procfs import process_start_time
+from auxipc.runtime.transport import recv_ready, send_frames
+from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints, remote_host
 from proto import envelope as E
 from proto.errno import AuxError, Errno, ProtocolError
 from proto.events import CATALOG, Catalog
-from auxipc.broker import control
-from auxipc.broker.bus import HUNG_TASK_SECS, Bus, Peer
-from auxipc.procfs import process_start_time
-from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints
-from auxipc.runtime.transport import recv_ready, send_frames
 
 NOBLOCK = int(zmq.NOBLOCK)
 _recv = zmq.backend.Socket.recv
@@ -83,161 +84,12 @@ class LogLimiter:
         return True
 
 
-def peer_credentials(frame: zmq.Frame) -> tuple[int, int, int] | None:
-    """(pid, uid, gid) of the process at the other end of an ipc connection, as the
-    kernel gave them to libzmq (SO_PEERCRED): libzmq 4.3 exposes them as the frame's
-    ``Peer-Address`` property, ``localhost:<uid>:<gid>:<pid>``. None on transports
-    without credentials."""
-    try:
-        addr = frame.get("Peer-Address")
-    except (zmq.ZMQError, UnicodeDecodeError):
-        return None
-    parts = addr.split(":") if isinstance(addr, str) else ()
-    if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]):
-        return None
-    return int(parts[3]), int(parts[1]), int(parts[2])
-
-
-class SideWatch(threading.Thread):
-    """Watches the ROUTER's disconnect monitor, the wake pipe and the admin socket for
-    the main loop, and reports each event as a message from an inproc DEALER whose
-    routing id is a secret of this process: ``disconnect``, ``wake``, or ``admin``
-    (+ the sender's ``pid:uid`` + its routing id + the message). Answers to the admin
-    socket come back the same way (``reply`` + routing id + frames) and leave here.
-    Owns the monitor and admin sockets; ends (closing them) when the context is
-    terminated."""
-
-    def __init__(self, ctx: zmq.Context, monitor: zmq.Socket, wake_fd: int, endpoint: str, ident: bytes,
-                 admin: zmq.Socket):
-        super().__init__(name="auxipc-sidewatch", daemon=True)
-        self.ctx, self.monitor, self.wake_fd, self.endpoint, self.routing_id = ctx, monitor, wake_fd, endpoint, ident
-        self.admin = admin
-
-    def run(self) -> None:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self.routing_id)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.endpoint)
-        poller = zmq.Poller()
-        poller.register(self.monitor, zmq.POLLIN)
-        poller.register(self.wake_fd, zmq.POLLIN)
-        poller.register(self.admin, zmq.POLLIN)
-        poller.register(sock, zmq.POLLIN)
-        try:
-            while True:
-                ready = dict(poller.poll())
-                if self.monitor in ready:
-                    while self.monitor.poll(0):
-                        parse_monitor_message(self.monitor.recv_multipart())
-                    sock.send(b"disconnect")
-                if self.wake_fd in ready:
-                    os.read(self.wake_fd, 4096)
-                    sock.send(b"wake")
-                if self.admin in ready:
-                    self._from_admin(sock)
-                if sock in ready:
-                    while sock.poll(0):
-                        msg = sock.recv_multipart()
-                        if msg[0] == b"reply":
-                            try:
-                                self.admin.send_multipart(msg[1:], zmq.NOBLOCK)
-                            except zmq.ZMQError:
-                                pass    # the CLI went away, or stopped reading
-        except zmq.ContextTerminated:
-            pass
-        finally:
-            sock.close(linger=0)
-            self.monitor.close(linger=0)
-            self.admin.close(linger=0)
-
-    def _from_admin(self, sock: zmq.Socket) -> None:
-        while self.admin.poll(0):
-            frames = self.admin.recv_multipart(copy=False)
-            creds = peer_credentials(frames[0])
-            who = b"%d:%d" % (creds[0], creds[1]) if creds else b"?"
-            sock.send_multipart([b"admin", who, *(f.bytes for f in frames)])
-
-
-class AsyncGate(threading.Thread):
-    """The async path, in place of ``zmq_proxy``: every message a peer publishes on
-    ``pub.sock`` is checked before the XPUB passes it on. An EVENT on ``C:<device>``
-    must come from the process of the device's parent, ``P:<device>`` from the
-    process of its bound driver's peer (the pid the kernel gave the connection,
-    SO_PEERCRED), and name that device's id, the broker's epoch and that peer's
-    current incarnation; anything else is dropped and counted (``async_forged``,
-    ``async_stale``). ``hello:`` and ``trace`` topics pass; other topics are dropped.
-    Reads the bus's tables without a lock: single lookups, atomic under the GIL,
-    and a stale answer only drops an event a moment before or after a bind."""
-
-    PASS = (b"hello:", b"trace")
-
-    def __init__(self, bus: Bus, xsub: zmq.Socket, xpub: zmq.Socket):
-        super().__init__(name="auxipc-async-gate", daemon=True)
-        self.bus, self.xsub, self.xpub = bus, xsub, xpub
-        self.stats: Counter = Counter()     # written by this thread only; the main loop copies it
-
-    def run(self) -> None:
-        xsub, xpub = self.xsub, self.xpub
-        poller = zmq.Poller()
-        poller.register(xsub, zmq.POLLIN)
-        poller.register(xpub, zmq.POLLIN)
-        try:
-            while True:
-                ready = dict(poller.poll())
-                if xpub in ready:
-                    while xpub.poll(0):     # subscriptions: the XSUB already takes everything
-                        xpub.recv_multipart()
-                if xsub in ready:
-                    while xsub.poll(0):
-                        frames = xsub.recv_multipart(copy=False)
-                        why = self.check(frames)
-                        if why is not None:
-                            self.stats[why] += 1
-                            continue
-                        try:
-                            xpub.send_multipart(frames, zmq.NOBLOCK)
-                        except zmq.Again:
-                            self.stats["async_dropped_hwm"] += 1
-                        else:
-                            self.stats["async_passed"] += 1
-        except zmq.ContextTerminated:
-            pass
-        finally:
-            xsub.close(linger=0)
-            xpub.close(linger=0)
-
-    def check(self, frames: list) -> str | None:
-        """None if the message may pass, else the counter of why not."""
-        topic = frames[0].bytes
-        if len(frames) != 2:
-            return "async_malformed"
-        kind = topic[:2]
-        if kind not in (b"C:", b"P:"):
-            return None if topic.startswith(self.PASS) else "async_unknown_topic"
-        bus = self.bus
-        dev = bus.by_name.get(topic[2:].decode(errors="replace"))
-        if dev is None:
-            return "async_no_device"
-        sender: Peer | None = dev.parent if kind == b"C:" else dev.driver.peer if dev.driver is not None else None
-        creds = peer_credentials(frames[0])
-        if sender is None or creds is None or creds[0] != sender.pid or not sender.alive:
-            return "async_forged"
-        data = frames[1].bytes
-        try:
-            head = E.unpackb(data[4:], "$.header") if data[:4] == E.MAGIC else None
-        except AuxError:
-            head = None
-        if type(head) is not dict or head.get("t") != E.Msg.EVENT:
-            return "async_malformed"
-        if head.get("dev") != dev.dev_id or head.get("epoch") != bus.epoch or head.get("inc") != sender.inc:
-            return "async_stale"
-        return None
-
-
 class Broker:
     def __init__(self, runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, catalog: Catalog = CATALOG,
-                 hung_task_secs: float = HUNG_TASK_SECS):
-        self.ep = endpoints(runtime_dir)
+                 hung_task_secs: float = HUNG_TASK_SECS, listen: Listeners | None = None):
+        self.ep = endpoints(runtime_dir, connect="")
+        self.listen = listen or Listeners()
+        self.remote = RemotePeers()
         self.lock = BrokerLock(self.ep.root)
         self.epoch = time.time_ns() // 1_000_000
         self.bus = Bus(time.monotonic, self.epoch, catalog, hb_ivl=hb_ivl, hb_liveness=hb_liveness,
@@ -271,6 +123,7 @@ class Broker:
 
     def _bind(self) -> None:
         self.ctx = zmq.Context()
+        self.listen.start(self.ctx)
         r = self.router = self.ctx.socket(zmq.ROUTER)
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)
         r.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
@@ -281,6 +134,7 @@ class Broker:
         r.bind(self.ep.bus)
         side = f"inproc://auxipc-side-{os.getpid()}"
         r.bind(side)
+        self.listen.bind(r, "bus")
         self._side_ident = b"\0side:" + os.urandom(16).hex().encode()
         # The admin socket: control ops that change the bus are taken only from here
         # (the CLI); the side thread owns it and passes its messages on.
@@ -293,17 +147,20 @@ class Broker:
         xsub.setsockopt(zmq.RCVHWM, PUB_HWM)
         xsub.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
         xsub.bind(self.ep.pub)
+        self.listen.bind(xsub, "pub")
         xsub.send(b"\x01")   # subscribe upstream to everything: filtering happens at the XPUB
         xpub = self.ctx.socket(zmq.XPUB)
         xpub.setsockopt(zmq.SNDHWM, PUB_HWM)
         xpub.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
         xpub.bind(self.ep.sub)
+        self.listen.bind(xpub, "sub")
         # Notifications and the call trace leave from the broker's own XPUB, so it sees
         # who subscribes: the per-call trace is built only while someone reads it.
         self.notify = self.ctx.socket(zmq.XPUB)
         self.notify.setsockopt(zmq.SNDHWM, PUB_HWM)
         self.notify.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
         self.notify.bind(self.ep.notify)
+        self.listen.bind(self.notify, "notify")
         self.subscriptions: Counter = Counter()
         self.bus.on_output = self.flush
         self.bus.tracing = False
@@ -312,6 +169,7 @@ class Broker:
             self.lock.made(name)
         self._subs_due = 0.0
         self._proxy = AsyncGate(self.bus, xsub, xpub)
+        self._proxy.remote = self.remote
         self._proxy.start()
         self._side = SideWatch(self.ctx, monitor, self._wake_r, side, self._side_ident, admin)
         self._side.start()
@@ -325,6 +183,7 @@ class Broker:
             self.router.disable_monitor()
             self.router.close(linger=100)
             self.notify.close(linger=100)
+            self.listen.stop()
             self.ctx.term()      # the proxy and side threads get ETERM and close their sockets
             self._proxy.join(2)
             self._side.join(2)
@@ -495,8 +354,13 @@ class Broker:
         peer claims. A connection of another user is refused."""
         creds = self.credentials()
         if creds is None:
-            return self.bus.reply(ident, msg.r, Errno.EPERM,
-                                  "register: the connection carries no peer credentials (ipc on Linux only)")
+            why = self.remote.register(ident, self._first, bool(self.listen.urls))
+            if why is not None:
+                return self.bus.reply(ident, msg.r, Errno.EPERM, why)
+            return self.bus.register(ident, msg)      # a remote peer: its pid is a label, liveness by heartbeats
+        if remote_host(ident) is not None:
+            return self.bus.reply(ident, msg.r, Errno.EINVAL,
+                                  "register: an ipc peer's routing id names no host (no '@host')")
         pid, uid, _gid = creds
         if uid != os.getuid() and uid != 0:
             self.bus.stats["refused_uid"] += 1
@@ -585,17 +449,19 @@ class Broker:
     def check_processes(self) -> None:
         """After a disconnect: declare dead every peer whose process is gone."""
         for peer in list(self.bus.peers.values()):
-            if peer.alive and process_start_time(peer.pid) != peer.start_time:
+            if peer.alive and not remote_host(peer.ident) and process_start_time(peer.pid) != peer.start_time:
                 self.bus.peer_died(peer, f"process {peer.pid} exited (socket disconnected)")
 
 
 def serve(runtime_dir=None, hb_ivl: float = 0.25, hb_liveness: int = 3, ready=print,
-          catalog: Catalog = CATALOG, hung_task_secs: float = HUNG_TASK_SECS) -> None:
-    broker = Broker(runtime_dir, hb_ivl, hb_liveness, catalog, hung_task_secs)
+          catalog: Catalog = CATALOG, hung_task_secs: float = HUNG_TASK_SECS,
+          listen: Listeners | None = None) -> None:
+    broker = Broker(runtime_dir, hb_ivl, hb_liveness, catalog, hung_task_secs, listen)
     broker.start()
     broker.install_signals()
     try:
-        ready(f"auxipc broker ready: {broker.ep.root} (pid {os.getpid()}, epoch {broker.epoch})")
+        tcp = "".join(f", {x['url']} ({x['security']})" for x in broker.listen.describe())
+        ready(f"auxipc broker ready: {broker.ep.root}{tcp} (pid {os.getpid()}, epoch {broker.epoch})")
         broker.run()
     finally:
         broker.close()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+from auxipc.broker.bus import Bus
+from auxipc.broker.lifecycle import BindState, DeviceState
 from proto.errno import AuxError
 from proto.events import negotiate
 from proto.names import match_name, version_str
-from auxipc.broker.bus import Bus
-from auxipc.broker.lifecycle import BindState, DeviceState
 
 
 def _schemas(dev) -> dict:

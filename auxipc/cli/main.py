@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 
 import click
 
 from auxipc.cli import complete
+from auxipc.cli.keys import REMOTE_OPTIONS, export_remote
 from auxipc.cli.options import OWN_RUNTIME_DIR, RUNTIME_DIR, SCHEMA, SCHEMA_NAMES, Group, catalog_for, json_option
 
 # The commands of the other modules, imported only when used: name -> (module:attr, short help).
@@ -36,6 +38,7 @@ LAZY = {
     "start": ("auxipc.cli.up:start", "Start process NAME again."),
     "restart": ("auxipc.cli.up:restart", "Stop and start process NAME."),
     "down": ("auxipc.cli.up:down", "Stop every supervised process (reverse start order) and the supervisor."),
+    "keys": ("auxipc.cli.keys:keys", "CURVE keys for a bus across hosts: create, admit, revoke, ls."),
     "soak": ("auxipc.cli.up:soak", "Chaos under load: kill, stop and restart drivers, the parent and the broker "
              "while events flow both ways; then check the invariants and print the figures."),
 }
@@ -47,8 +50,9 @@ class Main(Group):
 
 @click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@REMOTE_OPTIONS
 @click.version_option(package_name="auxipc")
-def main(verbose):
+def main(verbose, connect, insecure, keys):
     """auxipc: a multi-process emulator of the Linux auxiliary bus with
     bidirectional event handlers.
 
@@ -61,6 +65,7 @@ def main(verbose):
       auxipc ls
       auxipc send ixd.eth.0 FW_EVENT kind=HEALTH
     """
+    export_remote(connect, insecure, keys)
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
@@ -91,12 +96,26 @@ def _serve_until_signal(rt, ready_line) -> None:
 @click.option("--hung-task-secs", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="A probe() or remove() still running after this long is reported, as the kernel's "
                    "hung-task detector would (hung_task_timeout_secs; 120 in the kernel).")
+@click.option("--listen", multiple=True, metavar="tcp://ADDR:PORT",
+              help="Also listen on TCP (PORT..PORT+3), CURVE-authenticated against the key dir's "
+                   "authorized/ keys; repeatable.")
+@click.option("--insecure", "listen_insecure", is_flag=True,
+              help="Listen on plain TCP: no encryption, no authentication (ls says so).")
 @SCHEMA
-def broker(runtime_dir, hb_ivl, hb_liveness, hung_task_secs, catalog):
-    """Run the bus broker (one per runtime dir)."""
+def broker(runtime_dir, hb_ivl, hb_liveness, hung_task_secs, listen, listen_insecure, catalog):
+    """Run the bus broker (one per runtime dir).
+
+    \b
+    Across hosts (docs/multihost.md):
+      auxipc keys create broker; auxipc keys admit host2.key
+      auxipc broker --listen tcp://0.0.0.0:7700
+    """
+    from auxipc.broker.auth import Listeners
     from auxipc.broker.server import serve
+    from auxipc.keys import key_dir
+    insecure = listen_insecure or os.environ.get("AUXIPC_INSECURE", "") not in ("", "0")
     serve(runtime_dir, hb_ivl, hb_liveness, ready=lambda line: (click.echo(line), sys.stdout.flush()),
-          catalog=catalog, hung_task_secs=hung_task_secs)
+          catalog=catalog, hung_task_secs=hung_task_secs, listen=Listeners(tuple(listen), insecure, str(key_dir())))
 
 
 @main.command()

@@ -18,17 +18,26 @@ class Client:
     def __init__(self, runtime_dir=None, timeout: float = 5.0):
         self.ep = endpoints(runtime_dir)
         self.timeout = timeout
-        if not (self.ep.root / "admin.sock").exists():
+        if not self.ep.remote and not (self.ep.root / "admin.sock").exists():
             raise AuxError(Errno.ENOTCONN, f"no broker in {self.ep.root}: start one with 'auxipc broker' "
                            "(or set --runtime-dir / AUXIPC_RUNTIME_DIR)")
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IDENTITY, f"ctl:{os.getpid()}:{os.urandom(3).hex()}".encode())
+        self.monitor = None
+        if self.ep.remote:
+            # Over TCP a refused key shows on the monitor: fail with it, not a timeout.
+            from auxipc.keys import handshake_failed_events
+            self.monitor = self.sock.get_monitor_socket(handshake_failed_events())
+        self.ep.secure(self.sock)
         self.sock.connect(self.ep.admin)
         self._r = itertools.count(1)
 
     def close(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
         self.sock.close(linger=0)
         self.ctx.term()
 
@@ -46,12 +55,22 @@ class Client:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.sock.poll(remaining * 1000):
-                raise AuxError(Errno.ETIMEDOUT, f"the broker in {self.ep.root} did not answer '{op}' "
+            if remaining <= 0 or not self._poll(remaining):
+                raise AuxError(Errno.ETIMEDOUT, f"the broker in {self.ep.where} did not answer '{op}' "
                                f"within {timeout:.1f} s")
             msg, frame = E.decode(self.sock.recv_multipart())
             if isinstance(msg, E.Result) and msg.r == r:
                 return msg, frame
+
+    def _poll(self, timeout: float) -> bool:
+        """Wait for the answer; over TCP a failed handshake raises at once."""
+        if self.monitor is None:
+            return bool(self.sock.poll(timeout * 1000))
+        from auxipc.keys import monitor_event, refused
+        ready = dict(zmq.zmq_poll([(self.sock, zmq.POLLIN), (self.monitor, zmq.POLLIN)], int(timeout * 1000)))
+        if self.monitor in ready:
+            raise refused(self.ep.where, monitor_event(self.monitor))
+        return self.sock in ready
 
     def query(self, op: str, **args) -> dict:
         """A control op's data (raises AuxError on an error). ``ls`` and ``uevents`` are

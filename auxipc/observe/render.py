@@ -10,8 +10,20 @@ def table(rows: list[list[str]], head: list[str]) -> str:
     return "\n".join([line(head), *map(line, rows)])
 
 
+def listen_lines(snap: dict) -> list[str]:
+    """The broker's TCP listeners; plain TCP is said loudly."""
+    return [f"listening on {x['url']}: " + ("INSECURE plain TCP (no encryption, no authentication)"
+                                            if x["security"] == "insecure" else "CURVE (admitted keys only)")
+            for x in snap.get("listen", ())]
+
+
+def _host(p: dict) -> str:
+    return p.get("host") or "local"
+
+
 def render_ls(snap: dict) -> str:
-    out = [f"bus epoch {snap['epoch']}  schema {snap['schema']}  pending calls {snap['pending']}", ""]
+    out = [f"bus epoch {snap['epoch']}  schema {snap['schema']}  pending calls {snap['pending']}",
+           *listen_lines(snap), ""]
     devs = [[d["name"], d["state"], d["bind"], d["driver"] or "-", str(d["refcount"]),
              ",".join(f"{k}x{v}" if v > 1 else k for k, v in d["holders"].items()) or "-",
              str(sum(1 for e in d["events"] if e["deliverable"])) + "/" + str(len(d["events"]))]
@@ -22,9 +34,10 @@ def render_ls(snap: dict) -> str:
     drvs = [[d["name"], ",".join(d["id_table"]), ",".join(d["bound"]) or "-", d["peer"]] for d in snap["drivers"]]
     out.append(table(drvs, ["DRIVER", "ID_TABLE", "BOUND", "PROCESS"]) if drvs else "no drivers")
     out.append("")
-    peers = [[p["role"], p["name"], str(p["pid"]), str(p["inc"]), p["state"], p["schema"],
+    peers = [[p["role"], p["name"], _host(p), str(p["pid"]), str(p["inc"]), p["state"], p["schema"],
               f"{p['last_seen_ms']} ms"] for p in snap["peers"]]
-    out.append(table(peers, ["ROLE", "NAME", "PID", "INC", "STATE", "SCHEMA", "LAST SEEN"]) if peers else "no peers")
+    out.append(table(peers, ["ROLE", "NAME", "HOST", "PID", "INC", "STATE", "SCHEMA", "LAST SEEN"])
+               if peers else "no peers")
     out.extend(_warning_lines(snap))
     return "\n".join(out)
 
@@ -61,14 +74,16 @@ def render_tree(snap: dict) -> str:
     refcount, state, negotiated events; then the child processes and their drivers."""
     peers = {f"{p['role']} {p['name']}[{p['pid']}]#{p['inc']}": p for p in snap["peers"]}
     drivers = {d["name"]: d for d in snap["drivers"]}
-    out = [f"bus epoch {snap['epoch']}  schema {snap['schema']}  pending calls {snap['pending']}"]
+    out = [f"bus epoch {snap['epoch']}  schema {snap['schema']}  pending calls {snap['pending']}",
+           *listen_lines(snap)]
 
     def peer_head(label: str) -> str:
         p = peers.get(label)
         if p is None:
             return f"{label} (gone)"
         slow = f", {p['slow_calls']} slow calls" if p.get("slow_calls") else ""
-        return (f"{p['role']} {p['name']}  pid {p['pid']} inc {p['inc']}  {p['state']}  schema {p['schema']}  "
+        where = "" if _host(p) == "local" else f"  on {_host(p)}"
+        return (f"{p['role']} {p['name']}{where}  pid {p['pid']} inc {p['inc']}  {p['state']}  schema {p['schema']}  "
                 f"seen {p['last_seen_ms']} ms ago{slow}")
 
     def device(d: dict) -> list[str]:

@@ -30,6 +30,7 @@ class Watcher:
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, 0)
+        self.ep.secure(self.sub)
         self.sub.connect(self.ep.sub)       # async events, runtimes' trace records
         self.sub.connect(self.ep.notify)    # the broker's notifications and call trace
         hello = b"hello:watch:" + os.urandom(4).hex().encode()
@@ -39,6 +40,7 @@ class Watcher:
         # one the broker publishes on its own socket when asked (no slow joiner).
         pub = self.ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.LINGER, 0)
+        self.ep.secure(pub)
         pub.connect(self.ep.pub)
         deadline = time.monotonic() + timeout
         seen = 0
@@ -55,7 +57,7 @@ class Watcher:
                         break
                     seen = 0
                     if time.monotonic() > deadline:
-                        raise AuxError(Errno.ENOTCONN, f"no broker publishing in {self.ep.root}")
+                        raise AuxError(Errno.ENOTCONN, f"no broker publishing in {self.ep.where}")
         finally:
             pub.close(linger=0)
         self.sub.setsockopt(zmq.UNSUBSCRIBE, hello)

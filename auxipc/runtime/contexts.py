@@ -16,11 +16,11 @@ import os
 import time
 from typing import Callable, Iterator
 
+from auxipc.faults import SIGNALS
+from auxipc.runtime.host import Host
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import Context, EventSpec
-from auxipc.faults import SIGNALS
-from auxipc.runtime.host import Host
 
 log = logging.getLogger("auxipc.peer")
 _ATOMIC = Context.ATOMIC

@@ -16,12 +16,12 @@ import traceback
 from collections import deque
 from typing import Callable, NamedTuple
 
-from proto import envelope as E
-from proto.errno import AuxError, Errno
 from auxipc.faults import FaultRule
 from auxipc.runtime.contexts import Contexts
 from auxipc.runtime.host import Host
 from auxipc.runtime.publishing import Publisher
+from proto import envelope as E
+from proto.errno import AuxError, Errno
 
 log = logging.getLogger("auxipc.peer")
 

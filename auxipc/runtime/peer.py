@@ -31,18 +31,18 @@ import traceback
 from collections import Counter, deque
 from typing import Callable, NamedTuple
 
-from proto import envelope as E
-from proto.errno import AuxError, Errno, errno_name
-from proto.events import CATALOG, Catalog
 from auxipc.faults import FaultPlan, FaultRule
+from auxipc.procfs import process_start_time
 from auxipc.runtime.contexts import Contexts
 from auxipc.runtime.dispatch import BrokerLost, Dispatch
 from auxipc.runtime.lookup import find_device
 from auxipc.runtime.publishing import Publisher
 from auxipc.runtime.seam import DEALER, SUB, Heartbeat, Transport
 from auxipc.runtime.transport import ZmqTransport, peer_ident
-from auxipc.procfs import process_start_time
 from auxipc.runtime_dir import endpoints
+from proto import envelope as E
+from proto.errno import AuxError, Errno, errno_name
+from proto.events import CATALOG, Catalog
 
 __all__ = ["Runtime", "BrokerLost", "err_text"]
 
@@ -166,7 +166,7 @@ class Runtime:
 
     def _connect(self, timeout: float) -> None:
         """Fresh sockets, REGISTER, the pub/sub hello, and the heartbeat."""
-        ident = peer_ident(self.role, self.name)
+        ident = peer_ident(self.role, self.name, getattr(self.tr, "host", None))
         self.tr.connect(ident)
         start = process_start_time(os.getpid()) or 0
         restore = self.restore_state()

@@ -19,12 +19,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from proto import envelope as E
-from proto.errno import AuxError, Errno
-from proto.events import EventSpec, encode_payload
 from auxipc.faults import FaultRule, corrupt
 from auxipc.runtime.contexts import Contexts
 from auxipc.runtime.host import Host
+from proto import envelope as E
+from proto.errno import AuxError, Errno
+from proto.events import EventSpec, encode_payload
 
 log = logging.getLogger("auxipc.peer")
 

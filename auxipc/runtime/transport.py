@@ -18,9 +18,10 @@ import time
 import zmq
 from zmq.backend import zmq_poll
 
-from proto import envelope as E
+from auxipc.keys import handshake_failed_events, monitor_event, refused
 from auxipc.runtime.seam import DEALER, SUB
 from auxipc.runtime_dir import Endpoints
+from proto import envelope as E
 
 HWM = 100_000
 SUB_HWM = 10_000     # async messages queued for a runtime that does not read (the broker's XPUB holds as many)
@@ -64,8 +65,18 @@ def send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:
     _send(sock, frames[last], flags)
 
 
-def peer_ident(role: str, name: str) -> bytes:
-    return f"{role[0]}:{name}:{os.getpid()}:{os.urandom(3).hex()}".encode()
+def peer_ident(role: str, name: str, host: str | None = None) -> bytes:
+    """``r:name:pid:random``, and ``@host`` for a peer on another host than the broker's
+    (the broker then takes its pid for a label, never for a liveness check)."""
+    ident = f"{role[0]}:{name}:{os.getpid()}:{os.urandom(3).hex()}"
+    return (f"{ident}@{host}" if host else ident).encode()
+
+
+# What a peer's DEALER monitor reports: a disconnect (the heartbeat thread takes the
+# broker as lost) and, over TCP, the CURVE handshake's outcome (a refused key fails
+# the registration at once instead of letting it time out).
+HANDSHAKE_FAILED = handshake_failed_events()
+MONITOR_EVENTS = zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED
 
 
 class Sockets:
@@ -82,19 +93,22 @@ class Sockets:
         d.setsockopt(zmq.MAXMSGSIZE, MAX_IN)
         d.setsockopt(zmq.RECONNECT_IVL, 50)
         d.setsockopt(zmq.RCVTIMEO, DIRECT_WAIT_MS)     # only receives without NOBLOCK wait (await_dealer)
-        self.monitor = d.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.monitor = d.get_monitor_socket(MONITOR_EVENTS)
+        ep.secure(d)
         d.connect(ep.bus)
         p = self.pub = ctx.socket(zmq.PUB)
         p.setsockopt(zmq.LINGER, 200)
         p.setsockopt(zmq.SNDHWM, HWM)
         p.setsockopt(zmq.XPUB_NODROP, 1)
         p.setsockopt(zmq.RECONNECT_IVL, 50)
+        ep.secure(p)
         p.connect(ep.pub)
         s = self.sub = ctx.socket(zmq.SUB)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.RCVHWM, SUB_HWM)
         s.setsockopt(zmq.MAXMSGSIZE, MAX_IN)
         s.setsockopt(zmq.RECONNECT_IVL, 50)
+        ep.secure(s)
         s.connect(ep.sub)
         # The heartbeat thread wakes the runtime through its SUB (one poll item less than a
         # pipe of its own): this PUB is bound here and handed over to that thread.
@@ -137,6 +151,7 @@ class Heartbeat(threading.Thread):
         sock.setsockopt(zmq.IDENTITY, self.hb_ident)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 10)
+        self.ep.secure(sock)
         sock.connect(self.ep.bus)
         beat = E.encode(E.Heartbeat(epoch=self.epoch))
         poller = zmq.Poller()
@@ -162,8 +177,9 @@ class Heartbeat(threading.Thread):
                     self.wake_pub.send(WAKE)
                 if self.monitor is not None and self.monitor in ready:
                     while self.monitor.poll(0):
-                        self.monitor.recv_multipart()
-                    self.lose("the broker's socket disconnected")
+                        event = monitor_event(self.monitor)
+                        self.lose("the broker's socket disconnected" if event["event"] == zmq.EVENT_DISCONNECTED
+                                  else refused(self.ep.where, event).message)
                 if sock in ready:
                     msg, _ = E.decode(sock.recv_multipart())
                     self.last_answer = time.monotonic()
@@ -201,7 +217,8 @@ class ZmqTransport:
     the SUB: one poll item less a pump."""
 
     def __init__(self, ep: Endpoints):
-        self.ep, self.where = ep, str(ep.root)
+        self.ep, self.where = ep, ep.where
+        self.host = _hostname() if ep.remote else None
         self.ctx: zmq.Context | None = None      # made at the first connect
         self.sk: Sockets | None = None
         self.up = False
@@ -217,6 +234,9 @@ class ZmqTransport:
         sk = self.sk = Sockets(self.ctx, self.ep, ident)
         self._dealer, self._sub = sk.dealer, sk.sub
         self._items = [(sk.dealer, _POLLIN), (sk.sub, _POLLIN), (self._wake_r, _POLLIN)]
+        if self.ep.remote:
+            # Until the heartbeat thread takes the monitor: a refused handshake ends the wait.
+            self._items.append((sk.monitor, _POLLIN))
         self._sub_item = [(sk.sub, _POLLIN)]
         sk.sub.setsockopt(zmq.SUBSCRIBE, WAKE)
         self.up = True
@@ -269,9 +289,17 @@ class ZmqTransport:
                 ready |= DEALER
             elif sock is self._sub:
                 ready |= SUB
-            else:
+            elif sock is self._wake_r:
                 os.read(self._wake_r, 4096)
+            else:
+                self._check_handshake(sock)
         return ready
+
+    def _check_handshake(self, monitor: zmq.Socket) -> None:
+        while monitor.poll(0):
+            event = monitor_event(monitor)
+            if event["event"] & HANDSHAKE_FAILED:
+                raise refused(self.ep.where, event)
 
     def recv_dealer(self) -> list | None:
         return recv_ready(self._dealer)
@@ -302,3 +330,8 @@ class ZmqTransport:
         hb.start()
         self._items = self._items[:2]
         return hb
+
+
+def _hostname() -> str:
+    import socket
+    return socket.gethostname().replace(":", "-").replace("@", "-")
