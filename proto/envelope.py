@@ -108,8 +108,9 @@ def codes(**kw):
 
 @header(Msg.REGISTER)
 class Register(Header):
-    """First message of a peer; answered by RESULT with {peer, incarnation, epoch, hb_ivl_ms, hb_liveness,
-    index}: a parent's index among the instances of its model (the lowest free, or restore.index)."""
+    """First message of a peer; answered by RESULT with {peer, inc, epoch, faults,
+    hb_ivl_ms, hb_liveness, schema, index}: index is a parent's among the instances of
+    its model (the lowest free, or restore.index)."""
     r = REQ_ID
     role = Str(max_len=16, doc="'parent' or 'child'")
     name = Str(max_len=64, doc="the model (parent) or the process's name (child)")
@@ -142,7 +143,8 @@ class Reregister(Header):
 
 @header(Msg.DRV_REGISTER)
 class DrvRegister(Header):
-    """auxiliary_driver_register; answered after every matching device was probed ({probed: [names]})."""
+    """auxiliary_driver_register; answered after every matching device was probed
+    ({probed: [names], refused: {name: why}})."""
     r = REQ_ID
     name = Str(max_len=128, default="")
     id_table = strs(default=())
@@ -245,6 +247,7 @@ class LockReq(Header):
 
 @header(Msg.UNLOCK)
 class UnlockReq(Header):
+    """Release a lock the task holds (-EINVAL if it does not)."""
     r = REQ_ID
     name = Str(max_len=128)
     task = Str(max_len=128)
@@ -344,6 +347,8 @@ class Bind(Header):
 
 @header(Msg.UNBIND)
 class Unbind(Header):
+    """To the parent: its device lost its driver. To a child: matching refused a bind
+    across schema majors."""
     dev = Int(0, 2**53)
     reason = Str(default="")
 

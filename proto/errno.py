@@ -35,7 +35,8 @@ class Errno(IntEnum):
 # errno -> (strerror, what auxipc uses it for). Rendered into docs/protocol.md.
 ERRNO_TABLE: dict[Errno, tuple[str, str]] = {
     Errno.EPERM: ("Operation not permitted", "a peer acting outside its role (a child adding a device)"),
-    Errno.ENOENT: ("No such file or directory", "unknown control query or scenario file"),
+    Errno.ENOENT: ("No such file or directory",
+                   "no such entry (a filter a handler does not have); scenario file, module or process not found"),
     Errno.EIO: ("Input/output error", "reset requested after a failed reset; FW mailbox failure"),
     Errno.ENXIO: ("No such device or address", "probe rejects the device silently; mailbox shut down"),
     Errno.EAGAIN: ("Resource temporarily unavailable", "bind while the probe is deferred"),
@@ -53,7 +54,7 @@ ERRNO_TABLE: dict[Errno, tuple[str, str]] = {
     Errno.ENOTCONN: ("Transport endpoint is not connected", "no broker reachable in the runtime dir"),
     Errno.ESHUTDOWN: ("Cannot send after transport endpoint shutdown", "peer or bus going away; call cut short"),
     Errno.ETIMEDOUT: ("Connection timed out", "a sync call passed its deadline"),
-    Errno.ESTALE: ("Stale file handle", "a message from an earlier incarnation of a restarted peer"),
+    Errno.ESTALE: ("Stale file handle", "the broker restarted while a paged listing was being read"),
     Errno.EPROBE_DEFER: ("Probe deferred", "probe asks to be retried later (kernel-internal code)"),
 }
 

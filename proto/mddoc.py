@@ -18,10 +18,25 @@ points) 0x1000 and up. Each event selects one payload struct (the union) and,
 when sync, one reply struct.
 
 *delivery*: sync is a request answered exactly once (0, a negative errno, or
-the reply); async is published and not answered. *context*: where the
-receiving handler runs as the kernel would call it (atomic: it must not sleep;
-may-sleep: process context). *rtnl*: the kernel would hold rtnl around the
-handler.
+the reply); async is published and not answered. *state* marks the state-like
+async events: they carry state rather than news, so their publisher keeps the
+last value sent on each device and publishes it again on RESYNC and to a
+driver that has just bound. *context*: where the receiving handler runs as the
+kernel would call it (atomic: it must not sleep; may-sleep: process context).
+*rtnl*: the kernel would hold rtnl around the handler; the broker holds it for
+the call's task while the handler runs (REQUEST `rtnl: true`).
+
+On the wire ([protocol.md](protocol.md)): a payload is a msgpack map of field name to
+value, packed on its own into the message's `p` (bin). Integers are msgpack
+ints within the field's rule; an enum field carries its member's integer
+value; a byte field (`u8[N]`) is a msgpack bin, so a MAC address is a 6-byte
+bin; an array is a msgpack array; a struct is a nested map. The JSON forms in
+the examples below (enum names, MAC strings) are the command line's; senders
+MUST NOT put them on the wire. A sender MUST send the required fields; a field
+with a default MAY be left out. An event without payload fields has the empty
+map. A receiver skips an event whose code it does not know (-EOPNOTSUPP for a
+sync call) and never runs a sync event's handler for an event that came
+published.
 
 Evolution: fields are only appended, each later one with a default and the
 schema version it appeared in (*since*). A receiver fills absent fields with
@@ -67,12 +82,16 @@ def _link(cls: type[Payload]) -> str:
     return f"[{cls.__name__}](#{cls.__name__.lower()})" if cls.fields else "—"
 
 
+def _delivery(spec: EventSpec) -> str:
+    return f"{spec.delivery.value}, state" if spec.state else spec.delivery.value
+
+
 def _events_table(catalog: Catalog) -> list[str]:
     rows = ["| code | event | direction | delivery | context | rtnl | since | payload | reply |",
             "|---:|---|---|---|---|---|---|---|---|"]
     for s in catalog:
         code = f"{int(s.code):#x}" if s.code >= 0x1000 else str(int(s.code))
-        rows.append(f"| {code} | [{s.name}](#{s.name.lower()}) | {s.direction.value} | {s.delivery.value} | "
+        rows.append(f"| {code} | [{s.name}](#{s.name.lower()}) | {s.direction.value} | {_delivery(s)} | "
                     f"{s.context.value} | {'yes' if s.rtnl else ''} | {_v(s.since)} | {_link(s.payload)} | "
                     f"{_link(s.reply) if s.sync else ''} |")
     return rows
@@ -81,7 +100,7 @@ def _events_table(catalog: Catalog) -> list[str]:
 def _event(spec: EventSpec) -> list[str]:
     code = f"{int(spec.code):#x}" if spec.code >= 0x1000 else str(int(spec.code))
     out = [f"### {spec.name}", "",
-           f"Code {code}, {spec.direction.value}, {spec.delivery.value}, handler context {spec.context.value}"
+           f"Code {code}, {spec.direction.value}, {_delivery(spec)}, handler context {spec.context.value}"
            f"{', under rtnl' if spec.rtnl else ''}, since {_v(spec.since)}. {_sentence(spec.doc)}".rstrip(), ""]
     parts = [("payload", spec.payload)] + ([("reply", spec.reply)] if spec.sync else [])
     for what, cls in parts:

@@ -21,7 +21,7 @@ def _fields(cls) -> str:
 
 
 def _doc(cls) -> str:
-    return (cls.__doc__ or "").strip().replace("\n", " ").replace("  ", " ")
+    return " ".join((cls.__doc__ or "").split())
 
 
 def message_table() -> str:
