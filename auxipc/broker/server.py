@@ -29,7 +29,6 @@ import math
 import os
 import signal
 import time
-import traceback
 from collections import Counter, deque
 
 import zmq
@@ -37,6 +36,7 @@ from zmq.backend import zmq_poll
 
 from auxipc.broker import control
 from auxipc.broker.auth import Listeners, RemotePeers
+from auxipc.broker.barrier import Barrier, LogLimiter, guess_r
 from auxipc.broker.bus import HUNG_TASK_SECS, Bus
 from auxipc.broker.gate import AsyncGate
 from auxipc.broker.sidewatch import SideWatch, peer_credentials
@@ -44,7 +44,7 @@ from auxipc.procfs import process_start_time
 from auxipc.runtime.transport import recv_ready, send_frames
 from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints, remote_host
 from proto import envelope as E
-from proto.errno import AuxError, Errno, ProtocolError
+from proto.errno import AuxError, Errno
 from proto.events import CATALOG, Catalog
 
 NOBLOCK = int(zmq.NOBLOCK)
@@ -56,32 +56,6 @@ MAX_MSG = E.MAX_MSG + 4096   # the message frame and room for the routing id
 PUB_HWM = 10_000             # messages queued per pub/sub pipe (each at most MAX_MSG)
 BACKLOG_MAX = 200_000        # messages read ahead of their handling (see Broker.drain)
 ADMIN = b"\0admin:"   # routing ids of admin-socket senders (a peer cannot set one starting with NUL)
-LOG_EVERY = 10.0             # seconds: at most one line per kind of bad input in this time
-
-
-class LogLimiter:
-    """At most one log line per kind of trouble each ``every`` seconds; the lines left
-    out are counted and the count goes out with the next line of that kind. A flood of
-    bad messages costs a line every few seconds, not one a message."""
-
-    def __init__(self, every: float = LOG_EVERY, clock=time.monotonic):
-        self.every, self.clock = every, clock
-        self._last: dict[str, float] = {}
-        self.suppressed: Counter = Counter()
-
-    def __call__(self, kind: str, level: int, fmt: str, *args, exc_info=None) -> bool:
-        now = self.clock()
-        last = self._last.get(kind)
-        if last is not None and now - last < self.every:
-            self.suppressed[kind] += 1
-            return False
-        self._last[kind] = now
-        left_out = self.suppressed.pop(kind, 0)
-        if left_out:
-            fmt += " (%d more like it in the last %.0f s not logged)"
-            args = (*args, left_out, now - last)
-        log.log(level, fmt, *args, exc_info=exc_info)
-        return True
 
 
 class Broker:
@@ -101,7 +75,7 @@ class Broker:
         self.ctx: zmq.Context | None = None
         self.dropped = 0
         self.limit_log = LogLimiter()
-        self._tracebacks: set = set()     # where internal errors happened (each logged once in full)
+        self.barrier = Barrier(self.limit_log)
         self._current: bytes | None = None    # the routing id whose message is being handled
         self._answered = False                # ... and whether something went back to it
         self._first: zmq.Frame | None = None  # the first frame of that message (its credentials)
@@ -332,7 +306,7 @@ class Broker:
         except AuxError as exc:
             self.bus.stats["malformed"] += 1
             self.limit_log("malformed", logging.WARNING, "malformed message from %r: %s", ident, exc)
-            self.bus.reply(ident, self._guess_r(body), exc.errno,
+            self.bus.reply(ident, guess_r(body), exc.errno,
                            f"{exc.message} (message dropped; the connection stays open)")
             return
         if ident.startswith(ADMIN) and not isinstance(msg, E.Ctl):
@@ -381,33 +355,17 @@ class Broker:
         """An unexpected exception: counted, logged (with its traceback the first time
         it happens at that place), and the message answered -EPROTO if nothing was."""
         self.bus.stats["internal_errors"] += 1
-        tb = traceback.extract_tb(exc.__traceback__)
-        site = (type(exc).__name__, tb[-1].filename, tb[-1].lineno) if tb else (type(exc).__name__,)
-        first = site not in self._tracebacks
-        if first and len(self._tracebacks) < 1000:
-            self._tracebacks.add(site)
-        self.limit_log("internal:" + ":".join(map(str, site)), logging.ERROR,
-                       "internal error handling %s: %s: %s (answered -EPROTO; the broker goes on)",
-                       where, type(exc).__name__, str(exc)[:200], exc_info=exc if first else None)
+        self.barrier.log(exc, where)
         if frames is None:
             return
         ident = frames[0]
         if not self._answered and not any(i == ident for i, _ in self.bus.outbox):
             try:
-                self.bus.reply(ident, self._guess_r(frames[1:]), Errno.EPROTO,
+                self.bus.reply(ident, guess_r(frames[1:]), Errno.EPROTO,
                                f"internal error handling this message ({type(exc).__name__}); "
                                "it was dropped and the connection stays open")
             except Exception:   # noqa: BLE001 - answering is best effort
                 pass
-
-    @staticmethod
-    def _guess_r(body: list[bytes]) -> int:
-        try:
-            head = E.unpackb(body[0][4:], "$.header")
-            r = head.get("r", 0)
-            return r if type(r) is int and 0 <= r <= 2**53 else 0
-        except (ProtocolError, IndexError, AttributeError, TypeError):
-            return 0
 
     def flush(self) -> None:
         bus = self.bus
