@@ -143,6 +143,26 @@ def test_example_file_runs_in_its_own_pytest_and_failures_leave_nothing():
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("zygote", ["1", "0"])
+def test_the_fixture_works_without_the_cache_provider(zygote):
+    """``-p no:cacheprovider`` (which pytest-xprocess needs for its pid files): the
+    broker is then started like the test's other processes, forked or spawned."""
+    work = tempfile.mkdtemp(prefix="axt-", dir="/tmp")
+    try:
+        for name in ("test_example.py", "my_eth.py"):
+            shutil.copy(EXAMPLES / name, work)
+        env = {**os.environ, "AUXIPC_ZYGOTE": zygote}
+        env.pop("PYTEST_ADDOPTS", None)
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+                            work], cwd=work, env=env, capture_output=True, text=True, timeout=50)
+        out = r.stdout + r.stderr
+        assert r.returncode == 0 and "3 passed" in out, out
+        assert not list(Path(work).glob(".pytest_cache"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def test_a_broker_left_by_a_killed_pytest_is_stopped_by_the_next(xprocess):
     from auxipc.process.launch import Proc
     from auxipc.testing.auxbus import BROKER_PREFIX, _is_broker, _reap_stale

@@ -109,6 +109,7 @@ class AuxBus(Harness):
     a ``Harness`` whose broker is started through pytest-xprocess."""
 
     def __init__(self, xprocess, request):
+        """``xprocess``: pytest-xprocess's fixture, or None without pytest's cache provider."""
         super().__init__(prefix="axt-", grace=STOP_GRACE)
         self.xprocess = xprocess
         self.request = request
@@ -147,13 +148,13 @@ class AuxBus(Harness):
         """With no arguments: start the broker (xprocess) and connect; else ``Harness.start``."""
         if args or kwargs:
             return super().start(*args, **kwargs)
-        _reap_stale(self.xprocess)
         from auxipc.process import zygote
-        if zygote.usable(["broker", "--runtime-dir", self.root], self.env()):
+        if self.xprocess is None or zygote.usable(["broker", "--runtime-dir", self.root], self.env()):
             # forked from the zygote like every other process of the test: ~40 ms instead of an
             # interpreter start; its PR_SET_PDEATHSIG chain stops it if pytest is killed
             super().broker()
             return None
+        _reap_stale(self.xprocess)
         info = self.xprocess.getinfo(_broker_name())
         if info.pidpath.check() and not (info.pid and _is_broker(info.pid)):
             info.pidpath.remove()    # a pid reused by another process: never let xprocess signal it

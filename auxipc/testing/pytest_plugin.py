@@ -41,7 +41,7 @@ def __getattr__(name: str):
 
 
 @pytest.fixture
-def auxbus(xprocess, request):
+def auxbus(request):
     """A running auxipc broker in a private runtime dir, helpers to start parents and
     children, send events, inject faults and read the trace; everything is stopped
     and removed after the test. See ``auxipc.testing.auxbus.AuxBus`` and
@@ -51,6 +51,10 @@ def auxbus(xprocess, request):
     if problem:
         pytest.fail(f"auxbus: {problem}", pytrace=False)
     from auxipc.testing.auxbus import AuxBus
+    # pytest-xprocess keeps its pid files in pytest's cache: without the cache provider
+    # (``-p no:cacheprovider``) the broker is started like the test's other processes.
+    xprocess = request.getfixturevalue("xprocess") if request.config.pluginmanager.hasplugin("cacheprovider") \
+        else None
     bus = AuxBus(xprocess, request)
     try:
         bus.start()
