@@ -242,18 +242,3 @@ class BrokerLock:
                 self.root.rmdir()
             except OSError:
                 pass
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot (None if it is gone or a zombie).
-
-    With the pid it identifies a process for good: a reused pid has another start time."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data[data.rindex(b")") + 2:].split()
-    if rest[0] in (b"Z", b"X"):
-        return None
-    return int(rest[19])

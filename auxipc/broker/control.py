@@ -24,7 +24,7 @@ from auxipc.broker.auth import refuse_remote, with_hosts
 from auxipc.broker.lifecycle import BindState
 from auxipc.broker.snapshot import device_page, snapshot
 from auxipc.faults import SIGNALS, FaultRule
-from auxipc.runtime_dir import process_start_time
+from auxipc.procfs import process_start_time
 from proto import envelope as E
 from proto.control import CTL_ARGS, ctl_args
 from proto.errno import AuxError, Errno
