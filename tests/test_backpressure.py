@@ -152,8 +152,10 @@ def test_a_subscriber_that_stops_reading_costs_the_broker_a_bounded_amount(bus):
         assert r.returncode == 0, r.stderr
         snap = json.loads(r.stdout)
         stats = snap["stats"]
+        print(f"async_passed {stats.get('async_passed')}, async_dropped_hwm {stats.get('async_dropped_hwm')}")
         # The sent events went in batches of 64: more batches than the stalled pipe
-        # holds, so the broker dropped and counted at the high-water mark.
+        # holds, so the broker found its queue full and counted it (the count is of
+        # queues found full, not of messages: libzmq drops the rest silently).
         assert done["sent"] // 64 > PUB_SNDHWM * 2, done
         assert stats.get("async_dropped_hwm", 0) > 0, stats
         assert any(w["kind"] == "async_dropped_hwm" for w in snap["warnings"]), snap["warnings"]

@@ -69,8 +69,11 @@ class AsyncGate(threading.Thread):
         """Pass a message on; the counter it goes to. The XPUB is set NODROP so that a
         subscriber's full pipe shows as EAGAIN (libzmq's lossy XPUB drops per pipe without
         a word); the message then goes out lossy, to every subscriber with room, so one
-        that stopped reading never holds back the others. Counted as dropped at the
-        high-water mark and its topic kept for the warning."""
+        that stopped reading never holds back the others. libzmq then takes the full pipe
+        out of the send set until its reader catches up, and drops for it silently
+        meanwhile: ``async_dropped_hwm`` counts the times a subscriber's queue filled (each
+        the start of a run of drops for it), not the messages it lost (its runtime counts
+        those from the gap in ``seq``, ``async_lost``). The topic is kept for the warning."""
         xpub = self.xpub
         try:
             xpub.send_multipart(frames, zmq.NOBLOCK)

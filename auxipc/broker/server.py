@@ -298,15 +298,16 @@ class Broker:
 
     def warn_dropped(self) -> None:
         """A subscriber that stopped reading is reported: a warning when the gate's
-        count of messages dropped at the high-water mark grew, at most one each
-        DROP_WARN_EVERY seconds."""
+        count of subscriber queues found full (``async_dropped_hwm``) grew, at most one
+        each DROP_WARN_EVERY seconds."""
         dropped = self.bus.stats.get("async_dropped_hwm", 0)
         now = time.monotonic()
         if dropped <= self._dropped_warned or now < self._drop_warn_due:
             return
         topic = self._proxy.dropped_topic.decode(errors="replace")
-        self.bus.warn("async_dropped_hwm", f"{dropped - self._dropped_warned} async event messages dropped at the "
-                      f"high-water mark (last on {topic}): a subscriber on sub.sock is not reading",
+        self.bus.warn("async_dropped_hwm", f"async events dropped at the high-water mark: a subscriber's queue filled "
+                      f"{dropped - self._dropped_warned} time(s) (last on {topic}); it is not reading and "
+                      f"loses events until it does",
                       dropped=dropped, topic=topic)
         self._dropped_warned, self._drop_warn_due = dropped, now + DROP_WARN_EVERY
 
