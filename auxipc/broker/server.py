@@ -54,6 +54,13 @@ log = logging.getLogger("auxipc.broker")
 
 MAX_MSG = E.MAX_MSG + 4096   # the message frame and room for the routing id
 PUB_HWM = 10_000             # messages queued per pub/sub pipe (each at most MAX_MSG)
+# Messages the XPUB queues per subscriber (pipe) that does not read: bounds what one
+# stalled subscriber costs the broker to this times a message, about 64 MiB at the
+# reference runtime's largest batch (64 KiB); past it, that subscriber's events are
+# dropped and counted (async_dropped_hwm). The price: a subscriber that pauses longer
+# than this many messages (plus its own receive queue) loses events.
+PUB_SNDHWM = 1_000
+DROP_WARN_EVERY = 10.0       # seconds between two warnings of async events dropped at the HWM
 BACKLOG_MAX = 200_000        # messages read ahead of their handling (see Broker.drain)
 ADMIN = b"\0admin:"   # routing ids of admin-socket senders (a peer cannot set one starting with NUL)
 
@@ -82,6 +89,7 @@ class Broker:
         self._admin_creds: tuple[int, int, int] | None = None   # of the admin message being handled
         self.backlog: deque = deque()         # messages read ahead of their handling (see drain)
         self.backlog_peak = 0
+        self._dropped_warned, self._drop_warn_due = 0, 0.0     # see warn_dropped
         self._drain_due = 0.0
         self._hb_echo = E.encode(E.Heartbeat(epoch=self.epoch))
 
@@ -124,7 +132,7 @@ class Broker:
         self.listen.bind(xsub, "pub")
         xsub.send(b"\x01")   # subscribe upstream to everything: filtering happens at the XPUB
         xpub = self.ctx.socket(zmq.XPUB)
-        xpub.setsockopt(zmq.SNDHWM, PUB_HWM)
+        xpub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
         xpub.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
         xpub.bind(self.ep.sub)
         self.listen.bind(xpub, "sub")
@@ -286,6 +294,22 @@ class Broker:
         self.bus.tracing = any(b"trace".startswith(t) for t in self.subscriptions)
         for key, value in self._proxy.stats.copy().items():     # the gate's counters (Counter.update adds)
             self.bus.stats[key] = value
+        self.warn_dropped()
+
+    def warn_dropped(self) -> None:
+        """A subscriber that stopped reading is reported: a warning when the gate's
+        count of subscriber queues found full (``async_dropped_hwm``) grew, at most one
+        each DROP_WARN_EVERY seconds."""
+        dropped = self.bus.stats.get("async_dropped_hwm", 0)
+        now = time.monotonic()
+        if dropped <= self._dropped_warned or now < self._drop_warn_due:
+            return
+        topic = self._proxy.dropped_topic.decode(errors="replace")
+        self.bus.warn("async_dropped_hwm", f"async events dropped at the high-water mark: a subscriber's queue filled "
+                      f"{dropped - self._dropped_warned} time(s) (last on {topic}); it is not reading and "
+                      f"loses events until it does",
+                      dropped=dropped, topic=topic)
+        self._dropped_warned, self._drop_warn_due = dropped, now + DROP_WARN_EVERY
 
     def on_frames(self, frames: list[bytes]) -> None:
         """Handle one message behind a barrier: whatever goes wrong handling it is
