@@ -24,7 +24,7 @@ from auxipc.runtime_dir import Endpoints
 from proto import envelope as E
 
 HWM = 100_000
-SUB_HWM = 10_000     # async messages queued for a runtime that does not read (the broker's XPUB holds as many)
+SUB_HWM = 10_000     # async messages a runtime that does not read may queue (the broker keeps PUB_SNDHWM per subscriber)
 MAX_IN = E.MAX_MSG + 4096    # MAXMSGSIZE of what a runtime receives: a message frame and its topic
 DIRECT_WAIT_MS = 2    # how long a sync call waits on its DEALER alone before polling everything
 WAKE = b"\0wake"     # topic of the heartbeat thread's wake-ups, on the runtime's SUB
