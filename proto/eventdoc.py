@@ -10,10 +10,9 @@ follow their users; enums list their members.
 
 from __future__ import annotations
 
-import json
-
 from .cheader import _base, snake, struct_name
 from .events import EventSpec
+from .mddoc import default_value
 from .names import version_str
 from .schema import Array, Empty, Field, Map, Payload
 from .schema import Enum as EnumField
@@ -30,12 +29,11 @@ def ctype(field: Field) -> str:
 
 
 def _default(field: Field) -> str:
-    if field.required:
+    got = default_value(field)
+    if got is None:
         return "required"
-    value = field.to_json(field.default)
-    if isinstance(value, list) and len(value) > 8 and len(set(map(json.dumps, value))) == 1:
-        return f"{json.dumps(value[0])} x {len(value)}"
-    return json.dumps(value)
+    text, count = got
+    return f"{text} x {count}" if count > 1 else text
 
 
 def _structs(cls: type[Payload]) -> list[type[Payload]]:

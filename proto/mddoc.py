@@ -69,13 +69,23 @@ def _ctype(field: Field) -> str:
     return ctype + "".join(f"[{d}]" for d in dims)
 
 
-def _default(field: Field) -> str:
+def default_value(field: Field) -> tuple[str, int] | None:
+    """A field's default as JSON, and how many times it repeats (a long array of one
+    value is written once, with its count); None for a required field."""
     if field.required:
-        return "required"
+        return None
     value = field.to_json(field.default)
     if isinstance(value, list) and len(value) > 8 and len(set(map(json.dumps, value))) == 1:
-        return f"`{json.dumps(value[0])}` × {len(value)}"
-    return f"`{json.dumps(value)}`"
+        return json.dumps(value[0]), len(value)
+    return json.dumps(value), 1
+
+
+def _default(field: Field) -> str:
+    got = default_value(field)
+    if got is None:
+        return "required"
+    text, count = got
+    return f"`{text}` × {count}" if count > 1 else f"`{text}`"
 
 
 def _link(cls: type[Payload]) -> str:
