@@ -30,11 +30,14 @@ class ScenarioDriver(AuxDriver):
         adev.rt.report("PATTERN", pattern=self.PATTERN, side="child", step=step, dev=adev.name, **fields)
 
     def probe(self, adev) -> int:
-        cat = adev.rt.catalog
-        names = sorted(cat.get(c).name for c in adev.parent_handles if cat.get(c))
         adev.data.update(state="up", num_tc=1, link=None)
-        self.report(adev, "bind", handles=names)
+        self.setup(adev)
+        cat = adev.rt.catalog
+        self.report(adev, "bind", handles=sorted(cat.get(c).name for c in adev.parent_handles if cat.get(c)))
         return 0
+
+    def setup(self, adev) -> None:
+        """What the pattern's driver does at probe before it is ready (register with the parent)."""
 
     def user_request(self, adev, spec, payload, timeout: float):
         step = payload.step

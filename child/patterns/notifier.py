@@ -32,11 +32,9 @@ class Mlx5eNotifier(ScenarioDriver):
     def export(self, adev, symbol: str, data: bytes = b"") -> int:
         return adev.call("EXPORTED_CALL", {"symbol": symbol, "data": data}).ret
 
-    def probe(self, adev) -> int:
-        super().probe(adev)
+    def setup(self, adev) -> None:
         self.export(adev, "mlx5_notifier_register")
         self.export(adev, "mlx5_eq_notifier_register")
-        return 0
 
     def remove(self, adev) -> None:
         self.export(adev, "mlx5_eq_notifier_unregister")

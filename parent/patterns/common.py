@@ -114,7 +114,7 @@ class ScenarioParent(ParentModel):
         try:
             return fn(*args)
         except AuxError as exc:
-            return f"raised {exc.name}"
+            return f"-{exc.name} (raised)"
 
     # ---- reset (asked for by the driver through the pattern's child->parent path) ----
 

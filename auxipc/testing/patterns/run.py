@@ -99,6 +99,7 @@ def run_pattern(pattern: Pattern, n: int = 200, log=lambda line: None) -> Run:
         h.child(pattern.child)
         h.until(lambda r: r.get("kind") == "bus" and r.get("action") == "BIND" and r.get("dev") == pattern.device,
                 _pattern_rec("parent", "bind"), _pattern_rec("child", "bind"), timeout=STEP_TIMEOUT)
+        h.drain(0.05)
         run.setup = h.trace()
         for step in STEPS:
             start = len(h.trace())
