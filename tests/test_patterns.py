@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from auxipc.cli.main import main
 from auxipc.testing.patterns.facts import code_lines, facts
 from auxipc.testing.patterns.report import DOC, ROOT, render, stale
-from auxipc.testing.patterns.run import PATTERNS, run_pattern
+from auxipc.testing.patterns.run import PATTERNS, run_all
 
 pytestmark = pytest.mark.slow
 N = 10
@@ -20,7 +20,7 @@ N = 10
 
 @pytest.fixture(scope="module")
 def all_facts():
-    return [facts(run_pattern(p, N), ROOT) for p in PATTERNS]
+    return [facts(run, ROOT) for run in run_all(N)]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ back (``seen``), the bus's side of each call is in the bus's CALL records.
 
 from __future__ import annotations
 
-import statistics
 import time
 
 from auxipc import ParentModel, handler
@@ -95,9 +94,7 @@ class ScenarioParent(ParentModel):
                 t0 = time.perf_counter()
                 self.bench_one(adev)
                 us.append((time.perf_counter() - t0) * 1e6)
-            us.sort()
-            self.report("bench", n=n, median_us=round(statistics.median(us), 1),
-                        p90_us=round(us[int(len(us) * 0.9) - 1], 1))
+            self.report("bench", n=n, us=[round(x, 1) for x in us])
         elif step == "link":
             down, down_bus = self._logged(self.link, adev, False, 0)
             up, up_bus = self._logged(self.link, adev, True, 100_000)

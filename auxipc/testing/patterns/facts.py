@@ -10,6 +10,7 @@ discoverability) what was observed, then the crash and the per-call cost.
 from __future__ import annotations
 
 import ast
+import statistics
 from pathlib import Path
 
 from auxipc.testing.patterns import abi
@@ -151,8 +152,12 @@ def crash_fact(run: Run) -> dict:
 
 
 def cost_fact(run: Run) -> dict:
-    d = outcome(run.steps["bench"], "parent", "bench")
-    return {"median_us": d.get("median_us"), "p90_us": d.get("p90_us"), "n": d.get("n")}
+    """Median and 90th percentile of every round trip timed in the parent's bench records."""
+    us = sorted(x for r in run.steps["bench"] if outcome([r], "parent", "bench") for x in _detail(r)["us"])
+    if not us:
+        return {"median_us": None, "p90_us": None, "n": 0}
+    return {"median_us": round(statistics.median(us), 1), "p90_us": round(us[max(0, int(len(us) * 0.9) - 1)], 1),
+            "n": len(us)}
 
 
 def calls_fact(run: Run) -> dict:

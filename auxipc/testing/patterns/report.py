@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from auxipc.testing.patterns.facts import DISCOVERY_STEPS, SCENARIO_STEPS, facts
-from auxipc.testing.patterns.run import PATTERNS, run_pattern
+from auxipc.testing.patterns.run import run_all
 
 ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "patterns.md"
@@ -59,7 +59,7 @@ step waited for by its outcome record:
   taking the driver's `device_lock` under rtnl);
 - **unknown** (probe) - the parent sends an event the driver was built without;
 - **per-call cost** (probe) - N round trips of the same parent->child call (the
-  "traffic classes are about to change" event);
+  "traffic classes are about to change" event), in turns with the other patterns;
 - **crash** - the driver asks for a reset again and its process dies inside the
   reset warning, mid-call.
 """
@@ -89,7 +89,8 @@ From the run's records only (`auxipc/testing/patterns/facts.py`):
   parent's code got back, and the time from the driver's death (its own clock
   reading just before SIGKILL) to the parent's call returning.
 - **per-call cost**: median and 90th percentile of N parent->child round trips timed
-  in the parent, each pattern on its own bus, one after the other in the same run.
+  in the parent; the three buses are up at once and take turns, N/10 round trips at
+  a time, so that a busy moment of the machine does not fall on one pattern only.
 
 ## Where the emulation departs from the kernel
 
@@ -151,7 +152,7 @@ def machine() -> str:
 
 def generate(n: int = 200, log=lambda line: None) -> str:
     """Run the scenario all three ways and render the page."""
-    return render([facts(run_pattern(p, n, log), ROOT) for p in PATTERNS])
+    return render([facts(run, ROOT) for run in run_all(n, log=log)])
 
 
 def _masked(text: str) -> list[str]:

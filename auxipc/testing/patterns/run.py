@@ -11,15 +11,16 @@ is waited for by its outcome record, never by sleeping:
 3. ``dcb``    a DCB change from dcbnl under rtnl; the parent changes the traffic
    classes from a worker;
 4. ``unknown`` the parent sends an event the driver was built without;
-5. ``bench``  N round trips of the same parent->child call (per-call cost);
+5. ``bench``  round trips of the same parent->child call (per-call cost), in turns;
 6. ``crash``  the driver asks for a reset again and dies inside the warning.
 
-``run_pattern`` returns the run's records split by step; report.py derives the
-figures from them.
+``run_all`` plays them on three buses at once (the per-call cost in turns) and
+returns each run's records split by step; report.py derives the figures.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from auxipc.testing.harness import Harness
@@ -27,6 +28,7 @@ from proto.errno import AuxError, Errno
 
 SCHEMA = "auxipc.testing.patterns.abi"
 STEP_TIMEOUT = 10.0
+ROUNDS = 10           # the per-call cost is measured in this many turns per pattern
 
 
 @dataclass(frozen=True)
@@ -87,31 +89,65 @@ def _done(step: str) -> list:
     return [_pattern_rec("parent", step)]
 
 
-def run_pattern(pattern: Pattern, n: int = 200, log=lambda line: None) -> Run:
-    """Play every step on a fresh bus; the records of each step. Raises AuxError
-    (ETIMEDOUT naming the step) if a step does not finish."""
-    from auxipc.schemas import load_catalog
-    catalog = load_catalog([SCHEMA], use_entry_points=False)
-    run = Run(pattern, n)
-    with Harness(prefix="axpat-", env={"AUXIPC_SCHEMA": SCHEMA}) as h:
-        h.broker()
-        h.parent(pattern.parent)
-        h.child(pattern.child)
-        h.until(lambda r: r.get("kind") == "bus" and r.get("action") == "BIND" and r.get("dev") == pattern.device,
-                _pattern_rec("parent", "bind"), _pattern_rec("child", "bind"), timeout=STEP_TIMEOUT)
-        h.drain(0.05)
-        run.setup = h.trace()
-        for step in STEPS:
-            start = len(h.trace())
-            log(f"{pattern.key}: {step}")
-            out = h.client.send_event(pattern.device, "PATTERN_STEP", "child", {"step": step, "n": n if step == "bench" else 0},
-                                      STEP_TIMEOUT, catalog=catalog)
-            if out["errno"]:
-                raise AuxError(-out["errno"], f"{pattern.key}: step {step}: {out['message']}")
-            try:
-                h.until(*_done(step), timeout=STEP_TIMEOUT)
-            except AuxError as exc:
-                raise AuxError(Errno.ETIMEDOUT, f"{pattern.key}: step {step} did not finish: {exc.message}") from None
-            h.drain(0.05)      # what the broker publishes on another socket may come a little later
-            run.steps[step] = h.trace()[start:]
-    return run
+class PatternBus:
+    """One pattern's bus: a broker, the parent model and the driver, bound and ready;
+    ``step`` plays one step and returns the records seen during it."""
+
+    def __init__(self, pattern: Pattern, n: int, log=lambda line: None):
+        from auxipc.schemas import load_catalog
+        self.catalog = load_catalog([SCHEMA], use_entry_points=False)
+        self.run = Run(pattern, n)
+        self.log = log
+        self.h = Harness(prefix="axpat-", env={"AUXIPC_SCHEMA": SCHEMA})
+
+    def __enter__(self) -> PatternBus:
+        h, pattern = self.h, self.run.pattern
+        try:
+            h.broker()
+            h.parent(pattern.parent)
+            h.child(pattern.child)
+            h.until(lambda r: r.get("kind") == "bus" and r.get("action") == "BIND" and r.get("dev") == pattern.device,
+                    _pattern_rec("parent", "bind"), _pattern_rec("child", "bind"), timeout=STEP_TIMEOUT)
+            h.drain(0.05)
+        except BaseException:
+            h.__exit__(None, None, None)
+            raise
+        self.run.setup = h.trace()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.h.__exit__(*exc)
+
+    def step(self, step: str, n: int = 0) -> list[dict]:
+        """Ask the driver for ``step`` and wait for its outcome; AuxError naming the step if it fails."""
+        h, key = self.h, self.run.pattern.key
+        start = len(h.trace())
+        self.log(f"{key}: {step}")
+        out = h.client.send_event(self.run.pattern.device, "PATTERN_STEP", "child", {"step": step, "n": n},
+                                  STEP_TIMEOUT, catalog=self.catalog)
+        if out["errno"]:
+            raise AuxError(-out["errno"], f"{key}: step {step}: {out['message']}")
+        try:
+            h.until(*_done(step), timeout=STEP_TIMEOUT)
+        except AuxError as exc:
+            raise AuxError(Errno.ETIMEDOUT, f"{key}: step {step} did not finish: {exc.message}") from None
+        h.drain(0.05)      # what the broker publishes on another socket may come a little later
+        return h.trace()[start:]
+
+
+def run_all(n: int = 200, rounds: int = ROUNDS, log=lambda line: None) -> list[Run]:
+    """Every pattern on a bus of its own, all up at once: the steps pattern by pattern,
+    the per-call cost in ``rounds`` rounds taking turns (so that a busy moment of the
+    machine does not fall on one pattern only), the crash last."""
+    with contextlib.ExitStack() as stack:
+        buses = [stack.enter_context(PatternBus(p, n, log)) for p in PATTERNS]
+        for step in STEPS[:4]:
+            for bus in buses:
+                bus.run.steps[step] = bus.step(step)
+        per = max(1, n // rounds)
+        for r in range(rounds):
+            for bus in buses[r % len(buses):] + buses[:r % len(buses)]:
+                bus.run.steps.setdefault("bench", []).extend(bus.step("bench", per))
+        for bus in buses:
+            bus.run.steps["crash"] = bus.step("crash")
+        return [bus.run for bus in buses]
