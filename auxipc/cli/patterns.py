@@ -14,7 +14,7 @@ from auxipc.cli.options import Group
 
 @click.group(cls=Group)
 def patterns():
-    """Notifier chains, exported ops or the event contract: one scenario, measured three ways."""
+    """One scenario as notifier chains, exported ops and the event contract, measured on the bus: writes docs/patterns.md."""
 
 
 @patterns.command()

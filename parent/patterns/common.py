@@ -57,7 +57,7 @@ class ScenarioParent(ParentModel):
 
     def notify(self, adev, event, payload=None):
         """An async event; refused here, unsent, once the bus said the driver is gone."""
-        sent = adev.bound
+        sent = adev.bound and adev.supports(event)
         try:
             out = adev.notify(event, payload)
         except AuxError as exc:
@@ -89,7 +89,7 @@ class ScenarioParent(ParentModel):
 
     def run_step(self, adev, step: str, n: int) -> None:
         if step == "bench":
-            us = []
+            self.bus_log, us = [], []
             for _ in range(n):
                 t0 = time.perf_counter()
                 self.bench_one(adev)

@@ -57,7 +57,9 @@ step waited for by its outcome record:
 - **DCB** - a DCB change from dcbnl, which holds rtnl around the driver's op; the
   parent programs it and changes the driver's traffic classes from a worker (never
   taking the driver's `device_lock` under rtnl);
-- **unknown** (probe) - the parent sends an event the driver was built without;
+- **unknown** (probe) - the parent sends an event the driver was built without (the
+  contract's parent skips the `supports()` check a real one makes, to see what the
+  bus does);
 - **per-call cost** (probe) - N round trips of the same parent->child call (the
   "traffic classes are about to change" event), in turns with the other patterns;
 - **crash** - the driver asks for a reset again and its process dies inside the
