@@ -40,9 +40,9 @@ class ScenarioDriver(AuxDriver):
         """What the pattern's driver does at probe before it is ready (register with the parent)."""
 
     def user_request(self, adev, spec, payload, timeout: float):
-        step = payload.step
         if spec.name != "PATTERN_STEP":
             return self.forward(adev, spec, payload, timeout)
+        step = payload.step
         if step == "reset":
             return spec.reply(ret=self.request_reset(adev))
         if step == "dcb":
