@@ -39,6 +39,8 @@ LAZY = {
     "restart": ("auxipc.cli.up:restart", "Stop and start process NAME."),
     "down": ("auxipc.cli.up:down", "Stop every supervised process (reverse start order) and the supervisor."),
     "keys": ("auxipc.cli.keys:keys", "CURVE keys for a bus across hosts: create, admit, revoke, ls."),
+    "patterns": ("auxipc.cli.patterns:patterns", "One scenario as notifier chains, exported ops and the event "
+                 "contract, measured on the bus: writes docs/patterns.md."),
     "soak": ("auxipc.cli.up:soak", "Chaos under load: kill, stop and restart drivers, the parent and the broker "
              "while events flow both ways; then check the invariants and print the figures."),
 }
