@@ -50,6 +50,44 @@ def name_topic(name: str) -> bytes:
     return NAME_TOPIC + f"{name}:{os.getpid()}".encode()
 
 
+class Reorder:
+    """The reorder buffer (pure: the caller reads the clock). ``push`` a record with its
+    stamp and the time it is due to leave; ``pop`` the earliest-stamped one once due
+    (or at once, ``force``). A record that leaves after a later-stamped one, or after
+    a later one of its own sender, is marked ``late``."""
+
+    def __init__(self):
+        self._heap: list = []                 # (stamp, arrival, due, record)
+        self._arrival = itertools.count()
+        self._released_ns = 0                 # the latest stamp released
+        self._last_seq: dict[str, int] = {}   # origin -> the last src_seq released
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, rec: dict, due_ns: int) -> None:
+        heapq.heappush(self._heap, (rec["mono_ns"], next(self._arrival), due_ns, rec))
+
+    def due(self) -> int | None:
+        """When the next record may leave (None: the buffer is empty)."""
+        return self._heap[0][2] if self._heap else None
+
+    def first_stamp(self) -> int | None:
+        return self._heap[0][0] if self._heap else None
+
+    def pop(self, now_ns: int, force: bool = False) -> dict | None:
+        if not self._heap or (not force and self._heap[0][2] > now_ns):
+            return None
+        stamp, _, _, rec = heapq.heappop(self._heap)
+        origin, seq = rec.get("origin"), rec.get("src_seq") or 0
+        if stamp < self._released_ns or (seq and seq < self._last_seq.get(origin, 0)):
+            rec["late"] = True      # arrived after later records had left: out of place
+        self._released_ns = max(self._released_ns, stamp)
+        if seq:
+            self._last_seq[origin] = max(seq, self._last_seq.get(origin, 0))
+        return rec
+
+
 class Watcher:
     def __init__(self, runtime_dir=None, topics=TOPICS, catalog: Catalog = CATALOG, timeout: float = 5.0,
                  name: str = "watch", window: float = WINDOW):
@@ -65,7 +103,7 @@ class Watcher:
         self.sub.connect(self.ep.sub)       # async events, runtimes' trace records
         self.sub.connect(self.ep.notify)    # the broker's notifications and call trace
         hello = b"hello:watch:" + os.urandom(4).hex().encode()
-        for t in (*topics, name_topic(name), hello):    # hello last: its echo proves the others are in place
+        for t in (*topics, hello):    # hello last: its echo proves the others are in place
             self.sub.setsockopt(zmq.SUBSCRIBE, t)
         # Both paths proven before returning: a hello published through the proxy, and
         # one the broker publishes on its own socket when asked (no slow joiner).
@@ -74,24 +112,18 @@ class Watcher:
         self.ep.secure(pub)
         pub.connect(self.ep.pub)
         deadline = time.monotonic() + timeout
-        seen = 0
-        started = None
+        self._early: list = []     # messages that came while proving the name: kept
         try:
             with Client(runtime_dir, timeout=max(0.1, timeout)) as client:
-                while seen < 2:
-                    pub.send_multipart([hello, E.MAGIC])
-                    result, _ = client.ctl("echo", topic=hello.decode(),
-                                           timeout=max(0.1, deadline - time.monotonic()))
-                    started = result.d.get("started_ns", started)
-                    while self.sub.poll(20):
-                        frames = self.sub.recv_multipart()
-                        if frames[0] == hello:
-                            seen += 1
-                    if seen >= 2:
-                        break
-                    seen = 0
-                    if time.monotonic() > deadline:
-                        raise AuxError(Errno.ENOTCONN, f"no broker publishing in {self.ep.where}")
+                started = self._prove(client, hello, pub, 2, deadline)
+                # Named only once subscribed: 'auxipc wait watcher NAME' then means "nothing
+                # published from now on is missed". The broker takes the name in when it
+                # echoes this second hello (its subscriptions are read right after).
+                hello2 = b"hello:named:" + os.urandom(4).hex().encode()   # not prefixed by the first
+                self.sub.setsockopt(zmq.SUBSCRIBE, name_topic(name))
+                self.sub.setsockopt(zmq.SUBSCRIBE, hello2)
+                self._prove(client, hello2, None, 1, deadline)
+                self.sub.setsockopt(zmq.UNSUBSCRIBE, hello2)
         except BaseException:
             self.sub.close(linger=0)
             pub.close(linger=0)
@@ -103,10 +135,29 @@ class Watcher:
         # The bus's time zero; a broker that does not say: this watcher's start.
         self.started_ns = started if isinstance(started, int) and self.local else time.monotonic_ns()
         self.t0 = time.monotonic()
-        self._heap: list = []                 # (stamp, arrival, due, record): the reorder buffer
-        self._arrival = itertools.count()
-        self._released_ns = 0                 # the latest stamp released
-        self._last_seq: dict[str, int] = {}   # origin -> the last src_seq released
+        self.buffer = Reorder()
+        for frames, arrived in self._early:
+            self._ingest(frames, arrived)
+        del self._early
+
+    def _prove(self, client: Client, hello: bytes, pub, paths: int, deadline: float):
+        """Echo ``hello`` until it came back on ``paths`` paths in one round (the broker's
+        socket, and through the proxy when ``pub`` is given); the broker's time zero."""
+        while True:
+            if pub is not None:
+                pub.send_multipart([hello, E.MAGIC])
+            result, _ = client.ctl("echo", topic=hello.decode(), timeout=max(0.1, deadline - time.monotonic()))
+            seen = 0
+            while self.sub.poll(20):
+                frames = self.sub.recv_multipart()
+                if frames[0] == hello:
+                    seen += 1
+                elif pub is None and not frames[0].startswith(b"hello:"):   # subscribed already
+                    self._early.append((frames, time.monotonic_ns()))
+            if seen >= paths:
+                return result.d.get("started_ns")
+            if time.monotonic() > deadline:
+                raise AuxError(Errno.ENOTCONN, f"no broker publishing in {self.ep.where}")
 
     def close(self) -> None:
         self.sub.close(linger=0)
@@ -128,28 +179,17 @@ class Watcher:
         """Move every message waiting on the socket into the reorder buffer."""
         while self.sub.poll(0):
             frames = self.sub.recv_multipart()
-            if frames[0].startswith(b"hello:"):
-                continue        # a second echo of the subscription's proof
-            now = time.monotonic_ns()
-            try:
-                recs = self.records(frames, now)
-            except AuxError as exc:
-                recs = [{"kind": "malformed", "mono_ns": now, "ts": self.since_start(now), "origin": "?",
-                         "src_seq": 0, "error": str(exc)}]
-            for rec in recs:
-                stamp = rec["mono_ns"]
-                due = (stamp if self.local else now) + self.window_ns
-                heapq.heappush(self._heap, (stamp, next(self._arrival), due, rec))
+            if not frames[0].startswith(b"hello:"):     # else a second echo of the subscription's proof
+                self._ingest(frames, time.monotonic_ns())
 
-    def _release(self) -> dict:
-        stamp, _, _, rec = heapq.heappop(self._heap)
-        origin, seq = rec.get("origin"), rec.get("src_seq") or 0
-        if stamp < self._released_ns or (seq and seq < self._last_seq.get(origin, 0)):
-            rec["late"] = True      # arrived after later records had left: out of place
-        self._released_ns = max(self._released_ns, stamp)
-        if seq:
-            self._last_seq[origin] = max(seq, self._last_seq.get(origin, 0))
-        return rec
+    def _ingest(self, frames: list[bytes], now: int) -> None:
+        try:
+            recs = self.records(frames, now)
+        except AuxError as exc:
+            recs = [{"kind": "malformed", "mono_ns": now, "ts": self.since_start(now), "origin": "?",
+                     "src_seq": 0, "error": str(exc)}]
+        for rec in recs:
+            self.buffer.push(rec, (rec["mono_ns"] if self.local else now) + self.window_ns)
 
     def next(self, timeout: float) -> dict | None:
         """The next record in causal order, or None after ``timeout`` seconds. A record
@@ -159,11 +199,13 @@ class Watcher:
         while True:
             self._take()
             now = time.monotonic_ns()
-            if self._heap and (timeout <= 0 or self._heap[0][2] <= now):
-                return self._release()
+            rec = self.buffer.pop(now, force=timeout <= 0)
+            if rec is not None:
+                return rec
             if now >= deadline:
                 return None
-            wait = deadline - now if not self._heap else min(deadline, self._heap[0][2]) - now
+            due = self.buffer.due()
+            wait = (deadline if due is None else min(deadline, due)) - now
             self.sub.poll(max(1, -(-wait // 1_000_000)))
 
     def settle(self) -> list[dict]:
@@ -176,8 +218,8 @@ class Watcher:
             self._take()
         self._take()
         out = []
-        while self._heap and self._heap[0][0] <= now:
-            out.append(self._release())
+        while (first := self.buffer.first_stamp()) is not None and first <= now:
+            out.append(self.buffer.pop(now, force=True))
         return out
 
     def until(self, *preds, timeout: float, on_record=None) -> list[dict]:
