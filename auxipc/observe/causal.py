@@ -27,13 +27,12 @@ _GENERIC = ("", "?", "parent", "child")
 def causal(records: list[dict]) -> list[dict]:
     """``records`` (not copied) in the order they happened; see the module's doc."""
     keyed = []
-    stamp = -1
+    stamp, seq = -1, 0
     for i, r in enumerate(records):
         mono = r.get("mono_ns")
-        if isinstance(mono, int) and mono > 0:
-            stamp = mono
-        seq = r.get("src_seq")
-        keyed.append((stamp, seq if isinstance(seq, int) else 0, i, r))
+        if isinstance(mono, int) and mono > 0:      # else the place of the record before it
+            stamp, seq = mono, r.get("src_seq") if isinstance(r.get("src_seq"), int) else 0
+        keyed.append((stamp, seq, i, r))
     keyed.sort(key=lambda k: k[:3])
     return [k[3] for k in keyed]
 

@@ -116,7 +116,9 @@ def to_mermaid(records: list[dict], title: str | None = None) -> str:
                     f"    B{back}{src}: {_esc(result)}"]
         elif kind == "event":
             text = f"{r.get('event', '?')} {r.get('dev', '')} {summary(r.get('payload'), 60)}"
-            out += [f"    {src}-)B: {_esc(text)}", f"    B-){dst}: {_esc(r.get('event', '?'))} (async)"]
+            out.append(f"    {src}-)B: {_esc(text)}")
+            out.append(f"    B-){dst}: {_esc(r.get('event', '?'))} (async)" if dst != "B" else
+                       f"    Note over B: {_esc(r.get('event', '?'))}: no receiver bound, dropped")
         elif kind == "bus" and r.get("action") in ("PEER_DEAD",):
             out.append(f"    {src}-xB: {_esc(_bus_text(r))}")
         elif kind == "bus" and src != dst:
