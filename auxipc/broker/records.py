@@ -177,6 +177,8 @@ class Stamper:
     def stamp(self, published: list[list[bytes]]) -> None:
         """Stamp, in place, each ``[topic, MAGIC + header]`` message of ``published``
         (a hello echo, ``[topic, MAGIC]``, has no header and goes as it is)."""
+        if not published:
+            return
         now = self.clock_ns()
         for frames in published:
             frame = frames[-1]
