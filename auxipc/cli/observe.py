@@ -141,9 +141,9 @@ def monitor(runtime_dir, properties, as_json, replay, devices, events, peers, co
     from auxipc.observe.watch import Watcher
     flt = Filter(devices, events, peers)
     lines = Lifelines()
-    with Client(runtime_dir) as client, \
-            Watcher(runtime_dir, topics=(b"bus",), name=watcher_name or "monitor") as watch, \
-            _stop_on_signal() as stop:
+    # The signal handlers first: a script may stop a watcher as soon as 'wait watcher' saw it
+    with _stop_on_signal() as stop, Client(runtime_dir) as client, \
+            Watcher(runtime_dir, topics=(b"bus",), name=watcher_name or "monitor") as watch:
         lines.seed(client.query("ls"))
         last = 0
         shown = 0
@@ -219,8 +219,8 @@ def trace(ctx, runtime_dir, devices, events, peers, as_json, record, count, time
     lines = Lifelines()
     out = open(record, "w", encoding="utf-8") if record else None
     try:
-        with Client(runtime_dir) as client, Watcher(runtime_dir, name=watcher_name or "trace") as watch, \
-                _stop_on_signal() as stop:
+        with _stop_on_signal() as stop, Client(runtime_dir) as client, \
+                Watcher(runtime_dir, name=watcher_name or "trace") as watch:
             lines.seed(client.query("ls"))
             _ready("trace", watch.ep.root, ready_fd)
 
