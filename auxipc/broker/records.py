@@ -184,9 +184,12 @@ class Stamper:
             frame = frames[-1]
             if len(frame) <= len(E.MAGIC):
                 continue
-            head = msgpack.unpackb(frame[len(E.MAGIC):], raw=False)
-            head["ts_ns"], head["src_seq"] = now, next(self._seq)
-            frames[-1] = E.MAGIC + E.packb(head)
+            try:
+                head = msgpack.unpackb(frame[len(E.MAGIC):], raw=False, strict_map_key=False)
+                head["ts_ns"], head["src_seq"] = now, next(self._seq)
+                frames[-1] = E.MAGIC + E.packb(head)
+            except Exception:  # noqa: BLE001 - a record goes unstamped rather than not at all
+                continue
 
 
 STAMPER = Stamper()     # the broker process's: one sequence for everything it publishes
