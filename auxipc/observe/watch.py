@@ -132,8 +132,8 @@ class Watcher:
         pub.close(linger=0)
         self.sub.setsockopt(zmq.UNSUBSCRIBE, hello)
         self.local = not self.ep.remote
-        # The bus's time zero; a broker that does not say: this watcher's start.
-        self.started_ns = started if isinstance(started, int) and self.local else time.monotonic_ns()
+        # The bus's time zero on the broker's clock (a broker that does not say: this watcher's start)
+        self.started_ns = started if isinstance(started, int) else time.monotonic_ns()
         self.t0 = time.monotonic()
         self.buffer = Reorder()
         for frames, arrived in self._early:
