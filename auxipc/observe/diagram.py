@@ -50,7 +50,7 @@ def hw_text(r: dict, limit: int = 60) -> str:
     """A hardware change in a few words: ``hw link speed_mbps=100000 up=true``."""
     d = {k: v for k, v in (r.get("detail") or {}).items() if k not in ("peer", "task")}
     what, dev = d.pop("what", "?"), d.pop("dev", "")
-    body = " ".join(f"{k}={summary(v, limit)}" for k, v in d.items())
+    body = " ".join(f"{k}={v if isinstance(v, str) else summary(v, limit)}" for k, v in d.items())
     return " ".join(x for x in ("hw", str(what), str(dev), body) if x)
 
 
