@@ -54,7 +54,8 @@ def _args(type_name: str, doc: str, **fields) -> type[Payload]:
 
 
 CTL_ARGS: dict[str, type[Payload]] = {
-    "ping": _args("PingArgs", "Is the broker there: {epoch, pid}."),
+    "ping": _args("PingArgs", "Is the broker there: {epoch, pid, started_ns}."),
+    "watchers": _args("WatchersArgs", "The watchers subscribed to the notification socket: {watchers: [{name, pid}]}."),
     "ls": _args("LsArgs", "The bus snapshot."),
     "echo": _args("EchoArgs", "Publish [topic, MAGIC] on the notification socket.",
                   topic=Str(max_len=160, doc="starts with 'hello:'")),

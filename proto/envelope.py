@@ -222,10 +222,14 @@ def pack_events(packed: list[bytes]) -> bytes:
     return _PACKER.pack_array_header(2 * len(packed)) + b"".join(packed)
 
 
-def event_frame(dev: int, seq: int, inc: int, epoch: int, packed: list[bytes]) -> bytes:
-    """The frame of an EVENT message carrying ``packed`` (see ``pack_events``)."""
-    return MAGIC + packb({"t": Msg.EVENT, "dev": dev, "seq": seq, "inc": inc, "epoch": epoch,
-                          "p": pack_events(packed)})
+def event_frame(dev: int, seq: int, inc: int, epoch: int, packed: list[bytes], ts_ns: int = 0,
+                src_seq: int = 0) -> bytes:
+    """The frame of an EVENT message carrying ``packed`` (see ``pack_events``), with the
+    sender's stamp when given."""
+    head = {"t": Msg.EVENT, "dev": dev, "seq": seq, "inc": inc, "epoch": epoch, "p": pack_events(packed)}
+    if ts_ns:
+        head["ts_ns"], head["src_seq"] = ts_ns, src_seq
+    return MAGIC + packb(head)
 
 
 def decode_events(data: bytes | None) -> list:

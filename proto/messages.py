@@ -68,6 +68,14 @@ def header(msg: Msg):
     return register
 
 
+# The sender's stamp, declared once and appended to every message a watcher records
+# (EVENT, UEVENT): optional, so a sender that does not stamp stays compatible. All
+# processes of a bus on one host read one CLOCK_MONOTONIC, so stamps of different
+# senders compare; the sequence orders one sender's messages (see docs/protocol.md).
+STAMP_TS = Int(0, 2**63 - 1, default=0, doc="the sender's CLOCK_MONOTONIC in ns when it sent this (0: not stamped)")
+STAMP_SEQ = Int(0, 2**63 - 1, default=0, doc="the sender's sequence over everything it publishes, from 1 (0: none)")
+
+
 def strs(**kw):
     return Array(Str(max_len=255), max_len=1024, **kw)
 
@@ -367,6 +375,8 @@ class AsyncEvent(Header):
     seq = Int(1, 2**63 - 1, doc="of the first event; per (device, direction, sender incarnation), from 1")
     inc = Int(0, 2**53, doc="sender's incarnation")
     epoch = Int(0, 2**63 - 1, default=0, doc="the broker epoch the sender registered in")
+    ts_ns = STAMP_TS
+    src_seq = STAMP_SEQ
 
 
 @header(Msg.UEVENT)
@@ -377,3 +387,5 @@ class Uevent(Header):
     dev = Str(max_len=160, default="")
     driver = Str(max_len=128, default="")
     detail = Map(default={})
+    ts_ns = STAMP_TS
+    src_seq = STAMP_SEQ

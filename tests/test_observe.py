@@ -117,8 +117,8 @@ def test_trace_lines_show_direction_result_latency_and_payload():
     assert lines[7].endswith("= -22 EINVAL  (0.45 ms)")
     assert "parent ixd -> child idpf_eth" in lines[8] and 'async #1 {"kind":"HEALTH"' in lines[8]
     assert "FAULT_INJECTED" in lines[9] and "what=drop" in lines[9]
-    assert lines[12].startswith("+  0.900s  malformed") and "bad frame" in lines[12]
-    assert re.match(r"\+  1\.000s  trace  LOCKDEP +ixd\.eth\.0 +chain=a->b$", lines[13])
+    assert lines[12].startswith("[   0.900000]  malformed") and "bad frame" in lines[12]
+    assert re.match(r"\[   1\.000000\]  trace  LOCKDEP +ixd\.eth\.0 +chain=a->b$", lines[13])
 
 
 def test_udev_lines_and_properties_like_udevadm_monitor():

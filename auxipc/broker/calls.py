@@ -148,13 +148,13 @@ class SyncCall:
         bus.stats["calls"] += 1
         if e:
             bus.stats[f"calls_{errno_name(e)}"] += 1
-        if caller.alive:
-            bus.reply(caller.ident, self.msg.r, e, m, payload=reply_payload)
-            bus.on_output()
-        if bus.tracing:
+        if bus.tracing:     # before the answer: it leaves stamped before the caller can act on it
             bus.published.append([b"trace", *E.fast(E.Uevent, seq=0, action="CALL", dev=self.dev.name, detail={
                 "event": self.spec.name, "from": caller.label, "to": self.callee.label, "errno": e,
                 "task": self.task, "us": int((bus.clock() - self.sent) * 1e6)})])
+        if caller.alive:
+            bus.reply(caller.ident, self.msg.r, e, m, payload=reply_payload)
+            bus.on_output()
         self.finish()
 
     def finish(self) -> None:

@@ -1,8 +1,10 @@
 """Control queries (``CTL`` messages) from the CLI and tests; no registration needed.
 
 Each op takes ``args`` (a map) and answers one RESULT whose ``d`` holds the data.
-- ``ping``: ``{epoch, pid}``
+- ``ping``: ``{epoch, pid, started_ns}`` (the bus's time zero, CLOCK_MONOTONIC ns)
+- ``echo``: ``{topic}``: publish ``[topic, MAGIC]`` on the notification socket; ``{started_ns}``
 - ``ls``: the bus snapshot (see ``snapshot.py``), devices paged (``after``/``next``)
+- ``watchers``: ``{watchers: [{name, pid}]}``, the subscribed watchers (``auxipc wait watcher``)
 - ``uevents``: ``{events: [...], more}``, the notifications with ``seq > since``, paged
 - ``send``: ``{device, event, from, timeout_ms}`` + payload frame: the named side's
   runtime sends the event as its code would; the answer is that call's result.
@@ -22,6 +24,7 @@ import os
 
 from auxipc.broker.auth import refuse_remote, with_hosts
 from auxipc.broker.lifecycle import BindState
+from auxipc.broker.records import STAMPER
 from auxipc.broker.snapshot import device_page, snapshot
 from auxipc.faults import SIGNALS, FaultRule
 from auxipc.procfs import process_start_time
@@ -63,7 +66,7 @@ class Control:
             "op": msg.op, "args": args, "by": who}), topic=b"trace"))
 
     def op_ping(self, ident, msg, payload):
-        self.bus.reply(ident, msg.r, data={"epoch": self.bus.epoch, "pid": os.getpid()})
+        self.bus.reply(ident, msg.r, data={"epoch": self.bus.epoch, "pid": os.getpid(), **self._clock()})
 
     def op_echo(self, ident, msg, payload):
         """{topic}: publish ``[topic, MAGIC]`` on the notification socket (a subscriber's
@@ -72,7 +75,21 @@ class Control:
         if not topic.startswith(b"hello:"):
             raise AuxError(Errno.EINVAL, "$.header.args.topic: must start with 'hello:'")
         self.bus.published.append([topic, E.MAGIC])
-        self.bus.reply(ident, msg.r)
+        self.bus.reply(ident, msg.r, data=self._clock())
+
+    def op_watchers(self, ident, msg, payload):
+        """{watchers: [{name, pid}]}: the watchers subscribed to the notification socket
+        (each subscribes to ``watcher:<name>:<pid>``; see observe/watch.py)."""
+        found = []
+        for topic in getattr(self.broker, "subscriptions", {}):
+            if topic.startswith(b"watcher:"):
+                name, _, pid = topic[len(b"watcher:"):].decode(errors="replace").rpartition(":")
+                found.append({"name": name, "pid": int(pid) if pid.isdigit() else 0})
+        self.bus.reply(ident, msg.r, data={"watchers": sorted(found, key=lambda w: (w["name"], w["pid"]))})
+
+    def _clock(self) -> dict:
+        """The bus's time zero (CLOCK_MONOTONIC ns when the broker started), for watchers."""
+        return {"started_ns": STAMPER.started_ns}
 
     def op_ls(self, ident, msg, payload):
         """{after}: the bus snapshot, its devices paged to fit a message: devices with an

@@ -5,13 +5,18 @@ process, driver and auxiliary device; ``Pending`` is a request sent to a peer
 and owed an answer. ``Host`` is the one interface the parts of the bus
 (``Binding``, ``Devices``, ``Calls`` and the operations they run) use of the
 ``Bus`` that holds them: its tables and its plumbing, nothing else.
+``STAMPER`` puts the broker's stamp on what it publishes.
 """
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Protocol
+
+import msgpack
 
 from auxipc.broker.lifecycle import Machine, PeerState
 from auxipc.broker.lockdep import Lock, LockDep
@@ -155,3 +160,36 @@ class Host(Protocol):
     def expect(self, peer: Peer, rid: int, frames: list[bytes] | None, timeout: float | None, what: object,
                on_result: OnResult, event: str = "") -> Pending: ...
     def settle(self, rid: int) -> Pending | None: ...
+
+
+class Stamper:
+    """The broker's stamp on its notifications and trace records (the header fields
+    ``ts_ns`` and ``src_seq``): CLOCK_MONOTONIC in ns and the broker's own sequence
+    over everything it publishes. Stamped as they leave (``stamp``, before the
+    answers sent with them), so whatever a peer does on an answer is stamped later:
+    a watcher merging them with the peers' async events gets cause before effect."""
+
+    def __init__(self, clock_ns: Callable[[], int] = time.monotonic_ns):
+        self.clock_ns = clock_ns
+        self.started_ns = clock_ns()      # the bus's time zero (the broker process's start): watchers show seconds since it
+        self._seq = itertools.count(1)
+
+    def stamp(self, published: list[list[bytes]]) -> None:
+        """Stamp, in place, each ``[topic, MAGIC + header]`` message of ``published``
+        (a hello echo, ``[topic, MAGIC]``, has no header and goes as it is)."""
+        if not published:
+            return
+        now = self.clock_ns()
+        for frames in published:
+            frame = frames[-1]
+            if len(frame) <= len(E.MAGIC):
+                continue
+            try:
+                head = msgpack.unpackb(frame[len(E.MAGIC):], raw=False, strict_map_key=False)
+                head["ts_ns"], head["src_seq"] = now, next(self._seq)
+                frames[-1] = E.MAGIC + E.packb(head)
+            except Exception:  # noqa: BLE001 - a record goes unstamped rather than not at all
+                continue
+
+
+STAMPER = Stamper()     # the broker process's: one sequence for everything it publishes

@@ -34,7 +34,7 @@ from collections import Counter, deque
 import zmq
 from zmq.backend import zmq_poll
 
-from auxipc.broker import control
+from auxipc.broker import control, records
 from auxipc.broker.auth import Listeners, RemotePeers
 from auxipc.broker.barrier import Barrier, LogLimiter, guess_r
 from auxipc.broker.bus import HUNG_TASK_SECS, Bus
@@ -393,6 +393,7 @@ class Broker:
 
     def flush(self) -> None:
         bus = self.bus
+        records.STAMPER.stamp(bus.published)    # before the answers go: they may cause more
         while bus.outbox:
             out, bus.outbox = bus.outbox, []
             for ident, frames in out:

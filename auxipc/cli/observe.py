@@ -1,14 +1,19 @@
 """Commands to see and script a bus: ``monitor``, ``trace``, ``wait``, ``run``.
 
 Registered on the main group by ``auxipc/cli/main.py``. Long-running commands print a line
-containing ``ready`` on stderr once subscribed and stop cleanly on SIGINT and
-SIGTERM; every command honours ``--runtime-dir`` / ``$AUXIPC_RUNTIME_DIR``.
+containing ``ready`` on stderr once subscribed (the broker echoed their hello: whatever is
+published after it reaches them), write ``ready`` to ``--ready-fd`` then, are seen by
+``auxipc wait watcher [NAME]``, and stop cleanly on SIGINT and SIGTERM; every command
+honours ``--runtime-dir`` / ``$AUXIPC_RUNTIME_DIR``. ``monitor`` and ``trace`` show one
+clock: seconds since the bus started (the broker's time zero), stamped by the process that
+caused the record; ``--json`` adds the stamp itself (``mono_ns``, CLOCK_MONOTONIC).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -37,9 +42,31 @@ def _stop_on_signal():
             signal.signal(sig, handler)
 
 
-def _ready(what: str, root) -> None:
+def _ready(what: str, root, ready_fd: int | None = None) -> None:
     click.echo(f"auxipc {what} ready: {root}", err=True)
     sys.stderr.flush()
+    if ready_fd is not None:
+        try:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+        except OSError as exc:
+            raise click.UsageError(f"--ready-fd {ready_fd}: {exc.strerror}") from None
+
+
+WATCHER_OPTIONS = (
+    click.option("--ready-fd", type=click.IntRange(0), metavar="N",
+                 help="Once subscribed, write 'ready' to file descriptor N and close it "
+                      "(a script reads it instead of waiting on the stderr line)."),
+    click.option("--name", "watcher_name", metavar="NAME",
+                 help="This watcher's name on the bus, for 'auxipc wait watcher NAME' "
+                      "(default: the command's)."),
+)
+
+
+def _watcher_options(f):
+    for opt in reversed(WATCHER_OPTIONS):
+        f = opt(f)
+    return f
 
 
 def _stream(watch, stop, count: int | None, timeout: float | None, handle) -> int:
@@ -54,6 +81,13 @@ def _stream(watch, stop, count: int | None, timeout: float | None, handle) -> in
         if rec is not None and handle(rec):
             n += 1
             sys.stdout.flush()
+    # Stopped: what is still in the reorder buffer (or in flight) was sent before the stop.
+    for rec in watch.settle() if count is None or n < count else ():
+        if (count is None or n < count) and handle(rec):
+            n += 1
+    while (count is None or n < count) and (rec := watch.next(0)) is not None:
+        n += handle(rec)
+    sys.stdout.flush()
     return n
 
 
@@ -83,12 +117,16 @@ def _filters(f):
 @_filters
 @COUNT
 @TIMEOUT
-def monitor(runtime_dir, properties, as_json, replay, devices, events, peers, count, timeout):
+@_watcher_options
+def monitor(runtime_dir, properties, as_json, replay, devices, events, peers, count, timeout, ready_fd,
+            watcher_name):
     """Print bus notifications as they happen, like `udevadm monitor`.
 
     ADD, BIND, UNBIND, REMOVE, RELEASE of devices (with MODALIAS=auxiliary:<match
     name>), drivers and processes coming and going, and whatever else the broker
-    announces. A line containing 'ready' goes to stderr once subscribed.
+    announces. A line containing 'ready' goes to stderr once subscribed; scripts
+    wait for it with `auxipc wait watcher` or --ready-fd. KERNEL[seconds] is the
+    time since the bus started, as in `auxipc trace`.
 
     \b
     Examples:
@@ -96,13 +134,16 @@ def monitor(runtime_dir, properties, as_json, replay, devices, events, peers, co
       auxipc monitor --property               # ... then ACTION=bind, DRIVER=idpf_eth, MODALIAS=auxiliary:ixd.eth, SEQNUM=5
       auxipc monitor --replay --count 3       # what already happened, then stop after 3 events
       auxipc monitor --json | jq .ACTION
+      auxipc monitor & auxipc wait watcher monitor   # then nothing after this is missed
     """
     from auxipc.observe.client import Client
     from auxipc.observe.trace import Filter, Lifelines, dumps, format_udev, udev_event
     from auxipc.observe.watch import Watcher
     flt = Filter(devices, events, peers)
     lines = Lifelines()
-    with Client(runtime_dir) as client, Watcher(runtime_dir, topics=(b"bus",)) as watch, _stop_on_signal() as stop:
+    # The signal handlers first: a script may stop a watcher as soon as 'wait watcher' saw it
+    with _stop_on_signal() as stop, Client(runtime_dir) as client, \
+            Watcher(runtime_dir, topics=(b"bus",), name=watcher_name or "monitor") as watch:
         lines.seed(client.query("ls"))
         last = 0
         shown = 0
@@ -126,14 +167,16 @@ def monitor(runtime_dir, properties, as_json, replay, devices, events, peers, co
             for e in kept["events"]:
                 if count is not None and shown >= count:
                     break
-                shown += show({"kind": "bus", **e}, e.get("ts", 0.0))
+                mono = int(e.get("ts", 0.0) * 1e9)     # the broker's CLOCK_MONOTONIC when it happened
+                rec = {"kind": "bus", **e, "ts": watch.since_start(mono), "mono_ns": mono, "origin": "broker"}
+                shown += show(rec, rec["ts"])
             last = kept["last"]
-        _ready("monitor", watch.ep.root)
+        _ready("monitor", watch.ep.root, ready_fd)
 
         def live(rec: dict) -> bool:
             if rec.get("kind") != "bus" or (rec.get("seq") or 0) <= last:
                 return False
-            return show(rec, time.monotonic())
+            return show(rec, rec["ts"])
         if count is None or shown < count:
             _stream(watch, stop, None if count is None else count - shown, timeout, live)
 
@@ -149,18 +192,22 @@ def monitor(runtime_dir, properties, as_json, replay, devices, events, peers, co
               help="Also write every record (unfiltered) to FILE as JSON lines.")
 @COUNT
 @TIMEOUT
+@_watcher_options
 @click.pass_context
-def trace(ctx, runtime_dir, devices, events, peers, as_json, record, count, timeout):
+def trace(ctx, runtime_dir, devices, events, peers, as_json, record, count, timeout, ready_fd, watcher_name):
     """A live stream of everything on the bus: registrations, binds, each sync call
     (direction, errno, latency), each async event (direction, payload summary),
-    faults and recoveries.
+    faults and recoveries, in the order they happened (each record carries
+    its sender's stamp; a short reorder window merges the broker's stream with
+    the processes' events). Time is seconds since the bus started.
 
     \b
     Examples:
       auxipc trace                                  # everything, as it happens
       auxipc trace --device 'ixd.eth.*' --event SET_MAC --event 'RESET_*'
       auxipc trace --peer idpf_eth --json           # JSON lines for scripts
-      auxipc trace --record run.jsonl               # keep it while printing
+      auxipc trace --record run.jsonl &             # keep it while printing ...
+      auxipc wait watcher trace                     # ... once it is subscribed, send
       auxipc trace render run.jsonl --mermaid run.md --html run.html
     """
     if ctx.invoked_subcommand is not None:
@@ -172,9 +219,10 @@ def trace(ctx, runtime_dir, devices, events, peers, as_json, record, count, time
     lines = Lifelines()
     out = open(record, "w", encoding="utf-8") if record else None
     try:
-        with Client(runtime_dir) as client, Watcher(runtime_dir) as watch, _stop_on_signal() as stop:
+        with _stop_on_signal() as stop, Client(runtime_dir) as client, \
+                Watcher(runtime_dir, name=watcher_name or "trace") as watch:
             lines.seed(client.query("ls"))
-            _ready("trace", watch.ep.root)
+            _ready("trace", watch.ep.root, ready_fd)
 
             def show(rec: dict) -> bool:
                 lines.annotate(rec)
@@ -205,9 +253,11 @@ def trace(ctx, runtime_dir, devices, events, peers, as_json, record, count, time
 def render(recorded, mermaid_out, html_out, perfetto_out, title, devices, events, peers):
     """Draw RECORDED (JSON lines from `trace --record`, `demo --record` or `run --record`).
 
+    Records are drawn in the order they happened (by their senders' stamps).
     Lifelines: parents, the broker, children. Sync calls go through the broker and
     back with their errno and latency; async events are open arrows; bus
-    notifications are arrows to or from the broker; faults are notes.
+    notifications are arrows to or from the broker; a parent's hardware changes
+    are notes on its lifeline; faults are notes on the broker.
     --perfetto: one track per process, calls as slices with errno and latency,
     flow arrows caller -> broker -> callee, async events as instants, lock waits
     and lockdep reports as slices of their own.
@@ -222,11 +272,10 @@ def render(recorded, mermaid_out, html_out, perfetto_out, title, devices, events
     """
     from pathlib import Path
 
+    from auxipc.observe.causal import resolve
     from auxipc.observe.diagram import to_html, to_markdown, to_mermaid
-    from auxipc.observe.trace import Filter, Lifelines, load
-    records = load(recorded)
-    lines = Lifelines()
-    records = [lines.annotate(dict(r)) for r in records]   # learn from every record, then filter
+    from auxipc.observe.trace import Filter, load
+    records = resolve(load(recorded))   # causal order, lifelines from every record; then filter
     flt = Filter(devices, events, peers)
     if flt:
         records = [r for r in records if flt(r)]
@@ -249,7 +298,8 @@ def render(recorded, mermaid_out, html_out, perfetto_out, title, devices, events
 # ---- wait ----------------------------------------------------------------------------------
 
 def _conditions_help() -> str:
-    return "\n".join(f"  {name + (' NAME' if needs else ''):<16} {text}" for name, (needs, text) in CONDITIONS.items())
+    arg = {True: " NAME", None: " [NAME]", False: ""}
+    return "\n".join(f"  {name + arg[needs]:<16} {text}" for name, (needs, text) in CONDITIONS.items())
 
 
 @click.command(short_help="Block until a condition holds on the bus (bound, peer, broker, ...).",
@@ -264,6 +314,7 @@ Conditions:
 \b
 Examples:
   auxipc broker & auxipc wait broker
+  auxipc trace --record t.jsonl & auxipc wait watcher trace
   auxipc wait bound ixd.eth.0 --timeout 10
   auxipc wait peer idpf_eth && auxipc send ixd.eth.0 SET_MAC --from child --payload '{{"addr": "02:00:00:00:00:01"}}'
 """)

@@ -2,7 +2,7 @@
 steps and the pytest plugin share them.
 
 A condition is checked against the ``ls`` snapshot (``broker`` only needs a
-ping). ``check`` answers ``(met, why)``: ``why`` says what holds now, so a
+ping, ``watcher`` the broker's list of subscribed watchers). ``check`` answers ``(met, why)``: ``why`` says what holds now, so a
 timeout can tell the user what it saw instead of only "timed out".
 """
 
@@ -17,9 +17,11 @@ from proto.errno import AuxError, Errno
 if TYPE_CHECKING:
     from auxipc.observe.client import Client
 
-# name -> (needs an argument, help)
-CONDITIONS: dict[str, tuple[bool, str]] = {
+# name -> (needs an argument: True, False, or None for an optional one; help)
+CONDITIONS: dict[str, tuple[bool | None, str]] = {
     "broker": (False, "a broker answers ping in the runtime dir"),
+    "watcher": (None, "a watcher (monitor, trace; named NAME if given) is subscribed: what is "
+                      "published from now on reaches it"),
     "peer": (True, "a parent or child process named NAME is registered and alive"),
     "peer-gone": (True, "no live process named NAME is registered"),
     "driver": (True, "a driver named NAME is registered"),
@@ -36,7 +38,7 @@ def validate(cond: str, arg: str | None) -> None:
     needs = CONDITIONS[cond][0]
     if needs and not arg:
         raise AuxError(Errno.EINVAL, f"condition {cond!r} needs a name (e.g. 'auxipc wait {cond} ixd.eth.0')")
-    if not needs and arg:
+    if needs is False and arg:
         raise AuxError(Errno.EINVAL, f"condition {cond!r} takes no name (got {arg!r})")
 
 
@@ -52,6 +54,12 @@ def check(cond: str, arg: str | None, snap: dict) -> tuple[bool, str]:
     """Whether ``cond`` holds in the ``ls`` snapshot, and what the bus shows."""
     if cond == "broker":
         return True, f"broker answers (epoch {snap.get('epoch')})"
+    if cond == "watcher":
+        found = [w for w in snap.get("watchers", []) if not arg or w["name"] == arg]
+        names = ", ".join(f"{w['name']} (pid {w['pid']})" for w in snap.get("watchers", [])) or "none"
+        what = f"watcher {arg}" if arg else "a watcher"
+        return bool(found), (f"{what} is subscribed (pid {found[0]['pid']})" if found
+                             else f"no {what} subscribed (watchers: {names})")
     if cond in ("peer", "peer-gone"):
         live = [p for p in snap["peers"] if p["name"] == arg and p["alive"]]
         if cond == "peer":
@@ -96,7 +104,7 @@ def wait(cond: str, arg: str | None = None, timeout: float = 10.0, runtime_dir=N
             try:
                 if client is None:
                     client = Client(runtime_dir, timeout=max(0.05, min(1.0, deadline - time.monotonic())))
-                snap = client.query("ping") if cond == "broker" else client.query("ls")
+                snap = client.query({"broker": "ping", "watcher": "watchers"}.get(cond, "ls"))
                 met, last = check(cond, arg, snap)
                 if met:
                     return last, time.monotonic() - t0

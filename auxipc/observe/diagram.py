@@ -3,8 +3,11 @@
 Lifelines: the parents (in order of appearance), the broker, the children.
 A sync call is drawn through the broker and back with its errno and latency;
 an async event as open arrows (no result: async events have none); bus
-notifications as arrows between the process concerned and the broker; any
-other action (faults, recoveries) as a note over the broker.
+notifications as arrows between the process concerned and the broker; a
+parent's hardware change (and any trace record a runtime published about
+itself) as a note over that process, with its details; any other action
+(faults, recoveries) as a note over the broker. Records are drawn in causal
+order, their lifelines resolved in two passes (``observe.causal``).
 
 The Mermaid text renders on GitHub inside a ```` ```mermaid ```` block of a
 ``.md`` file (``to_markdown``) or as a ``.mmd`` file on its own.
@@ -15,7 +18,8 @@ from __future__ import annotations
 import html
 import json
 
-from auxipc.observe.trace import BROKER, Lifelines, summary
+from auxipc.observe.causal import resolve
+from auxipc.observe.trace import BROKER, is_hw, summary
 
 # Mermaid: '#' starts an entity code and ';' ends a statement; '<'/'>' may be taken as HTML.
 _ESC = {"#": "#35;", ";": "#59;", "<": "#lt;", ">": "#gt;", '"': "#quot;", "\n": " ", "\r": " "}
@@ -38,9 +42,30 @@ def _participants(records: list[dict]) -> list[str]:
 
 
 def _annotated(records: list[dict]) -> list[dict]:
-    lines = Lifelines()
     # A lock wait is a duration, not a message between lifelines: the Perfetto export draws it.
-    return [lines.annotate(dict(r)) for r in records if r.get("action") != "LOCK_WAIT"]
+    return [r for r in resolve(records) if r.get("action") != "LOCK_WAIT"]
+
+
+def hw_text(r: dict, limit: int = 60) -> str:
+    """A hardware change in a few words: ``hw link speed_mbps=100000 up=true``."""
+    d = {k: v for k, v in (r.get("detail") or {}).items() if k not in ("peer", "task")}
+    what, dev = d.pop("what", "?"), d.pop("dev", "")
+    body = " ".join(f"{k}={v if isinstance(v, str) else summary(v, limit)}" for k, v in d.items())
+    return " ".join(x for x in ("hw", str(what), str(dev), body) if x)
+
+
+def _note_text(r: dict) -> str:
+    kind = r.get("kind")
+    if is_hw(r):
+        return hw_text(r)
+    if kind in ("bus", "trace"):
+        text = _bus_text(r)
+        detail = r.get("detail") or {}
+        if kind == "trace" and r.get("src") != BROKER:      # a runtime's own record: what it said
+            extra = {k: v for k, v in detail.items() if k not in ("peer", "task")}
+            text += (" " + summary(extra, 60)) if extra else ""
+        return text
+    return f"{kind}: {summary(r, 60)}"
 
 
 def _bus_text(r: dict) -> str:
@@ -91,14 +116,15 @@ def to_mermaid(records: list[dict], title: str | None = None) -> str:
                     f"    B{back}{src}: {_esc(result)}"]
         elif kind == "event":
             text = f"{r.get('event', '?')} {r.get('dev', '')} {summary(r.get('payload'), 60)}"
-            out += [f"    {src}-)B: {_esc(text)}", f"    B-){dst}: {_esc(r.get('event', '?'))} (async)"]
+            out.append(f"    {src}-)B: {_esc(text)}")
+            out.append(f"    B-){dst}: {_esc(r.get('event', '?'))} (async)" if dst != "B" else
+                       f"    Note over B: {_esc(r.get('event', '?'))}: no receiver bound, dropped")
         elif kind == "bus" and r.get("action") in ("PEER_DEAD",):
             out.append(f"    {src}-xB: {_esc(_bus_text(r))}")
         elif kind == "bus" and src != dst:
             out.append(f"    {src}->>{dst}: {_esc(_bus_text(r))}")
         else:
-            text = _bus_text(r) if kind in ("bus", "trace") else f"{kind}: {summary(r, 60)}"
-            out.append(f"    Note over B: {_esc(text)}")
+            out.append(f"    Note over {src}: {_esc(_note_text(r))}")
     return "\n".join(out) + "\n"
 
 
@@ -124,10 +150,8 @@ def to_html(records: list[dict], title: str = "auxipc trace") -> str:
                      + (f" ({us / 1000:.2f} ms)" if isinstance(us, (int, float)) else ""))
         elif kind == "event":
             label = f"{r.get('event')} (async) {summary(r.get('payload'), 60)}"
-        elif kind in ("bus", "trace"):
-            label = _bus_text(r)
         else:
-            label = f"{kind} {summary(r, 60)}"
+            label = _note_text(r)
         a, b = cols.index(r["src"]), cols.index(r["dst"])
         lo, hi = min(a, b), max(a, b)
         arrow = "→" if b > a else "←" if b < a else "•"

@@ -1,14 +1,14 @@
 """A recorded trace as Chrome trace-event JSON, which the Perfetto UI, chrome://tracing
 and catapult's trace viewer open (``auxipc trace render FILE --perfetto OUT.json``).
 
-Pure: records in (annotated by ``trace.Lifelines`` if they are not yet), one JSON
-object out, ``{"traceEvents": [...], "displayTimeUnit": "ms"}``.
+Pure: records in (put in causal order and their lifelines resolved by
+``causal.resolve``), one JSON object out, ``{"traceEvents": [...], "displayTimeUnit": "ms"}``.
 
 The mapping, one process (pid) per lifeline: the broker, each parent, each child,
 in order of appearance; the real pid is in the process name when the trace saw
 the process register.
 
-- A sync call (``call`` record; its ``ts`` is when the answer was seen and ``us``
+- A sync call (``call`` record; its ``ts`` is when the broker had the answer and ``us``
   the latency the broker measured, request sent to answer) is a complete slice
   ("X") on the caller, the broker and the callee over the same interval, with
   errno, error and latency in ``args``; two flow arrows ("s" then "f", one id
@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import json
 
-from auxipc.observe.trace import BROKER, Lifelines, is_hw, lifeline
+from auxipc.observe.causal import resolve
+from auxipc.observe.trace import BROKER, is_hw, lifeline
 
 # thread ids within a process: the fixed threads first, then the lanes of calls and of lock waits
 MAIN, LOCKDEP, LANES, LOCK_LANES = 1, 3, 10, 1000
@@ -47,8 +48,7 @@ def _us(seconds: float) -> float:
 
 class _Builder:
     def __init__(self, records: list[dict]):
-        lines = Lifelines()
-        self.records = [r if "src" in r and "dst" in r else lines.annotate(dict(r)) for r in records]
+        self.records = resolve(records)
         self.events: list[dict] = []
         self.pids: dict[str, int] = {BROKER: 1}
         self.real_pid: dict[str, int] = {}

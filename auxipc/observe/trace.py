@@ -7,7 +7,9 @@ module adds, without any I/O of its own:
 - ``Lifelines``: follows the record stream (and optionally an ``ls`` snapshot)
   to name the sender and receiver of each record as lifelines — ``parent ixd``,
   ``broker``, ``child idpf_eth`` — stored as ``src`` and ``dst``. A recorded
-  trace is enough to draw a sequence diagram from.
+  trace is enough to draw a sequence diagram from. A trace record a runtime
+  published about itself (a hardware change, a lock wait) stands on its lifeline.
+  ``observe.causal`` sorts a recorded trace and resolves it in two passes.
 - ``Filter``: ``--device``, ``--event``, ``--peer`` (globs, repeatable; OR within
   one option, AND across options).
 - ``format_trace``: one line per record for people; unknown actions and kinds
@@ -39,8 +41,13 @@ _ROUTES = {
 
 
 def lifeline(label: str | None) -> str:
-    """``parent ixd[5870]#1`` -> ``parent ixd`` (a restarted process keeps its lifeline)."""
-    return re.sub(r"\[\d+\]#\d+$", "", str(label or "")).strip()
+    """``parent ixd[5870]#1`` (or ``parent ixd#1``) -> ``parent ixd`` (a restarted process keeps its lifeline)."""
+    return re.sub(r"(\[\d+\])?#\d+$", "", str(label or "")).strip()
+
+
+def _inc_of(label) -> int | None:
+    m = re.search(r"#(\d+)$", str(label or ""))
+    return int(m.group(1)) if m else None
 
 
 @dataclass
@@ -53,6 +60,8 @@ class Lifelines:
     dev_driver: dict = field(default_factory=dict)    # device -> driver name
     drv_child: dict = field(default_factory=dict)     # driver -> child lifeline
     order: list = field(default_factory=list)         # lifelines in order of appearance
+    dev_bound: dict = field(default_factory=dict)     # device -> the first driver it was bound to
+    hint: Lifelines | None = None                     # the whole trace's participants (causal.resolve)
 
     def seed(self, snap: dict) -> None:
         """Learn what an ``ls`` snapshot knows (for a trace started on a running bus)."""
@@ -65,8 +74,32 @@ class Lifelines:
             if d.get("driver"):
                 self.dev_driver[d["name"]] = d["driver"]
 
+    def learn(self, rec: dict) -> None:
+        """The first pass of ``causal.resolve``: learn who takes part, without naming ends."""
+        kind, detail = rec.get("kind"), rec.get("detail") if isinstance(rec.get("detail"), dict) else {}
+        if kind == "bus":
+            action, dev, drv = rec.get("action"), rec.get("dev"), rec.get("driver")
+            if action in ("REGISTER", "UNREGISTER", "PEER_DEAD") and detail.get("role"):
+                self._peer(detail["role"], detail.get("name"), detail.get("inc"))
+            if action == "ADD" and detail.get("parent"):
+                self.dev_parent.setdefault(dev, lifeline(detail["parent"]))
+            if action == "BIND" and drv and dev:
+                self.dev_bound.setdefault(dev, drv)
+        elif kind == "call":
+            for label in (rec.get("from"), rec.get("to")):
+                if lifeline(label).startswith(("parent ", "child ")):
+                    self._label(label)
+        elif kind == "trace" and lifeline(detail.get("peer")).startswith(("parent ", "child ")):
+            self._label(detail["peer"])
+
+    def _label(self, label: str) -> None:
+        """Learn a process from its label, ``role name[pid]#inc``."""
+        role, _, name = lifeline(label).partition(" ")
+        self._peer(role, name, _inc_of(label))
+
     def _peer(self, role, name, inc=None) -> str:
-        ll = f"{role} {name}" if role else self.by_name.get(name, f"? {name}")
+        known = self.by_name.get(name) or (self.hint.by_name.get(name) if self.hint else None)
+        ll = f"{role} {name}" if role else known or f"? {name}"
         if name:
             self.by_name[name] = ll
         if inc is not None:
@@ -77,11 +110,28 @@ class Lifelines:
         if driver in self.drv_child:
             return self.drv_child[driver]
         # a child process is named after its drivers ("a+b"); else the last child seen
-        for name, ll in reversed(list(self.by_name.items())):
-            if ll.startswith("child ") and driver in name.split("+"):
-                return ll
+        for names in (self.by_name, self.hint.by_name if self.hint else {}):
+            for name, ll in reversed(list(names.items())):
+                if ll.startswith("child ") and driver in name.split("+"):
+                    return ll
         children = [ll for ll in self.by_name.values() if ll.startswith("child ")]
+        if not children and self.hint is not None:
+            children = [ll for ll in self.hint.by_name.values() if ll.startswith("child ")]
         return children[-1] if children else "child"
+
+    def _sender(self, inc) -> str | None:
+        return self.by_inc.get(inc) or (self.hint.by_inc.get(inc) if self.hint else None)
+
+    def _parent_of(self, dev: str) -> str | None:
+        return self.dev_parent.get(dev) or (self.hint.dev_parent.get(dev) if self.hint else None)
+
+    def _driver_of(self, dev: str, stamped: bool) -> str | None:
+        """The driver bound to ``dev`` now; for a record without a stamp (its place in
+        the file may be wrong) the second pass's guess: the first driver the trace binds."""
+        drv = self.dev_driver.get(dev)
+        if drv is None and not stamped and self.hint is not None:
+            drv = self.hint.dev_bound.get(dev)
+        return drv
 
     def _end(self, kind: str, rec: dict) -> str:
         if kind == BROKER:
@@ -90,7 +140,7 @@ class Lifelines:
         if kind == "peer":
             return self._peer(detail.get("role"), detail.get("name"), detail.get("inc"))
         if kind == "parent":
-            return self.dev_parent.get(dev) or lifeline(detail.get("parent")) or "parent"
+            return self._parent_of(dev) or lifeline(detail.get("parent")) or "parent"
         drv = drv or self.dev_driver.get(dev, "")
         return self._child_of_driver(drv) if drv else "child"
 
@@ -114,24 +164,33 @@ class Lifelines:
                 rec.setdefault("dst", BROKER)
             if action == "DRIVER_REMOVE":
                 self.drv_child.pop(drv, None)
+            if action in ("UNBIND", "REMOVE") and dev:
+                self.dev_driver.pop(dev, None)
         elif kind == "call":
             rec.setdefault("src", lifeline(rec.get("from")) or "?")
             rec.setdefault("dst", lifeline(rec.get("to")) or "?")
         elif kind == "event":
             dev = rec.get("dev", "")
-            parent = self.dev_parent.get(dev, "parent")
-            drv = self.dev_driver.get(dev)
-            child = self._child_of_driver(drv) if drv else "child"
-            sender = self.by_inc.get(rec.get("inc"))
+            # an event to a device with no driver (or no parent) reaches nobody: it ends at the broker
+            parent = self._parent_of(dev) or BROKER
+            drv = self._driver_of(dev, bool(rec.get("mono_ns")))
+            child = self._child_of_driver(drv) if drv else BROKER
+            sender = self._sender(rec.get("inc"))
             if rec.get("direction") == "parent->child":
                 rec.setdefault("src", sender or parent)
                 rec.setdefault("dst", child)
             else:
                 rec.setdefault("src", sender or child)
                 rec.setdefault("dst", parent)
-        else:
-            rec.setdefault("src", BROKER)
-            rec.setdefault("dst", BROKER)
+        else:   # a runtime's trace record about itself (hardware, lock waits) on its lifeline
+            detail = rec.get("detail") if isinstance(rec.get("detail"), dict) else {}
+            peer = lifeline(detail.get("peer"))
+            if peer.startswith(("parent ", "child ")):
+                self._label(detail["peer"])
+            else:
+                peer = BROKER
+            rec.setdefault("src", peer)
+            rec.setdefault("dst", peer)
         for ll in (rec["src"], rec["dst"]):
             if ll not in self.order:
                 self.order.append(ll)
@@ -200,9 +259,10 @@ def _hw_line(ts: str, rec: dict) -> str:
 
 
 def format_trace(rec: dict, payload_limit: int = 80) -> str:
-    """One line per record: time, kind, name, device, who -> whom, result or payload
-    (cut at ``payload_limit`` characters; 0: whole). A model's hardware report is an ``hw`` line."""
-    ts = f"+{rec.get('ts', 0.0):7.3f}s"
+    """One line per record: time (seconds since the bus started, as ``monitor`` shows it),
+    kind, name, device, who -> whom, result or payload (cut at ``payload_limit``
+    characters; 0: whole). A model's hardware report is an ``hw`` line."""
+    ts = f"[{rec.get('ts', 0.0):11.6f}]"
     kind = rec.get("kind", "?")
     if is_hw(rec):
         return _hw_line(ts, rec)

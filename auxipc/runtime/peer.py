@@ -247,7 +247,9 @@ class Runtime:
         """Publish a trace record (topic ``trace``, action ``record``) about this process."""
         if not self.tr.up:
             return
-        head = {"t": E.Msg.UEVENT, "seq": 0, "action": record, "dev": "", "driver": "",
+        ts_ns, src_seq = self.publisher.stamp()
+        head = {"t": E.Msg.UEVENT, "seq": 0, "action": record, "dev": "", "driver": "", "ts_ns": ts_ns,
+                "src_seq": src_seq,
                 "detail": {"peer": f"{self.role} {self.name}#{self.inc}", "task": self.task, **detail}}
         if not self.tr.publish_nowait([b"trace", E.MAGIC + E.packb(head)]):
             self.stats["trace_dropped"] += 1

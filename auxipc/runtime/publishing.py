@@ -1,6 +1,11 @@
 """Sending events: sync calls through the broker, async events on pub/sub with
 per-device sequences, state-like events kept for a replay, and message faults.
 
+Everything this process publishes (each EVENT message, each trace record) carries
+its stamp (``stamp``): CLOCK_MONOTONIC in ns when it left and this process's own
+sequence over all of them, so a watcher can merge it with the broker's
+notifications (another socket) in the order things happened.
+
 Async events are batched per device: ``publish`` queues an event and returns its
 sequence number; the queue leaves as one EVENT message when the runtime next
 waits (``pump``), before it sends a request or a reply, when 64 events or 64 KiB
@@ -16,7 +21,9 @@ is public to read: whether anything is queued.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 from dataclasses import dataclass
 
 from auxipc.faults import FaultRule, corrupt
@@ -61,6 +68,11 @@ class Publisher:
         self._seq_out: dict[bytes, int] = {}
         self._send_specs: dict = {}      # event (member, code, name) -> its spec, for this side
         self._held_back: list = []       # an async event a reorder fault holds until the next one
+        self._src_seq = itertools.count(1)   # over everything this process publishes (next() is atomic)
+
+    def stamp(self) -> tuple[int, int]:
+        """(CLOCK_MONOTONIC ns, this process's next sequence number) for a message leaving now."""
+        return time.monotonic_ns(), next(self._src_seq)
 
     def spec_to_send(self, event) -> EventSpec:
         """The spec of an event this side may send (by spec, enum member, code or name)."""
@@ -113,7 +125,7 @@ class Publisher:
                 self._flush_topic(topic)           # what was queued before goes first
                 inc, epoch = self.host.inc, self.host.epoch
                 self._async_fault(rule, topic, spec.name, wire, lambda w: E.event_frame(
-                    dev_id, seq, inc, epoch, [code + w]))
+                    dev_id, seq, inc, epoch, [code + w], *self.stamp()))
                 return seq
         batch = self.batches.get(topic)
         if batch is None or batch.dev != dev_id:
@@ -140,8 +152,8 @@ class Publisher:
         if batch is None or not self.tr.up:
             return True
         host = self.host
-        ok = self._send_pub([topic, E.event_frame(batch.dev, batch.first_seq, host.inc, host.epoch, batch.packed)],
-                            len(batch.packed), batch.timeout)
+        frame = E.event_frame(batch.dev, batch.first_seq, host.inc, host.epoch, batch.packed, *self.stamp())
+        ok = self._send_pub([topic, frame], len(batch.packed), batch.timeout)
         if self._held_back:
             held, self._held_back = self._held_back, []
             for frames in held:

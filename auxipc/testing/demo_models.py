@@ -48,7 +48,15 @@ class Demo:
             self.counts[rec["kind"]] = self.counts.get(rec["kind"], 0) + 1
         click.echo("        " + format_trace(rec, payload_limit=0))
 
+    def settle(self) -> None:
+        """Print every record stamped before now (those in flight wait the watcher's reorder
+        window): what the last step caused is printed under it, not under the next."""
+        if self.h.watcher is not None:
+            for rec in self.h.watcher.settle():
+                self.h.add(rec)
+
     def step(self, text: str) -> None:
+        self.settle()
         self.counts["steps"] += 1
         click.secho(f"[{self.counts['steps']}] {text}", bold=True)
 
@@ -94,6 +102,7 @@ class Demo:
         try:
             click.secho(f"{self.title}\n(runtime dir {self.h.root})", dim=True)
             body(self)
+            self.settle()
             ok = True
         except AuxError as exc:
             click.secho(f"demo failed: {exc}", fg="red", err=True)
