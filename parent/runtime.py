@@ -25,6 +25,7 @@ from typing import Callable
 from auxipc.runtime.dispatch import BrokerLost, EventsIn
 from auxipc.runtime.handlers import collect_handlers, normalize_result
 from auxipc.runtime.peer import Runtime
+from auxipc.runtime.where import code_site
 from auxipc.states import DeviceState
 from proto import envelope as E
 from proto.errno import AuxError, Errno
@@ -229,6 +230,13 @@ class ParentRuntime(Runtime):
 
     def on_close(self) -> None:
         self.model.remove()
+
+    def device_data(self) -> dict:
+        return {adev.name: adev.data for adev in self.devices.values() if adev.name}
+
+    def handler_site(self, dev_id: int, code: int) -> str:
+        fn = self.handlers.get(code)
+        return code_site(fn) if fn is not None else ""
 
     def on_reregistered(self) -> None:
         """A new broker (or we were declared dead): init and add again every device

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 from auxipc.faults import SIGNALS
 from auxipc.runtime.host import Host
+from auxipc.runtime.where import caller_site, code_site
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import Context, EventSpec
@@ -71,12 +72,16 @@ class Contexts:
             result, _ = host.request(lambda r: E.LockReq(r=r, name=name, task=task, timeout_ms=ms,
                                                          ensure=ensure, stack=below),
                                      timeout=timeout, what=f"lock {name}")
+            if result.e == -Errno.EDEADLK:
+                host.bug("deadlock", result.m, caller_site(), lock=name)
             host.check(result, f"lock {name}")
         except BaseException:
             holders.remove(task)
             self.on_release()
             raise
         already = result.d.get("held", False)
+        if result.d.get("inversion"):     # lockdep saw this take close a cycle of lock classes
+            host.bug("lock_inversion", result.d["inversion"], caller_site(), lock=name)
         if already:
             holders.remove(task)
         else:   # the trace shows how long the lock took to get (queueing and the round trip)
@@ -105,6 +110,7 @@ class Contexts:
             msg = f"BUG: sleeping function called from invalid context: {what} in {context}"
             log.error("%s", msg)
             self.host.report("SLEEP_IN_ATOMIC", what=what, context=context)
+            self.host.bug("sleep_in_atomic", msg, caller_site(), what=what, context=context)
             raise AuxError(Errno.EAGAIN, msg)
 
     def fault_point(self, point: str, event: str = "") -> None:
@@ -173,12 +179,13 @@ class Contexts:
         finally:
             took = time.monotonic() - t0
             if took > self.atomic_budget:
-                self._overrun(self.atomic_context(), took)
+                self._overrun(self.atomic_context(), took, fn)
             self.atomic = outer
 
-    def _overrun(self, what: str, took: float) -> None:
+    def _overrun(self, what: str, took: float, fn=None) -> None:
         self.stats["atomic_overrun"] += 1
-        log.warning("BUG: %s ran %.1f ms in atomic context (budget %.1f ms)", what, took * 1000,
-                    self.atomic_budget * 1000)
+        msg = f"BUG: {what} ran {took * 1000:.1f} ms in atomic context (budget {self.atomic_budget * 1000:.1f} ms)"
+        log.warning("%s", msg)
         self.host.report("ATOMIC_OVERRUN", what=what, ms=round(took * 1000, 3),
                          budget_ms=self.atomic_budget * 1000)
+        self.host.bug("atomic_overrun", msg, code_site(fn), ms=round(took * 1000, 3))
