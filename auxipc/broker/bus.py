@@ -32,10 +32,10 @@ from functools import partial
 from typing import Any, Callable
 
 from auxipc.broker.binding import Binding
+from auxipc.broker.bugs import Bugs
 from auxipc.broker.calls import Calls
 from auxipc.broker.devices import Devices
 from auxipc.broker.lifecycle import PeerEvent, peer_machine
-from auxipc.broker.bugs import Bugs
 from auxipc.broker.lockdep import LockDep
 from auxipc.broker.records import Adopted, Device, Driver, Peer, Pending, device_name, match_name
 from auxipc.broker.timers import Timer, Timers

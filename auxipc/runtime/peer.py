@@ -33,8 +33,8 @@ from typing import Callable, NamedTuple
 
 from auxipc.faults import FaultPlan, FaultRule
 from auxipc.procfs import process_start_time
-from auxipc.runtime.contexts import Contexts
 from auxipc.runtime import journal
+from auxipc.runtime.contexts import Contexts
 from auxipc.runtime.dispatch import BrokerLost, Dispatch
 from auxipc.runtime.journal import RECENT_MAX
 from auxipc.runtime.lookup import find_device
