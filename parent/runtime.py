@@ -230,6 +230,13 @@ class ParentRuntime(Runtime):
 
     def on_close(self) -> None:
         self.model.remove()
+        # What remove() left is warned by the broker when this process unregisters; this
+        # says where: the model's remove().
+        added = [a.name for a in self.devices.values() if a.state is DeviceState.ADDED]
+        kept = [a.name for a in self.devices.values() if a.owned and a.state is not DeviceState.ADDED]
+        for kind, names in (("devices_outlive_parent", added), ("uninit_missing", kept)):
+            if names:
+                self.bug(kind, ", ".join(names), code_site(self.model.remove))
 
     def device_data(self) -> dict:
         return {adev.name: adev.data for adev in self.devices.values() if adev.name}

@@ -24,14 +24,21 @@ from proto.errno import AuxError, Errno
 
 # Found by the broker, located by the peer whose lock request hit it.
 LOCATED_BY_PEER = ("deadlock", "lock_inversion")
+# Warned by the broker when the peer leaves (``Bus.warn``); the peer only says where.
+LOCATE_ONLY = ("devices_outlive_parent", "uninit_missing")
 PEER_BUGS = ("sleep_in_atomic", "atomic_overrun", "handler_exception", "probe_failed", "async_lost",
-             "ref_leak", *LOCATED_BY_PEER)
+             "ref_leak", *LOCATED_BY_PEER, *LOCATE_ONLY)
 
 
 class Bugs:
     def __init__(self, clock: Callable[[], float], stats: Counter):
         self.clock, self.stats = clock, stats
         self.records: deque = deque(maxlen=1000)
+        self.located: dict[tuple[str, str], str] = {}     # (peer label, warning kind) -> where
+
+    def where_of(self, warning: dict) -> str:
+        """Where in its code the peer a warning names (``parent``) said the bug is; ''."""
+        return self.located.get((warning.get("parent", ""), warning.get("kind", "")), "")
 
     def add(self, kind: str, message: str, dev: str = "", driver: str = "", **detail) -> dict:
         """Keep one bug; counted as ``bug_<kind>``."""
@@ -55,6 +62,10 @@ class Bugs:
             raise AuxError(Errno.EINVAL, f"$.header: a peer reports only BUG records (kind one of "
                            f"{', '.join(PEER_BUGS)}; message and where strings), not {msg.action} "
                            f"{str(kind)[:40]!r}")
+        if kind in LOCATE_ONLY:
+            if len(self.located) < 1000:
+                self.located[(peer.label, kind)] = where
+            return
         if kind in LOCATED_BY_PEER:
             found = next((b for b in reversed(self.records)
                           if b["kind"] == kind and b["message"] == message and not b["where"]), None)

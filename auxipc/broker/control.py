@@ -161,7 +161,9 @@ class Control:
         return value
 
     def op_bugs(self, ident, msg, payload):
-        self.bus.reply(ident, msg.r, data={"bugs": list(self.bus.bugs.records), "warnings": list(self.bus.warnings)})
+        bugs = self.bus.bugs
+        self.bus.reply(ident, msg.r, data={"bugs": list(bugs.records), "warnings": [
+            {**w, "where": bugs.where_of(w)} for w in self.bus.warnings]})
 
     def op_inspect(self, ident, msg, payload):
         """{peer (a name or pid), last}: ask that live peer for its journal and devices' data."""

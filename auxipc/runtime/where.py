@@ -12,6 +12,7 @@ user's: their drivers, their models, the reference drivers in ``child/`` and
 from __future__ import annotations
 
 import functools
+import linecache
 import os
 import sys
 import sysconfig
@@ -48,7 +49,14 @@ def code_site(fn) -> str:
         else:
             break
     code = getattr(fn, "__code__", None)
-    return f"{code.co_filename}:{code.co_firstlineno}" if code is not None else ""
+    if code is None:
+        return ""
+    line = code.co_firstlineno          # a decorated function's is its first decorator's
+    for n in range(line, line + 16):
+        if linecache.getline(code.co_filename, n).lstrip().startswith(("def ", "async def ")):
+            line = n
+            break
+    return f"{code.co_filename}:{line}"
 
 
 def caller_site(skip: int = 1) -> str:
