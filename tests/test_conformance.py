@@ -180,7 +180,7 @@ def test_auxbus_fixture_fails_a_test_whose_parent_leaves_devices_behind(tmp_path
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     assert "1 passed, 1 error" in out, out
-    assert "auxbus teardown: the bus reported: parent lk" in out and "lk.eth.0" in out, out
+    assert "devices_outlive_parent" in out and "the bus reported: parent lk" in out and "lk.eth.0" in out, out
 
 
 # ---- the NULL check: an undeclared event never reaches a handler ---------------------------------
