@@ -22,8 +22,14 @@ its ready line. A ``Watcher`` is
 subscribed before any other process starts, so ``trace()`` holds every bus
 notification, sync call and async event of the test. Teardown stops every
 process (children and parents first, SIGCONT then SIGTERM, SIGKILL after a
-grace period), then the broker, removes the runtime dir and fails the test if a
-process or socket was left behind — also when the test failed or timed out.
+grace period), asks the broker for the contract bugs it saw, stops it, removes
+the runtime dir and fails the test (one ``pytest.fail`` listing everything,
+each bug at the ``file:line`` of the user's code) on a bug its
+``@pytest.mark.auxbus_allow(KIND, ...)`` does not allow
+(``auxipc.testing.contract``), or if a process or socket was left behind —
+also when the test failed or timed out. A failed test's report gets each
+process's log and the test's trace; ``--auxbus-keep`` keeps the runtime dir
+and the logs and prints where.
 """
 
 from __future__ import annotations
