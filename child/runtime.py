@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from auxipc.runtime.handlers import collect_handlers, normalize_result
 from auxipc.runtime.peer import Runtime
-from auxipc.runtime.where import caller_site, code_site
+from auxipc.runtime.where import code_site
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
 from proto.events import EventSpec, decode_payload
@@ -111,16 +111,14 @@ class ChildDevice:
         result, _ = self.rt.request(lambda r: E.DevGet(r=r, dev=self.dev_id), what="get_device")
         self.rt.check(result, "get_device")
         self.refs += 1
-        self.rt.ref_sites.setdefault(self.name, []).append(caller_site())    # reported if never put
+        self.rt.got_ref(self.name)
         return result.d["refcount"]
 
     def put(self) -> int:
         result, _ = self.rt.request(lambda r: E.DevPut(r=r, dev=self.dev_id), what="put_device")
         self.rt.check(result, "put_device")
         self.refs -= 1
-        sites = self.rt.ref_sites.get(self.name)
-        if sites:
-            sites.pop()
+        self.rt.put_ref(self.name)
         return result.d["refcount"]
 
     def __repr__(self):
@@ -142,8 +140,6 @@ class ChildRuntime(Runtime):
         self.orphans: dict[int, ChildDevice] = {}   # bound before a broker restart, not yet taken back
         self.registered: list[str] = []
         self.refused: dict[int, str] = {}   # device id -> why matching refused to probe it
-        self.ref_sites: dict[str, list[str]] = {}   # device name -> where each reference not yet put was got
-
     def handles(self) -> set[int]:
         return {code for table in self.handlers.values() for code in table}
 
@@ -193,16 +189,13 @@ class ChildRuntime(Runtime):
     def on_close(self) -> None:
         for name in list(self.registered):
             self.driver_unregister(self.drivers[name])
-        # Every remove() has run: a reference still held is a get_device() never put (the
-        # bus puts it for this process when it leaves; the kernel would leak the device).
-        for dev, sites in self.ref_sites.items():
-            if sites:
-                self.bug("ref_leak", f"{self.name} left holding {len(sites)} reference(s) to {dev}: "
-                         "get_device() without put_device() (the kernel would never release it)",
-                         sites[0], dev=dev, sites=list(sites))
 
     def device_data(self) -> dict:
         return {adev.name: adev.data for adev in self.devices.values()}
+
+    def device_name(self, dev_id: int) -> str:
+        adev = self.devices.get(dev_id)
+        return adev.name if adev is not None else ""
 
     def handler_site(self, dev_id: int, code: int) -> str:
         adev = self.devices.get(dev_id)

@@ -241,6 +241,10 @@ class ParentRuntime(Runtime):
     def device_data(self) -> dict:
         return {adev.name: adev.data for adev in self.devices.values() if adev.name}
 
+    def device_name(self, dev_id: int) -> str:
+        adev = self.devices.get(dev_id)
+        return adev.name if adev is not None else ""
+
     def handler_site(self, dev_id: int, code: int) -> str:
         fn = self.handlers.get(code)
         return code_site(fn) if fn is not None else ""

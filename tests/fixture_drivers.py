@@ -101,6 +101,14 @@ class LeaksRef(Base):
         return 0
 
 
+class KeepsFound(Base):
+    name = "keeps_found"
+
+    def probe(self, adev):
+        adev.data["found"] = adev.rt.find_device(name=adev.name).name   # BUG:ref_leak_found
+        return 0
+
+
 class Clean(Base):
     name = "clean"
 

@@ -83,6 +83,10 @@ def test_ref_leak(auxbus):
     _child(auxbus, "LeaksRef")
 
 
+def test_ref_leak_found(auxbus):
+    _child(auxbus, "KeepsFound")
+
+
 def test_devices_outlive_parent(auxbus):
     auxbus.parent("buggy:Leaky")
 
@@ -127,6 +131,7 @@ def test_allowed_kind_lets_no_other_through(auxbus):
 FAILS = {f"test_{kind}": [kind] for kind in ("sleep_in_atomic", "atomic_overrun", "lock_inversion", "deadlock",
                                              "handler_exception", "probe_failed", "async_lost", "ref_leak",
                                              "devices_outlive_parent", "uninit_missing")}
+FAILS["test_ref_leak_found"] = ["ref_leak"]
 FAILS["test_two_bugs_in_one_failure"] = ["probe_failed", "devices_outlive_parent"]
 FAILS["test_allowed_kind_lets_no_other_through"] = ["devices_outlive_parent"]
 PASSES = ["test_clean", "test_allowed_sleep_in_atomic", "test_allowed_by_group"]
@@ -169,7 +174,8 @@ def test_each_kind_fails_naming_it_and_the_line_of_the_bug(inner):
         message = text.split("-- auxbus log:")[0]
         assert {m for m in re.findall(r"(?m)^\S+:\d+: (\w+): ", message)} == set(kinds), message
         for kind in kinds:
-            assert f"{buggy}:{lines[kind]}: {kind}: {KINDS[kind]}" in text, (kind, text)
+            line = lines[kind if test != "test_ref_leak_found" else "ref_leak_found"]
+            assert f"{buggy}:{line}: {kind}: {KINDS[kind]}" in text, (kind, text)
         # pytest-style: the message, not the plugin's frames
         assert "pytest_plugin.py" not in text and "Traceback" not in text.split("auxbus log:")[0], text
     assert "auxbus_allow" in errors["test_sleep_in_atomic"]

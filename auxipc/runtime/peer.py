@@ -33,7 +33,7 @@ from typing import Callable, NamedTuple
 
 from auxipc.faults import FaultPlan, FaultRule
 from auxipc.procfs import process_start_time
-from auxipc.runtime import journal
+from auxipc.runtime.checks import Checks
 from auxipc.runtime.contexts import Contexts
 from auxipc.runtime.dispatch import BrokerLost, Dispatch
 from auxipc.runtime.journal import RECENT_MAX
@@ -41,6 +41,7 @@ from auxipc.runtime.lookup import find_device
 from auxipc.runtime.publishing import Publisher
 from auxipc.runtime.seam import DEALER, SUB, Heartbeat, Transport
 from auxipc.runtime.transport import ZmqTransport, peer_ident
+from auxipc.runtime.where import raise_site
 from auxipc.runtime_dir import endpoints
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
@@ -60,7 +61,7 @@ class Timer(NamedTuple):
     fn: Callable[[], None]
 
 
-class Runtime:
+class Runtime(Checks):
     role = "?"
     locks_devices = False   # the child side takes device_lock around deliveries
 
@@ -84,6 +85,7 @@ class Runtime:
         self._soon: deque = deque()
         self._connected = False   # timers and thread-submitted work wait for a registered bus
         self._stopping = False
+        self.ref_sites: dict[str, list[str]] = {}   # checks.py: where each reference not yet put was got
         c = self.contexts = Contexts(self)
         p = self.publisher = Publisher(self, c)
         d = self.dispatch = Dispatch(self, c, p)
@@ -114,27 +116,6 @@ class Runtime:
         if isinstance(msg, E.Ctl) and msg.op == "inspect":
             return 0, "", self.inspect(msg.args.get("last", RECENT_MAX))
         raise AuxError(Errno.EOPNOTSUPP, f"{msg.TYPE.name} is not served by a {self.role}")
-
-    def inspect(self, last: int) -> dict:
-        """What a test may read of this process through the bus (the broker's ``inspect``):
-        the last ``last`` records of its journal and each of its devices' ``data``."""
-        records = list(journal.recent)[-last:] if last > 0 else []
-        return {"peer": f"{self.role} {self.name}#{self.inc}", "pid": os.getpid(),
-                "records": journal.plain(records), "devices": journal.plain(self.device_data())}
-
-    def device_data(self) -> dict:
-        """Each device's ``data`` (the driver's or parent's private state), by device name."""
-        return {}
-
-    def handler_site(self, dev_id: int, code: int) -> str:
-        """``file:line`` of the handler this process runs for event ``code`` on a device; ''."""
-        return ""
-
-    def what_served(self, msg: E.Header) -> str:
-        """A request this process serves, for a bug report: its type, event and device."""
-        spec = self.catalog.get(getattr(msg, "ev", -1))
-        name = getattr(msg, "name", "") or (f"device #{msg.dev}" if hasattr(msg, "dev") else "")
-        return " ".join(x for x in (msg.TYPE.name, spec.name if spec else "", name) if x)
 
     def on_notice(self, msg: E.Header) -> None:
         log.info("ignored %s", msg)
@@ -259,6 +240,7 @@ class Runtime:
             try:
                 if self.hb is not None and self.hb.lost is None:
                     self.on_close()
+                    self.report_leaks()
                     self.request(lambda r: E.Unregister(r=r), timeout=1.0, what="unregister")
                     self.flush_events()
             except AuxError as exc:
@@ -276,18 +258,6 @@ class Runtime:
                 "detail": {"peer": f"{self.role} {self.name}#{self.inc}", "task": self.task, **detail}}
         if not self.tr.publish_nowait([b"trace", E.MAGIC + E.packb(head)]):
             self.stats["trace_dropped"] += 1
-
-    def bug(self, kind: str, message: str, where: str = "", **detail) -> None:
-        """Tell the broker about a contract bug this process saw (a sleep in atomic context,
-        a handler that raised, a failed probe, ...), with ``where`` in the user's code
-        (``file:line``). Sent on the DEALER, so the broker has it before the answer this
-        process sends next (the answer a test waits for): the broker keeps it among its
-        ``bugs`` (control op), which the ``auxbus`` fixture checks at teardown."""
-        self.stats[f"bug_{kind}"] += 1
-        if not (self._connected and self.tr.up):
-            return
-        self.tr.send(E.encode(E.Uevent(seq=0, action="BUG", detail={
-            "kind": kind, "message": message[:2000], "where": where, "task": self.task, **detail})))
 
     # ---- loop ---------------------------------------------------------------------------
 
@@ -356,8 +326,10 @@ class Runtime:
             fn()
         except AuxError as exc:
             log.warning("%s", exc)
-        except Exception:
+        except Exception as exc:
             log.error("callback failed:\n%s", traceback.format_exc())
+            self.bug("handler_exception", f"a callback (timer or work item) raised {type(exc).__name__}: {exc}",
+                     raise_site(exc.__traceback__))
 
     # ---- requests to the broker -----------------------------------------------------------
 
