@@ -152,6 +152,18 @@ class AuxBus(Harness):
         trace = "\n".join(format_trace(r) for r in self.records) or "(no records)"
         return [*self.log_sections(), (f"auxbus trace ({len(self.records)} records)", trace)]
 
+    def log_sections(self, limit: int = 64 * 1024) -> list[tuple[str, str]]:
+        """``Harness.log_sections``, with the broker's xprocess log when xprocess started it."""
+        sections = super().log_sections(limit)
+        if self.broker_proc is None and self.xprocess is not None:
+            path = Path(str(self.xprocess.getinfo(_broker_name()).logpath))
+            try:
+                text = path.read_bytes()[-limit:].decode(errors="replace")
+            except OSError:
+                text = "(no log)"
+            sections.insert(0, (f"auxbus log: broker (pid {self.broker_pid}, through xprocess)", text))
+        return sections
+
     def stop_all(self, grace: float | None = None) -> list[str]:
         self.drain()     # the test's trace, for a failure report, before the watcher closes
         return super().stop_all(grace)
