@@ -101,8 +101,10 @@ def test_a_process_journal_and_device_data_are_read_through_the_bus(auxbus):
     child = auxbus.child("idpf_eth")
     auxbus.wait_bound("ixd.eth.0")
     assert child.wait_record("probe", dev="ixd.eth.0")["driver"] == "idpf_eth"
+    auxbus.send("ixd.eth.0", "LINK_CHANGE", {"up": True, "speed_mbps": 25000})
+    assert child.wait_record("link", speed_mbps=25000)["up"] is True
     data = child.data("ixd.eth.0")
-    assert data["link"]["up"] is True and "queues" in data and "gen" in data, data
+    assert data["link"]["speed_mbps"] == 25000 and "queues" in data and "gen" in data, data
     assert "ixd.eth.0" in parent.devices and child.pid == child.proc.pid and child.alive()
     with pytest.raises(KeyError, match=r"has no device 'nope' \(it has: ixd\.eth\.0\)"):
         child.data("nope")
