@@ -161,9 +161,12 @@ class Control:
         return value
 
     def op_bugs(self, ident, msg, payload):
+        """The newest bugs and warnings that fit half a page each (``left_off``: how many older did not)."""
         bugs = self.bus.bugs
-        self.bus.reply(ident, msg.r, data={"bugs": list(bugs.records), "warnings": [
-            {**w, "where": bugs.where_of(w)} for w in self.bus.warnings]})
+        found = _newest(list(bugs.records), PAGE_BYTES // 2)
+        warned = _newest([{**w, "where": bugs.where_of(w)} for w in self.bus.warnings], PAGE_BYTES // 2)
+        left = len(bugs.records) + len(self.bus.warnings) - len(found) - len(warned)
+        self.bus.reply(ident, msg.r, data={"bugs": found, "warnings": warned, "left_off": left})
 
     def op_inspect(self, ident, msg, payload):
         """{peer (a name or pid), last}: ask that live peer for its journal and devices' data."""
@@ -227,3 +230,14 @@ class Control:
             self.bus.reply(ident, msg.r, e, m, data=d, payload=reply_payload)
         self.bus.request(peer, lambda rid: E.Inject(r=rid, dev=dev.dev_id, ev=spec.code, timeout_ms=timeout_ms),
                          payload, timeout_ms / 1000 + 1.0, f"send {spec.name} from {peer.label}", answered)
+
+
+def _newest(records: list[dict], budget: int) -> list[dict]:
+    """The newest of ``records`` (in their order) whose packed size fits ``budget``."""
+    kept: list[dict] = []
+    for rec in reversed(records):
+        budget -= len(E.packb(rec))
+        if budget < 0:
+            break
+        kept.append(rec)
+    return kept[::-1]

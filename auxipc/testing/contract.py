@@ -61,7 +61,8 @@ def bugs_of(answer: dict) -> list[dict]:
     """The bugs in an answer of the control op ``bugs``: its bugs, and its warnings of a
     kind listed here, in the order they were seen."""
     found = [*answer.get("bugs", ()), *(w for w in answer.get("warnings", ()) if w.get("kind") in KINDS)]
-    return sorted(found, key=lambda b: b.get("ts", 0))
+    found.sort(key=lambda b: b.get("ts", 0))
+    return found
 
 
 def failure(bugs: list[dict], left_behind: Iterable[str] = ()) -> str:
