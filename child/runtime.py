@@ -24,8 +24,9 @@ from typing import Any, NamedTuple
 
 from auxipc.runtime.handlers import collect_handlers, normalize_result
 from auxipc.runtime.peer import Runtime
+from auxipc.runtime.where import code_site
 from proto import envelope as E
-from proto.errno import AuxError, Errno
+from proto.errno import AuxError, Errno, errno_name
 from proto.events import EventSpec, decode_payload
 
 log = logging.getLogger("auxipc.child")
@@ -110,12 +111,14 @@ class ChildDevice:
         result, _ = self.rt.request(lambda r: E.DevGet(r=r, dev=self.dev_id), what="get_device")
         self.rt.check(result, "get_device")
         self.refs += 1
+        self.rt.got_ref(self.name)
         return result.d["refcount"]
 
     def put(self) -> int:
         result, _ = self.rt.request(lambda r: E.DevPut(r=r, dev=self.dev_id), what="put_device")
         self.rt.check(result, "put_device")
         self.refs -= 1
+        self.rt.put_ref(self.name)
         return result.d["refcount"]
 
     def __repr__(self):
@@ -137,7 +140,6 @@ class ChildRuntime(Runtime):
         self.orphans: dict[int, ChildDevice] = {}   # bound before a broker restart, not yet taken back
         self.registered: list[str] = []
         self.refused: dict[int, str] = {}   # device id -> why matching refused to probe it
-
     def handles(self) -> set[int]:
         return {code for table in self.handlers.values() for code in table}
 
@@ -187,6 +189,18 @@ class ChildRuntime(Runtime):
     def on_close(self) -> None:
         for name in list(self.registered):
             self.driver_unregister(self.drivers[name])
+
+    def device_data(self) -> dict:
+        return {adev.name: adev.data for adev in self.devices.values()}
+
+    def device_name(self, dev_id: int) -> str:
+        adev = self.devices.get(dev_id)
+        return adev.name if adev is not None else ""
+
+    def handler_site(self, dev_id: int, code: int) -> str:
+        adev = self.devices.get(dev_id)
+        fn = self.handlers[adev.driver.name].get(code) if adev is not None else None
+        return code_site(fn) if fn is not None else ""
 
     ORPHAN_GRACE = 10.0   # seconds a device bound before a broker restart waits to be taken back
 
@@ -283,15 +297,22 @@ class ChildRuntime(Runtime):
         try:
             rc = drv.probe(adev, adev.id) if takes_id(drv.probe) else drv.probe(adev)
             e, _ = normalize_result(None, rc)
-        except BaseException:
+        except BaseException as exc:
             self.devices.pop(msg.dev, None)
+            self._probe_failed(drv, msg.name, f"raised {type(exc).__name__}: {exc}")
             raise
         if e:
             self.devices.pop(msg.dev, None)
             adev.bound = False
+            if e not in (-Errno.ENODEV, -Errno.ENXIO, -Errno.EPROBE_DEFER):   # a reject or a deferral is no failure
+                self._probe_failed(drv, msg.name, f"returned {errno_name(e)}")
         else:
             log.info("%s: probed %s", drv.name, msg.name)
         return e, "", None
+
+    def _probe_failed(self, drv: AuxDriver, dev: str, how: str) -> None:
+        self.bug("probe_failed", f"probe of {dev} by {drv.name} {how}", code_site(drv.probe), dev=dev,
+                 driver=drv.name)
 
     def _remove(self, msg: E.Remove):
         adev = self.devices.get(msg.dev)

@@ -5,7 +5,7 @@ It binds ``ixd.eth`` devices and handles only LINK_CHANGE: the bus negotiates
 that at bind time, so anything else the parent sends it is -EOPNOTSUPP.
 """
 
-from auxipc import AuxDriver, handler
+from auxipc import AuxDriver, handler, journal
 from proto.events import Event
 
 
@@ -20,3 +20,4 @@ class LinkOnlyEth(AuxDriver):
     @handler(Event.LINK_CHANGE)       # async: runs in the driver's process, must not block
     def link_change(self, adev, link):
         adev.data["link_up"] = link.up
+        journal("link", up=link.up, speed_mbps=link.speed_mbps)   # what a test reads: auxbus.child(...).records

@@ -29,7 +29,7 @@ def test_the_builtin_pair_binds_and_talks(auxbus):
 
 def test_my_driver_gets_only_what_it_handles(auxbus):
     auxbus.parent("ixd")
-    auxbus.child("my_eth:LinkOnlyEth")             # your own driver, module:Class
+    eth = auxbus.child("my_eth:LinkOnlyEth")       # your own driver, module:Class
     auxbus.wait("bound", "ixd.eth.0")
 
     dev = next(d for d in auxbus.ls()["devices"] if d["name"] == "ixd.eth.0")
@@ -40,6 +40,8 @@ def test_my_driver_gets_only_what_it_handles(auxbus):
     assert auxbus.send("ixd.eth.0", "LINK_CHANGE", {"up": True, "speed_mbps": 25000})["errno"] == 0
     event = auxbus.expect(kind="event", event="LINK_CHANGE", payload={"speed_mbps": 25000})
     assert event["direction"] == "parent->child"
+    eth.wait_record("link", speed_mbps=25000)      # the driver's journal, read through the bus
+    assert eth.data("ixd.eth.0") == {"link_up": True}    # its adev.data, the same way
 
     assert auxbus.send("ixd.eth.0", "FW_EVENT", {"kind": "HEALTH", "state": 1})["error"] == "EOPNOTSUPP"
 

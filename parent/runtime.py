@@ -25,6 +25,7 @@ from typing import Callable
 from auxipc.runtime.dispatch import BrokerLost, EventsIn
 from auxipc.runtime.handlers import collect_handlers, normalize_result
 from auxipc.runtime.peer import Runtime
+from auxipc.runtime.where import code_site
 from auxipc.states import DeviceState
 from proto import envelope as E
 from proto.errno import AuxError, Errno
@@ -229,6 +230,24 @@ class ParentRuntime(Runtime):
 
     def on_close(self) -> None:
         self.model.remove()
+        # What remove() left is warned by the broker when this process unregisters; this
+        # says where: the model's remove().
+        added = [a.name for a in self.devices.values() if a.state is DeviceState.ADDED]
+        kept = [a.name for a in self.devices.values() if a.owned and a.state is not DeviceState.ADDED]
+        for kind, names in (("devices_outlive_parent", added), ("uninit_missing", kept)):
+            if names:
+                self.bug(kind, ", ".join(names), code_site(self.model.remove))
+
+    def device_data(self) -> dict:
+        return {adev.name: adev.data for adev in self.devices.values() if adev.name}
+
+    def device_name(self, dev_id: int) -> str:
+        adev = self.devices.get(dev_id)
+        return adev.name if adev is not None else ""
+
+    def handler_site(self, dev_id: int, code: int) -> str:
+        fn = self.handlers.get(code)
+        return code_site(fn) if fn is not None else ""
 
     def on_reregistered(self) -> None:
         """A new broker (or we were declared dead): init and add again every device

@@ -141,6 +141,8 @@ def test_parent_exiting_with_devices_added_is_reported(bus):
     assert kinds["devices_outlive_parent"]["devices"] == ["tp.eth.0", "tp.rdma.0"]
     assert "use-after-free" in kinds["devices_outlive_parent"]["message"]
     assert set(kinds) == {"devices_outlive_parent"}      # its message covers the missing uninit too
+    for dev in ("tp.eth.0", "tp.rdma.0"):       # WARN comes first; each REMOVE once remove() returned
+        bus.wait_uevent("REMOVE", dev)
     assert sorted(r["dev"] for r in child.records("remove-end")) == ["tp.eth.0", "tp.rdma.0"]
     assert bus.ls()["devices"] == []
     shown = bus.cli("ls").stdout
@@ -180,7 +182,7 @@ def test_auxbus_fixture_fails_a_test_whose_parent_leaves_devices_behind(tmp_path
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     assert "1 passed, 1 error" in out, out
-    assert "auxbus teardown: the bus reported: parent lk" in out and "lk.eth.0" in out, out
+    assert "devices_outlive_parent" in out and "the bus reported: parent lk" in out and "lk.eth.0" in out, out
 
 
 # ---- the NULL check: an undeclared event never reaches a handler ---------------------------------

@@ -32,6 +32,7 @@ from functools import partial
 from typing import Any, Callable
 
 from auxipc.broker.binding import Binding
+from auxipc.broker.bugs import Bugs
 from auxipc.broker.calls import Calls
 from auxipc.broker.devices import Devices
 from auxipc.broker.lifecycle import PeerEvent, peer_machine
@@ -87,6 +88,7 @@ class Bus:
         self.published: list[list[bytes]] = []
         self.uevents: deque = deque(maxlen=20000)
         self.stats: Counter[str] = Counter()
+        self.bugs = Bugs(clock, self.stats)         # contract bugs seen on the bus (bugs.py)
         self.next_id: Callable[[], int] = itertools.count(1).__next__    # request, device and rule ids
         self._incs = itertools.count(1)
         self._seq = itertools.count(1)
@@ -109,7 +111,7 @@ class Bus:
             E.DevUninit: d.dev_uninit, E.DevGet: d.dev_get, E.DevPut: d.dev_put, E.DevPm: self.dev_pm,
             E.DevFind: d.dev_find,
             E.LockReq: c.lock_req, E.Resync: c.resync, E.UnlockReq: c.unlock_req,
-            E.Unregister: self.unregister,
+            E.Unregister: self.unregister, E.Uevent: self.bugs.from_peer,
         }
         self._on_result, self._call = c.on_result, c.call
 
@@ -210,6 +212,7 @@ class Bus:
             "kind": kind, "message": message, **detail}), topic=b"trace"))
 
     def _lockdep_report(self, kind: str, detail: dict) -> None:
+        self.bugs.lockdep(kind, detail)
         self.stats[f"lockdep_{kind}"] += 1
         log.warning("lockdep: %s: %s", kind, detail)
         self.uevent("LOCKDEP", kind=kind, **detail)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from auxipc.broker.lifecycle import BindState, DeviceState
-from auxipc.broker.lockdep import LockedOp
+from auxipc.broker.lockdep import LockedOp, describe
 from auxipc.broker.records import Device, Driver, Host, Peer
 from auxipc.broker.timers import Timer
 from proto import envelope as E
@@ -255,9 +255,16 @@ class Calls:
                 raise AuxError(Errno.EBUSY, f"lock {name}: task {msg.task} is already waiting for it")
             raise AuxError(Errno.EDEADLK, f"lock {name}: task {msg.task} already holds it")
 
+        inversions = self.host.lockdep.inversions
+        before = len(inversions)
+
         def granted(op: LockedOp):
             self.lock_ops[key] = op
-            self.host.reply(peer.ident, msg.r, data={"held": False})
+            # An inversion this wait closed goes back with the grant: the peer reports where
+            # in its code the lock was taken.
+            mine = next((d for d in inversions[before:] if d["this"].startswith(f"{msg.task} ")), None)
+            self.host.reply(peer.ident, msg.r, data={"held": False, **(
+                {"inversion": describe("inversion", mine)} if mine is not None else {})})
 
         def cancelled(reason: str):
             self.lock_ops.pop(key, None)

@@ -10,6 +10,9 @@ Each op takes ``args`` (a map) and answers one RESULT whose ``d`` holds the data
   runtime sends the event as its code would; the answer is that call's result.
 - ``bind``: ``{device, driver}``; ``unbind``: ``{device}`` — sysfs bind/unbind.
 - ``fault``, ``signal``: fault injection (auxipc/faults.py).
+- ``bugs``: ``{bugs, warnings}``, the contract bugs seen (``Bus.bugs``) and the warnings.
+- ``inspect``: ``{peer, last}``: the peer's journal (its last ``last`` records) and its
+  devices' ``data``, asked of the peer itself (a request it answers like any other).
 
 Ops that change the bus (``ADMIN_OPS``; ``fault`` but its ``ls``) are taken only on
 the admin socket (``admin.sock``, the CLI's), refused -EPERM on ``bus.sock``, and
@@ -174,6 +177,30 @@ class Control:
             raise AuxError(Errno.EINVAL, f"$.header.args.{key}: expected a non-empty string")
         return value
 
+    def op_bugs(self, ident, msg, payload):
+        """The newest bugs and warnings that fit half a page each (``left_off``: how many older did not)."""
+        bugs = self.bus.bugs
+        found = _newest(list(bugs.records), PAGE_BYTES // 2)
+        warned = _newest([{**w, "where": bugs.where_of(w)} for w in self.bus.warnings], PAGE_BYTES // 2)
+        left = len(bugs.records) + len(self.bus.warnings) - len(found) - len(warned)
+        self.bus.reply(ident, msg.r, data={"bugs": found, "warnings": warned, "left_off": left})
+
+    def op_inspect(self, ident, msg, payload):
+        """{peer (a name or pid), last}: ask that live peer for its journal and devices' data."""
+        target, last = self._str(msg, "peer"), msg.args.get("last", 1000)
+        peers = [p for p in self.bus.peers.values() if p.alive and target in (p.name, str(p.pid))]
+        if len(peers) != 1:
+            names = ", ".join(sorted(f"{p.name} (pid {p.pid})" for p in self.bus.peers.values() if p.alive))
+            raise AuxError(Errno.ENODEV if not peers else Errno.EINVAL,
+                           f"$.header.args.peer: {'no' if not peers else 'more than one'} live peer {target!r} "
+                           f"(peers: {names or 'none'})")
+        peer = peers[0]
+
+        def answered(e, m, reply_payload, d):
+            self.bus.reply(ident, msg.r, e, m, data=d, payload=reply_payload)
+        self.bus.request(peer, lambda rid: E.Ctl(r=rid, op="inspect", args={"last": last}), None, 5.0,
+                         f"inspect {peer.label}", answered)
+
     def op_uevents(self, ident, msg, payload):
         since = msg.args.get("since", 0)
         if type(since) is not int:
@@ -220,3 +247,14 @@ class Control:
             self.bus.reply(ident, msg.r, e, m, data=d, payload=reply_payload)
         self.bus.request(peer, lambda rid: E.Inject(r=rid, dev=dev.dev_id, ev=spec.code, timeout_ms=timeout_ms),
                          payload, timeout_ms / 1000 + 1.0, f"send {spec.name} from {peer.label}", answered)
+
+
+def _newest(records: list[dict], budget: int) -> list[dict]:
+    """The newest of ``records`` (in their order) whose packed size fits ``budget``."""
+    kept: list[dict] = []
+    for rec in reversed(records):
+        budget -= len(E.packb(rec))
+        if budget < 0:
+            break
+        kept.append(rec)
+    return kept[::-1]

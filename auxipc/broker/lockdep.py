@@ -26,6 +26,15 @@ from typing import Callable
 from proto.errno import AuxError, Errno
 
 
+def describe(kind: str, detail: dict) -> str:
+    """One line for a lockdep report: the -EDEADLK message a waiter gets, or the inversion."""
+    if kind == "deadlock":
+        return f"{detail['task']} waiting for {detail['lock']} would deadlock: " + "; ".join(detail["chain"])
+    old, new = detail["classes"]
+    return (f"possible circular locking dependency: {detail['this']}, but earlier "
+            f"{'; '.join(detail['earlier'])} ({new} -> {old})")
+
+
 def lock_class(name: str) -> str:
     return name.split(":", 1)[0] if name.startswith("device_lock:") else name
 
@@ -151,8 +160,7 @@ class LockDep:
                 f"{stuck.task} is suspended under {task} in the same process"]}
             self.deadlocks.append(detail)
             self.report("deadlock", detail)
-            raise AuxError(Errno.EDEADLK, f"{task} waiting for {lock.name} would deadlock: "
-                           + "; ".join(detail["chain"]))
+            raise AuxError(Errno.EDEADLK, describe("deadlock", detail))
         self.check(task, lock)
         self.waiting[task] = lock
 
@@ -163,7 +171,7 @@ class LockDep:
             detail = {"task": task, "lock": lock.name, "chain": chain}
             self.deadlocks.append(detail)
             self.report("deadlock", detail)
-            raise AuxError(Errno.EDEADLK, f"{task} waiting for {lock.name} would deadlock: " + "; ".join(chain))
+            raise AuxError(Errno.EDEADLK, describe("deadlock", detail))
 
     def acquired(self, task: str, lock: Lock) -> None:
         if self.waiting.get(task) is lock:

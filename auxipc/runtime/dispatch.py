@@ -12,6 +12,7 @@ waiting call: ``on_dealer`` fills it, ``Runtime.request`` pops its own answer.
 from __future__ import annotations
 
 import logging
+import sys
 import traceback
 from collections import deque
 from typing import Callable, NamedTuple
@@ -20,6 +21,7 @@ from auxipc.faults import FaultRule
 from auxipc.runtime.contexts import Contexts
 from auxipc.runtime.host import Host
 from auxipc.runtime.publishing import Publisher
+from auxipc.runtime.where import raise_site
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 
@@ -88,7 +90,7 @@ class Dispatch:
             except AuxError as exc:
                 e, m = exc.code, exc.message
             self.tr.send(E.encode(E.Result(r=msg.r, e=e, m=m)))
-        elif isinstance(msg, (E.Request, E.Probe, E.Remove, E.Shutdown, E.Pm, E.Inject)):
+        elif isinstance(msg, (E.Request, E.Probe, E.Remove, E.Shutdown, E.Pm, E.Inject, E.Ctl)):
             self.deliver(RequestIn(msg, payload))
         elif isinstance(msg, E.Reregister):
             if self.host.hb is not None:
@@ -134,6 +136,10 @@ class Dispatch:
             self.stats["async_lost"] += first - last - 1
             log.warning("lost %d async events on %r (seq %d -> %d): asking for a resync",
                         first - last - 1, topic, last, first)
+            self.host.bug("async_lost", f"lost {first - last - 1} async event(s) on {topic.decode(errors='replace')} "
+                          f"(seq {last} -> {first}): a receiver that fell behind, or a dropped message",
+                          self.host.handler_site(msg.dev, items[0] if items else 0), topic=topic.decode(errors="replace"),
+                          lost=first - last - 1)
             self.stats["resync_requested"] += 1
             self.tr.send(E.encode(E.Resync(dev=msg.dev)))
         if topic not in self._seq_in and len(self._seq_in) >= SEQ_TOPICS:
@@ -173,8 +179,11 @@ class Dispatch:
                     run_handler(spec, fn, adev, value, who)
                 except AuxError as exc:
                     log.warning("%s", exc)
-                except Exception:
+                except Exception as exc:
                     log.error("%s handler of %s failed:\n%s", spec.name, who, traceback.format_exc())
+                    self.host.bug("handler_exception", f"{spec.name} handler of {who} raised "
+                                  f"{type(exc).__name__}: {exc}", raise_site(exc.__traceback__),
+                                  event=spec.name, dev=adev.name)
                 else:
                     delivered += 1
         finally:
@@ -249,6 +258,8 @@ class Dispatch:
         except Exception as exc:
             log.error("handler for %s raised:\n%s", msg.TYPE.name, traceback.format_exc())
             e, m = -Errno.EIO, f"handler raised {type(exc).__name__}: {exc}"
+            self.host.bug("handler_exception", f"the handler of {self.host.what_served(msg)} raised "
+                          f"{type(exc).__name__}: {exc}", raise_site(sys.exc_info()[2]))
         finally:
             tasks.pop()
         if not self.tr.up:

@@ -40,6 +40,7 @@ class FoundDevice:
         result, _ = self.host.request(lambda r: E.DevPut(r=r, dev=self.dev_id), what="put_device")
         self.host.check(result, "put_device")
         self.held = False
+        self.host.put_ref(self.name)
         return result.d["refcount"]
 
     def __repr__(self) -> str:
@@ -63,5 +64,6 @@ def find_device(host: Host, match: Callable[[DeviceInfo, Any], bool] | None = No
         if got.e == -Errno.ENODEV:
             continue        # it left the bus after the listing: bus_find_device would not see it
         host.check(got, "get_device")
+        host.got_ref(info.name)
         return FoundDevice(host, info)
     return None

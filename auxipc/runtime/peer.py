@@ -33,12 +33,15 @@ from typing import Callable, NamedTuple
 
 from auxipc.faults import FaultPlan, FaultRule
 from auxipc.procfs import process_start_time
+from auxipc.runtime.checks import Checks
 from auxipc.runtime.contexts import Contexts
 from auxipc.runtime.dispatch import BrokerLost, Dispatch
+from auxipc.runtime.journal import RECENT_MAX
 from auxipc.runtime.lookup import find_device
 from auxipc.runtime.publishing import Publisher
 from auxipc.runtime.seam import DEALER, SUB, Heartbeat, Transport
 from auxipc.runtime.transport import ZmqTransport, peer_ident
+from auxipc.runtime.where import raise_site
 from auxipc.runtime_dir import endpoints
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
@@ -58,7 +61,7 @@ class Timer(NamedTuple):
     fn: Callable[[], None]
 
 
-class Runtime:
+class Runtime(Checks):
     role = "?"
     locks_devices = False   # the child side takes device_lock around deliveries
 
@@ -82,6 +85,7 @@ class Runtime:
         self._soon: deque = deque()
         self._connected = False   # timers and thread-submitted work wait for a registered bus
         self._stopping = False
+        self.ref_sites: dict[str, list[str]] = {}   # checks.py: where each reference not yet put was got
         c = self.contexts = Contexts(self)
         p = self.publisher = Publisher(self, c)
         d = self.dispatch = Dispatch(self, c, p)
@@ -109,6 +113,8 @@ class Runtime:
         return []
 
     def serve(self, msg: E.Header, payload: bytes | None) -> tuple[int, str, dict | None]:
+        if isinstance(msg, E.Ctl) and msg.op == "inspect":
+            return 0, "", self.inspect(msg.args.get("last", RECENT_MAX))
         raise AuxError(Errno.EOPNOTSUPP, f"{msg.TYPE.name} is not served by a {self.role}")
 
     def on_notice(self, msg: E.Header) -> None:
@@ -234,6 +240,7 @@ class Runtime:
             try:
                 if self.hb is not None and self.hb.lost is None:
                     self.on_close()
+                    self.report_leaks()
                     self.request(lambda r: E.Unregister(r=r), timeout=1.0, what="unregister")
                     self.flush_events()
             except AuxError as exc:
@@ -321,8 +328,10 @@ class Runtime:
             fn()
         except AuxError as exc:
             log.warning("%s", exc)
-        except Exception:
+        except Exception as exc:
             log.error("callback failed:\n%s", traceback.format_exc())
+            self.bug("handler_exception", f"a callback (timer or work item) raised {type(exc).__name__}: {exc}",
+                     raise_site(exc.__traceback__))
 
     # ---- requests to the broker -----------------------------------------------------------
 

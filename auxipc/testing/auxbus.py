@@ -13,8 +13,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from auxipc.observe.trace import format_trace
 from auxipc.procfs import cmdline, gone
+from auxipc.runtime.contexts import ATOMIC_CPU_ENV
+from auxipc.testing.contract import bugs_of
 from auxipc.testing.harness import Harness
+from proto import envelope as E
+from proto.errno import AuxError
 
 START_TIMEOUT = 15.0
 STOP_GRACE = 3.0
@@ -108,36 +113,75 @@ class AuxBus(Harness):
     """A broker in a private runtime dir, the processes a test starts on it, and its trace:
     a ``Harness`` whose broker is started through pytest-xprocess."""
 
-    def __init__(self, xprocess, request):
-        """``xprocess``: pytest-xprocess's fixture, or None without pytest's cache provider."""
+    def __init__(self, xprocess, request, allowed: set[str] = frozenset(), keep: bool = False):
+        """``xprocess``: pytest-xprocess's fixture, or None without pytest's cache provider;
+        ``allowed``: kinds of contract bug the test allows; ``keep``: leave the runtime and
+        log dirs in place."""
         super().__init__(prefix="axt-", grace=STOP_GRACE)
         self.xprocess = xprocess
         self.request = request
+        self.allowed = set(allowed)
+        self.keep = keep
+        self.contract_bugs: list[dict] = []     # found at teardown, not allowed
+        self.sections: list[tuple[str, str]] = []   # the report's, kept when teardown found a problem
 
-    # WARN kinds that fail the test at teardown: a parent left devices on the bus
-    # (a use-after-free or a leak in the kernel; the bus cleaned up for it).
-    LIFETIME_BUGS = ("devices_outlive_parent", "uninit_missing")
+    def bugs(self) -> list[dict]:
+        """The contract bugs the bus saw so far (``auxipc.testing.contract``), allowed or not."""
+        return bugs_of(self._client().query("bugs"))
 
     def bus_problems(self) -> list[str]:
+        """Asked once every peer has stopped: the contract bugs not allowed by the test's
+        ``auxbus_allow`` marker are kept in ``contract_bugs`` (the fixture fails on them);
+        nothing to add to the teardown problems."""
         try:
-            found = self.ls().get("warnings", [])
+            found = self.bugs()
         except Exception:   # noqa: BLE001 — the broker went away meanwhile: nothing to ask
             return []
-        return [f"the bus reported: {w['message']}" for w in found if w.get("kind") in self.LIFETIME_BUGS]
+        self.contract_bugs = [b for b in found if b.get("kind") not in self.allowed]
+        return []
 
     def warnings(self) -> list[dict]:
         """What the bus reported that the kernel would warn about (``ls`` ``warnings``)."""
         return self.ls().get("warnings", [])
 
+    # ---- what a failure report shows ----
+
+    def report_sections(self) -> list[tuple[str, str]]:
+        """(title, text): each process's log and the test's trace, rendered one record a line."""
+        self.drain()
+        trace = "\n".join(format_trace(r) for r in self.records) or "(no records)"
+        return [*self.log_sections(), (f"auxbus trace ({len(self.records)} records)", trace)]
+
+    def log_sections(self, limit: int = 64 * 1024) -> list[tuple[str, str]]:
+        """``Harness.log_sections``, with the broker's xprocess log when xprocess started it."""
+        sections = super().log_sections(limit)
+        if self.broker_proc is None and self.xprocess is not None:
+            path = Path(str(self.xprocess.getinfo(_broker_name()).logpath))
+            try:
+                text = path.read_bytes()[-limit:].decode(errors="replace")
+            except OSError:
+                text = "(no log)"
+            sections.insert(0, (f"auxbus log: broker (pid {self.broker_pid}, through xprocess)", text))
+        return sections
+
+    def stop_all(self, grace: float | None = None) -> list[str]:
+        self.drain()     # the test's trace, for a failure report, before the watcher closes
+        return super().stop_all(grace)
+
+    def before_remove(self, problems: list[str]) -> None:
+        if problems or self.contract_bugs:
+            self.sections = self.report_sections()
+
     # ---- environment ----
 
     def proc_env(self) -> dict:
-        """PYTHONUNBUFFERED, AUXIPC_RUNTIME_DIR, and a PYTHONPATH with the test's dir and
+        """PYTHONUNBUFFERED, AUXIPC_RUNTIME_DIR, AUXIPC_ATOMIC_CPU, and a PYTHONPATH with the test's dir and
         the rootdir, so ``module:Class`` of the user's own models and drivers imports."""
         paths = [str(Path(str(self.request.path)).parent), str(self.request.config.rootpath)]
         if os.environ.get("PYTHONPATH"):
             paths.append(os.environ["PYTHONPATH"])
-        return {**super().proc_env(), "PYTHONPATH": os.pathsep.join(paths)}
+        # an atomic handler's overrun fails a test only if it spent the time on the CPU
+        return {**super().proc_env(), "PYTHONPATH": os.pathsep.join(paths), ATOMIC_CPU_ENV: "1"}
 
     def env(self) -> dict:
         return {**os.environ, **self.proc_env()}
@@ -207,3 +251,67 @@ class AuxBus(Harness):
 
     def wait_bound(self, device: str, timeout: float = 10.0) -> str:
         return self.wait("bound", device, timeout)
+
+    def parent(self, *args, **kwargs) -> Peer:        # type: ignore[override]
+        """``Harness.parent``, as a ``Peer`` handle (its journal and devices' data readable)."""
+        return Peer(self, super().parent(*args, **kwargs))
+
+    def child(self, *args, **kwargs) -> Peer:         # type: ignore[override]
+        """``Harness.child``, as a ``Peer`` handle (its journal and devices' data readable)."""
+        return Peer(self, super().child(*args, **kwargs))
+
+    def inspect(self, proc, last: int = 1000) -> dict:
+        """Ask a process, through the broker, for its journal and its devices' ``data``:
+        ``{peer, pid, records, devices}``; ENODEV naming the live peers if it is not one."""
+        proc = self.find(proc.proc if isinstance(proc, Peer) else proc)
+        result, frame = self._client().ctl("inspect", peer=str(proc.pid), last=last)
+        if result.e:
+            raise AuxError(result.e, f"inspect {proc.name}: {result.m}")
+        return E.decode_payload_frame(frame, "$.inspect")
+
+
+class Peer:
+    """A process the fixture started (``auxbus.parent(...)``, ``auxbus.child(...)``): the
+    ``Proc`` (``pid``, ``alive()``, ``signal()``, ... pass through) and what the test may
+    read of the process, asked of it through the bus each time (a real round trip):
+    ``records`` (its journal: ``auxipc.runtime.journal``) and ``devices`` (each bound or
+    owned device's ``adev.data``, by device name; ``data(name)`` for one)."""
+
+    def __init__(self, bus: AuxBus, proc):
+        self.bus, self.proc = bus, proc
+
+    def __getattr__(self, name: str):
+        return getattr(self.proc, name)
+
+    @property
+    def records(self) -> list[dict]:
+        return self.bus.inspect(self.proc)["records"]
+
+    @property
+    def devices(self) -> dict[str, dict]:
+        return self.bus.inspect(self.proc, last=0)["devices"]
+
+    def data(self, device: str) -> dict:
+        """``adev.data`` of one device of this process; KeyError naming the ones it has."""
+        devices = self.devices
+        if device not in devices:
+            raise KeyError(f"{self.proc.name} has no device {device!r} (it has: {', '.join(devices) or 'none'})")
+        return devices[device]
+
+    def wait_record(self, what: str, timeout: float = 10.0, **fields) -> dict:
+        """The first journal record ``what`` whose fields include ``fields``, asked again
+        until it is there; AssertionError after ``timeout`` with what the journal holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = self.records
+            for rec in records:
+                if rec.get("what") == what and all(rec.get(k) == v for k, v in fields.items()):
+                    return rec
+            if time.monotonic() > deadline:
+                seen = "\n".join(f"  {r}" for r in records[-20:]) or "  (nothing)"
+                raise AssertionError(f"{self.proc.name}: no journal record {what!r} {fields or ''} within "
+                                     f"{timeout:g} s; its last records:\n{seen}")
+            time.sleep(0.01)
+
+    def __repr__(self) -> str:
+        return f"<auxbus.Peer {self.proc.name} pid {self.proc.pid}>"

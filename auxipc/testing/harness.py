@@ -49,6 +49,7 @@ class Harness:
         self.logs = tempfile.mkdtemp(prefix=prefix + "logs-", dir="/tmp")
         self.extra_env = dict(env or {})
         self.grace = grace
+        self.keep = False                       # close() leaves the runtime and log dirs in place
         self.procs: list[Proc] = []             # in start order; a restarted process appears again
         self.broker_proc: Proc | None = None
         self.broker_pid: int | None = None
@@ -228,6 +229,20 @@ class Harness:
 
     # ---- teardown ----
 
+    def log_sections(self, limit: int = 64 * 1024) -> list[tuple[str, str]]:
+        """(title, text) of every process's log, the last ``limit`` bytes each."""
+        out = []
+        for p in self.procs:
+            try:
+                with open(p.log_path, "rb") as f:
+                    f.seek(0, os.SEEK_END)
+                    f.seek(max(0, f.tell() - limit))
+                    text = f.read().decode(errors="replace")
+            except OSError:
+                text = "(no log)"
+            out.append((f"auxbus log: {p.name} (pid {p.pid})", text))
+        return out
+
     def logs_tail(self) -> str:
         """The last lines of every process's log, one line each (for a failure report)."""
         return "\n".join(f"  {p.name} log: {p.tail()}" for p in self.procs)
@@ -289,10 +304,15 @@ class Harness:
         if self._rec_file is not None:
             self._rec_file.close()
             self._rec_file = None
-        shutil.rmtree(self.logs, ignore_errors=True)
-        if self.own_dir:
-            shutil.rmtree(self.root, ignore_errors=True)
+        self.before_remove(problems)
+        if not self.keep:
+            shutil.rmtree(self.logs, ignore_errors=True)
+            if self.own_dir:
+                shutil.rmtree(self.root, ignore_errors=True)
         return problems
+
+    def before_remove(self, problems: list[str]) -> None:
+        """Runs once every process stopped, before the logs and runtime dir are removed."""
 
     def __enter__(self) -> Harness:
         return self
