@@ -68,7 +68,7 @@ def test_a_failure_report_has_each_process_log_and_the_trace(inner):
     assert [t.split(" (")[0] for t in titles] == ["auxbus log: broker", "auxbus log: parent-ixd",
                                                   "auxbus log: child-buggy:Clean", "auxbus trace"], out
     body = failure(out, "test_fails_in_its_body")
-    assert re.search(r"(?m)^\+ *[\d.]+s +bus +BIND +ixd\.eth\.0 ", body), body
+    assert re.search(r"(?m)^\[ *[\d.]+\] +bus +BIND +ixd\.eth\.0 ", body), body
     assert re.search(r"(?m)^-+ auxbus log: child-buggy:Clean .*\n.* WARNING probed ixd\.eth\.0$", body), body
     titles = sections(out, "test_fails_at_teardown")
     assert [t.split(" (")[0] for t in titles] == ["auxbus log: broker", "auxbus log: parent-buggy:Leaky",
