@@ -227,6 +227,40 @@ def test_a_device_bound_before_a_broker_restart_is_adopted_without_a_second_prob
     assert (rt.stats["adopted"], rt.inc, rt.epoch, rt.tr.incarnations) == (1, 2, 6, 2)
 
 
+def test_a_broker_lost_again_while_the_driver_registers_is_one_more_round(child, broker):
+    """The broker restarting twice in a row: the driver's DRIVER_REGISTER after the first
+    restart meets a lost broker. The runtime registers again (a new incarnation) instead of
+    ending the process with ESHUTDOWN, and the device comes back by adoption."""
+    rt, drv = child
+    probe(broker, 1, "ut.eth.0")
+    serve_all(rt)
+    rounds: list = []
+
+    def register_driver(msg, payload):
+        rounds.append(msg.name)
+        if len(rounds) == 1:
+            rt.hb.lose("test: the broker went away mid-restore")
+            raise BrokerLost("test: the broker went away mid-restore")
+        probe(broker, 9, "ut.eth.0", adopt=True)
+        return None
+    broker.hooks[E.DrvRegister] = register_driver
+    rt.reconnect("test: the broker restarted")
+    assert rounds == ["ut_eth", "ut_eth"] and len(broker.sent(E.Register)) == 3
+    rt.pump(0)
+    assert list(rt.devices) == [9] and rt.devices[9].bound and drv.log == [("probe", "ut.eth.0")]
+
+
+def test_a_handshake_broken_off_over_ipc_is_a_lost_broker_not_a_key_problem(tmp_path):
+    import zmq
+
+    from auxipc.runtime.transport import Heartbeat
+    from auxipc.runtime_dir import endpoints
+    hb = Heartbeat(None, endpoints(tmp_path), b"c:x:1", 0.1, 3, 1, lambda: None)
+    why = hb.why_lost({"event": zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, "value": 104})
+    assert why == "the handshake with the broker broke off (errno 104)"
+    assert hb.why_lost({"event": zmq.EVENT_DISCONNECTED, "value": 9}) == "the broker's socket disconnected"
+
+
 def test_a_device_nobody_adds_again_is_removed_after_the_grace(child, broker):
     rt, drv = child
     probe(broker, 1, "ut.eth.0")

@@ -218,12 +218,18 @@ class Runtime(Checks):
                 raise BrokerLost(why)
             try:
                 self._connect(min(2.0, max(0.1, deadline - time.monotonic())))
-                break
+                try:
+                    self.on_reregistered()
+                    break
+                except BrokerLost as exc:
+                    # Restoring talks to the broker: losing it again meanwhile (a second
+                    # restart) is one more round here, not the end of this process.
+                    log.warning("lost the broker again while restoring (%s): reconnecting", exc.why)
+                    raise
             except AuxError as exc:
                 if time.monotonic() > deadline:
                     raise AuxError(Errno.ENOTCONN, f"no broker came back in {self.tr.where} within "
                                    f"{self.reconnect_timeout:.0f} s ({exc.message})") from None
-        self.on_reregistered()
 
     def _await_hello(self, topic: bytes, timeout: float) -> None:
         """Publish to ourselves through the broker until it arrives: the pub/sub path,

@@ -177,9 +177,7 @@ class Heartbeat(threading.Thread):
                     self.wake_pub.send(WAKE)
                 if self.monitor is not None and self.monitor in ready:
                     while self.monitor.poll(0):
-                        event = monitor_event(self.monitor)
-                        self.lose("the broker's socket disconnected" if event["event"] == zmq.EVENT_DISCONNECTED
-                                  else refused(self.ep.where, event).message)
+                        self.lose(self.why_lost(monitor_event(self.monitor)))
                 if sock in ready:
                     msg, _ = E.decode(sock.recv_multipart())
                     self.last_answer = time.monotonic()
@@ -193,6 +191,16 @@ class Heartbeat(threading.Thread):
             pass
         finally:
             sock.close(linger=0)
+
+    def why_lost(self, event: dict) -> str:
+        """A disconnect, or a failed handshake. Over ipc there are no keys: a handshake
+        that fails there is one a broker dying or starting cut short (the runtime
+        reconnects), never the key mismatch a CURVE handshake over TCP can mean."""
+        if event["event"] == zmq.EVENT_DISCONNECTED:
+            return "the broker's socket disconnected"
+        if not self.ep.remote:
+            return f"the handshake with the broker broke off (errno {event['value']})"
+        return refused(self.ep.where, event).message
 
     def lose(self, why: str) -> None:
         if self.lost is None:
