@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,6 +251,10 @@ restart = "temporary"
 def test_chaos_soak_holds_its_invariants():
     """About a minute of chaos in CI (``auxipc soak --duration N`` for longer)."""
     report = Soak(duration=45, seed=11, interval=1.2, echo=lambda line: None).run()
+    if report["logs"]:
+        logs = "".join(f"\n--- {f.name}\n{f.read_text()[-2000:]}" for f in sorted(Path(report["logs"]).iterdir()))
+        shutil.rmtree(report["logs"])
+        pytest.fail(f"{report['failures']}{logs}", pytrace=False)
     assert report["ok"], report["failures"]
     assert sum(report["faults"].values()) >= 20
     assert report["worst_call_overrun_ms"] <= 500

@@ -162,6 +162,8 @@ def soak(duration, seed, interval, as_json):
         click.echo(f"  worst call overrun past its deadline: {report['worst_call_overrun_ms']} ms")
         for f in report["failures"]:
             click.echo(f"  FAIL {f}")
+        if report["logs"]:
+            click.echo(f"  each process's log kept in {report['logs']}")
     sys.exit(0 if report["ok"] else 1)
 
 

@@ -202,6 +202,11 @@ class Soak:
             # The harness made the dir and removes it (the broker removes only what it
             # made): anything still in it was left behind.
             self.failures.append(f"runtime dir {self.root} not empty: {sorted(os.listdir(self.root))}")
+        kept = None
+        if self.failures:
+            # what each process logged is the only account of a failed run: kept, and named in the report
+            kept = tempfile.mkdtemp(prefix="auxipc-soak-logs-")
+            shutil.copytree(self.h.logs, kept, dirs_exist_ok=True)
         self.h.close()
         shutil.rmtree(self.data, ignore_errors=True)
         times = {k: {"n": len(v), "median_ms": round(statistics.median(v) * 1000, 1) if v else None,
@@ -211,7 +216,7 @@ class Soak:
                 "duration_s": self.duration, "faults": dict(self.faults), "recovery": times, "calls": calls,
                 "async": {role: {k: v for k, v in c.items() if "async" in k or k == "fw_event"}
                           for role, c in totals.items()},
-                "worst_call_overrun_ms": round(worst * 1000, 1)}
+                "worst_call_overrun_ms": round(worst * 1000, 1), "logs": kept}
 
 
 class Load:
