@@ -18,10 +18,13 @@ and a ``RCVMORE`` query on each of the four hops of a call. See docs/protocol.md
 from __future__ import annotations
 
 from functools import partial
+from typing import Union
 
 import msgpack
+import msgspec
 from msgpack import unpackb as _unpackb_raw
 
+from .compiled import Compiled, struct_for
 from .errno import AuxError, Errno, ProtocolError
 from .messages import (  # noqa: F401  (re-exported: envelope is where peers find them)
     _HEADERS,
@@ -66,6 +69,7 @@ from .messages import (  # noqa: F401  (re-exported: envelope is where peers fin
     header,
     strs,
 )
+from .schema import Payload
 
 MAGIC = b"AUX1"
 MAX_FRAME = 1 << 20  # bytes: the largest payload
@@ -164,6 +168,26 @@ def _wire_defaults(cls: type[Header]) -> dict:
         return d
 
 
+# What a Struct decode raises for input it does not take (a deep nest: Python's recursion guard).
+_NOT_TAKEN = (msgspec.MsgspecError, RecursionError)
+_head_decoder: msgspec.msgpack.Decoder | None = None
+_head_compiled: dict[type, Compiled] = {}
+
+
+def _header_decoder() -> msgspec.msgpack.Decoder:
+    """One decoder for every header type whose rules a Struct states (a union tagged by
+    ``t``); the others (REGISTER, FAULT: nested structs with defaults) always take
+    ``decode_fields``."""
+    global _head_decoder
+    if _head_decoder is None:
+        for t, cls in _HEADERS.items():
+            compiled = struct_for(cls, int(t))
+            if compiled is not None:
+                _head_compiled[compiled.struct] = compiled
+        _head_decoder = msgspec.msgpack.Decoder(Union[tuple(_head_compiled)])
+    return _head_decoder
+
+
 def decode(frames: list[bytes]) -> tuple[Header, bytes | None]:
     """Typed header and raw payload (the ``p`` bytes, or None) from ``[MAGIC + header]``.
 
@@ -175,7 +199,26 @@ def decode(frames: list[bytes]) -> tuple[Header, bytes | None]:
     if frame[:4] != MAGIC:
         raise ProtocolError(f"$.magic: expected {MAGIC!r}, got {bytes(frame[:8])!r}")
     if len(frame) <= MAX_MSG:
-        try:     # the common case in one call: a header map with a known type and a bin payload
+        # The common case in one C call: a header of a known type, every field valid, no
+        # unknown key, no free-form map with content, a bin payload. Anything else goes
+        # the field-by-field way (decode_fields), which accepts it or names the fault.
+        try:
+            s = (_head_decoder or _header_decoder()).decode(memoryview(frame)[4:])
+        except _NOT_TAKEN:
+            pass
+        else:
+            compiled = _head_compiled[type(s)]
+            payload = s.p
+            if compiled.ok(s) and (payload is None or len(payload) <= MAX_FRAME):
+                return compiled.conv(s), payload
+    return decode_fields(frame)
+
+
+def decode_fields(frame: bytes) -> tuple[Header, bytes | None]:
+    """``decode`` without the Structs: unpacked, then checked field by field; the
+    reference the Struct path must agree with, and the path that names every fault."""
+    if len(frame) <= MAX_MSG:
+        try:     # a header map with a known type and a bin payload, checked field by field
             # str and bin are bounded by the frame's length (msgpack's default), at most MAX_MSG here
             head = _unpackb_raw(frame[4:], raw=False, strict_map_key=True, max_array_len=MAX_ITEMS,
                                 max_map_len=MAX_ITEMS)
@@ -193,6 +236,37 @@ def decode(frames: list[bytes]) -> tuple[Header, bytes | None]:
         except Exception:  # noqa: BLE001 - decode_frame below names the fault
             pass
     return decode_frame(frame)
+
+
+def load_payload(cls: type[Payload], data: bytes | None, what: str = "$.payload") -> Payload:
+    """A payload frame (msgpack bytes; None when absent) validated into ``cls``: decoded
+    and checked in one pass by its Struct, else (or on any doubt) unpacked and checked
+    field by field, which names the fault."""
+    if data is not None:
+        compiled = struct_for(cls)
+        if compiled is not None:
+            try:
+                s = compiled.decoder.decode(data)
+            except _NOT_TAKEN:
+                pass
+            else:
+                if compiled.ok(s):
+                    return compiled.conv(s)
+    return cls.from_wire(decode_payload_frame(data, what), what)
+
+
+def check_payload(cls: type[Payload], data: bytes | None, what: str = "$.payload") -> None:
+    """``load_payload`` for a payload only checked, then forwarded as it came (the broker):
+    no instance is built."""
+    if data is not None:
+        compiled = struct_for(cls)
+        if compiled is not None:
+            try:
+                if compiled.ok(compiled.decoder.decode(data)):
+                    return
+            except _NOT_TAKEN:
+                pass
+    cls.from_wire(decode_payload_frame(data, what), what)
 
 
 def decode_frame(frame: bytes) -> tuple[Header, bytes | None]:

@@ -19,7 +19,6 @@ from auxipc.broker.records import Device, Driver, Host, Peer
 from auxipc.broker.timers import Timer
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
-from proto.events import decode_payload
 
 log = logging.getLogger("auxipc.broker")
 
@@ -180,7 +179,7 @@ class Calls:
         dev = host.devices.get(msg.dev)
         if dev is None:
             raise AuxError(Errno.ENODEV, f"device #{msg.dev} does not exist")
-        decode_payload(spec, E.decode_payload_frame(payload))
+        E.check_payload(spec.payload, payload)
         task = host.task_of(peer, msg)
         deadline = host.clock() + msg.timeout_ms / 1000
         drv = dev.driver

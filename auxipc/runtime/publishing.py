@@ -91,7 +91,7 @@ class Publisher:
         host.check(result, spec.name)
         if reply is None:
             return None
-        return spec.reply.from_wire(E.unpackb(reply, "$.reply"), "$.reply")
+        return E.load_payload(spec.reply, reply, "$.reply")
 
     def publish(self, dev_id: int, topic: bytes, spec: EventSpec, payload, timeout: float = 1.0) -> int:
         """Queue an async event (see the module's doc) and return its sequence number.
