@@ -1,7 +1,9 @@
 """Validators compiled from a payload's declaration (schema.py): for valid input,
-straight-line code instead of a walk over the fields.
+straight-line code instead of a walk over the fields, and msgspec Structs that
+decode and check msgpack bytes in one C pass.
 
-``compile_payload(cls)`` gives the class ``_fill(self, obj)`` (check a decoded
+``struct_for(cls)`` derives the Struct (see below; envelope.decode, load_payload
+and check_payload use it). ``compile_payload(cls)`` gives the class ``_fill(self, obj)`` (check a decoded
 map and store it), ``_to_wire(self)``, ``_flat`` (every field a scalar: the
 instance's ``__dict__`` is its wire map) and, for flat types, a keyword
 constructor. Each raises ``_Slow`` on any doubt; the caller then takes the
@@ -13,12 +15,12 @@ from __future__ import annotations
 import keyword
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import msgspec
-
 from .errno import AuxError
 from .fields import MISSING, Array, Bool, Bytes, Enum, Float, Int, Map, Nested, Str, _Slow
 
 if TYPE_CHECKING:
+    import msgspec
+
     from .schema import Payload
 
 _INLINE = (Int, Bool, Str, Enum, Bytes)    # kinds whose strict and lenient checks agree
@@ -154,6 +156,9 @@ def struct_for(cls: type[Payload], tag: int | None = None) -> Compiled | None:
     key = (cls, tag) if tag is not None else cls
     if key in _STRUCTS:
         return _STRUCTS[key]
+    # Imported here, not at the top: a process that never derives a Struct never imports it.
+    global msgspec
+    import msgspec
     _STRUCTS[key] = None       # a (never declared) cycle of nested types stays on the slow path
     try:
         compiled = _derive(cls, tag)

@@ -18,10 +18,9 @@ and a ``RCVMORE`` query on each of the four hops of a call. See docs/protocol.md
 from __future__ import annotations
 
 from functools import partial
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import msgpack
-import msgspec
 from msgpack import unpackb as _unpackb_raw
 
 from .compiled import Compiled, struct_for
@@ -70,6 +69,9 @@ from .messages import (  # noqa: F401  (re-exported: envelope is where peers fin
     strs,
 )
 from .schema import Payload
+
+if TYPE_CHECKING:
+    import msgspec
 
 MAGIC = b"AUX1"
 MAX_FRAME = 1 << 20  # bytes: the largest payload
@@ -168,23 +170,39 @@ def _wire_defaults(cls: type[Header]) -> dict:
         return d
 
 
-# What a Struct decode raises for input it does not take (a deep nest: Python's recursion guard).
-_NOT_TAKEN = (msgspec.MsgspecError, RecursionError)
+# What a Struct decode raises for input it does not take (msgspec's errors are added by
+# init_structs; a deep nest raises Python's recursion guard).
+_NOT_TAKEN: tuple[type[BaseException], ...] = (RecursionError,)
 _head_decoder: msgspec.msgpack.Decoder | None = None
 _head_compiled: dict[type, Compiled] = {}
+# Messages a process decodes field by field before it builds the Structs: a short-lived
+# process (a CLI command) never imports msgspec (~20 ms); the zygote builds them up front.
+FIELD_DECODES = 16
+_field_decodes = 0
 
 
-def _header_decoder() -> msgspec.msgpack.Decoder:
-    """One decoder for every header type whose rules a Struct states (a union tagged by
-    ``t``); the others (REGISTER, FAULT: nested structs with defaults) always take
-    ``decode_fields``."""
-    global _head_decoder
-    if _head_decoder is None:
-        for t, cls in _HEADERS.items():
-            compiled = struct_for(cls, int(t))
-            if compiled is not None:
-                _head_compiled[compiled.struct] = compiled
-        _head_decoder = msgspec.msgpack.Decoder(Union[tuple(_head_compiled)])
+def init_structs() -> None:
+    """Build the Structs of every header type whose rules a Struct states, as one union
+    tagged by ``t`` (the others, REGISTER and FAULT with their nested defaults, always
+    take ``decode_fields``); from now on ``decode``, ``load_payload`` and
+    ``check_payload`` take them."""
+    global _head_decoder, _NOT_TAKEN
+    if _head_decoder is not None:
+        return
+    import msgspec
+    for t, cls in _HEADERS.items():
+        compiled = struct_for(cls, int(t))
+        if compiled is not None:
+            _head_compiled[compiled.struct] = compiled
+    _NOT_TAKEN = (msgspec.MsgspecError, RecursionError)
+    _head_decoder = msgspec.msgpack.Decoder(Union[tuple(_head_compiled)])
+
+
+def _warm_up() -> msgspec.msgpack.Decoder | None:
+    global _field_decodes
+    _field_decodes += 1
+    if _field_decodes > FIELD_DECODES:
+        init_structs()
     return _head_decoder
 
 
@@ -202,15 +220,17 @@ def decode(frames: list[bytes]) -> tuple[Header, bytes | None]:
         # The common case in one C call: a header of a known type, every field valid, no
         # unknown key, no free-form map with content, a bin payload. Anything else goes
         # the field-by-field way (decode_fields), which accepts it or names the fault.
-        try:
-            s = (_head_decoder or _header_decoder()).decode(memoryview(frame)[4:])
-        except _NOT_TAKEN:
-            pass
-        else:
-            compiled = _head_compiled[type(s)]
-            payload = s.p
-            if compiled.ok(s) and (payload is None or len(payload) <= MAX_FRAME):
-                return compiled.conv(s), payload
+        decoder = _head_decoder or _warm_up()
+        if decoder is not None:
+            try:
+                s = decoder.decode(memoryview(frame)[4:])
+            except _NOT_TAKEN:
+                pass
+            else:
+                compiled = _head_compiled[type(s)]
+                payload = s.p
+                if compiled.ok(s) and (payload is None or len(payload) <= MAX_FRAME):
+                    return compiled.conv(s), payload
     return decode_fields(frame)
 
 
@@ -242,7 +262,7 @@ def load_payload(cls: type[Payload], data: bytes | None, what: str = "$.payload"
     """A payload frame (msgpack bytes; None when absent) validated into ``cls``: decoded
     and checked in one pass by its Struct, else (or on any doubt) unpacked and checked
     field by field, which names the fault."""
-    if data is not None:
+    if data is not None and _head_decoder is not None:
         compiled = struct_for(cls)
         if compiled is not None:
             try:
@@ -258,7 +278,7 @@ def load_payload(cls: type[Payload], data: bytes | None, what: str = "$.payload"
 def check_payload(cls: type[Payload], data: bytes | None, what: str = "$.payload") -> None:
     """``load_payload`` for a payload only checked, then forwarded as it came (the broker):
     no instance is built."""
-    if data is not None:
+    if data is not None and _head_decoder is not None:
         compiled = struct_for(cls)
         if compiled is not None:
             try:

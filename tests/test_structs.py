@@ -5,6 +5,8 @@ error (errno and message naming the field)."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +17,7 @@ from proto.errno import AuxError
 from proto.events import CATALOG
 from proto.schema import Payload
 
+E.init_structs()     # as a long-lived process has after its first FIELD_DECODES messages
 HEADERS = sorted(E.header_types().items())
 PAYLOADS = sorted({c for spec in CATALOG for c in (spec.payload, spec.reply) if c is not None},
                   key=lambda c: c.__name__)
@@ -139,8 +142,18 @@ def test_deep_nesting_is_refused_as_before():
         deep = [deep]
     for t, cls in HEADERS:
         frame = E.MAGIC + E.packb(cls.example().to_wire() | {"t": int(t), "x": deep})
-        slow = outcome(lambda: E.decode_fields(frame))
-        assert slow[0] == "error" and outcome(lambda: E.decode([frame])) == slow, cls.__name__
+        slow = outcome(lambda f=frame: E.decode_fields(f))
+        assert slow[0] == "error" and outcome(lambda f=frame: E.decode([f])) == slow, cls.__name__
     for cls in PAYLOADS:
         for wire in (cls.example().to_wire() | {"x": deep}, deep):
             check_payload_agrees(cls, E.packb(wire))
+
+
+def test_a_short_lived_process_never_imports_msgspec():
+    """A CLI command decodes a few answers: field by field, without msgspec's import."""
+    code = ("import sys; from proto import envelope as E\n"
+            "frame = E.fast(E.Result, b'\\x80', r=1)\n"
+            "for _ in range(E.FIELD_DECODES): E.decode(frame)\n"
+            "assert 'msgspec' not in sys.modules\n"
+            "E.decode(frame); assert 'msgspec' in sys.modules and E._head_decoder is not None\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
