@@ -17,6 +17,7 @@ and a ``RCVMORE`` query on each of the four hops of a call. See docs/protocol.md
 
 from __future__ import annotations
 
+import keyword
 from functools import partial
 from typing import TYPE_CHECKING, Union
 
@@ -157,6 +158,31 @@ def fast(cls: type[Header], payload: dict | bytes | None = None, **fields) -> li
     if payload is not None:
         head["p"] = payload if isinstance(payload, bytes) else packb(payload)
     return [MAGIC + packb(head)]
+
+
+def frame_maker(cls: type[Header]):
+    """``fast`` for one message type as straight-line code (half its cost): a function
+    ``(payload=None, *, field=..., ...) -> frames`` taking the header's fields by name,
+    those with defaults optional. For the hot path: CALL, REQUEST, RESULT."""
+    names = list(cls.fields)
+    if not all(n.isidentifier() and not keyword.iskeyword(n) and n not in ("payload", "t", "p") for n in names):
+        return partial(fast, cls)
+    env = {"MAGIC": MAGIC, "packb": packb, "T": int(cls.TYPE)}
+    params, keys = [], []
+    for i, (name, f) in enumerate(cls.fields.items()):
+        if f.required:
+            params.append(name)
+        else:
+            env[f"D{i}"] = f.to_wire(f.default)
+            params.append(f"{name}=D{i}")
+        keys.append(f"{name!r}: {name}")
+    src = (f"def make(payload=None, *, {', '.join(params)}):\n"
+           f"    head = {{{', '.join(keys)}, 't': T}}\n"
+           "    if payload is not None:\n"
+           "        head['p'] = payload if isinstance(payload, bytes) else packb(payload)\n"
+           "    return [MAGIC + packb(head)]\n")
+    exec(src, env)
+    return env["make"]
 
 
 _DEFAULTS: dict = {}

@@ -157,3 +157,14 @@ def test_a_short_lived_process_never_imports_msgspec():
             "assert 'msgspec' not in sys.modules\n"
             "E.decode(frame); assert 'msgspec' in sys.modules and E._head_decoder is not None\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+def test_frame_makers_build_what_fast_builds():
+    for _t, cls in HEADERS:
+        make = E.frame_maker(cls)
+        wire = cls.example().to_wire()
+        for payload in (None, b"\x80", {"a": 1}):
+            got, want = E.decode(make(payload, **wire)), E.decode(E.fast(cls, payload, **wire))
+            assert same(got[0], want[0]) and got[1] == want[1], cls.__name__
+        required = {n: v for n, v in wire.items() if cls.fields[n].required}
+        assert E.decode(make(**required)) == E.decode(E.fast(cls, **required)), cls.__name__
