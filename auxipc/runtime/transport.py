@@ -26,12 +26,7 @@ from proto import envelope as E
 HWM = 100_000
 SUB_HWM = 10_000     # async messages a runtime that does not read may queue (the broker keeps PUB_SNDHWM per subscriber)
 MAX_IN = E.MAX_MSG + 4096    # MAXMSGSIZE of what a runtime receives: a message frame and its topic
-# How long a sync call waits on its DEALER alone before polling everything; so does the
-# first poll after this runtime sent on its DEALER (an answer: the next request of a loop
-# of calls usually comes within it). A receive that waits costs less CPU than zmq_poll
-# (a ROUTER echo: ~35 % less a message placed freely); what arrives on the SUB meanwhile
-# (async events, wake-ups) is taken right after it, at most this much later.
-DIRECT_WAIT_MS = 2
+DIRECT_WAIT_MS = 2    # how long a sync call waits on its DEALER alone before polling everything
 WAKE = b"\0wake"     # topic of the heartbeat thread's wake-ups, on the runtime's SUB
 _SNDMORE, _NOBLOCK, _POLLIN = int(zmq.SNDMORE), int(zmq.NOBLOCK), int(zmq.POLLIN)
 # The Cython methods under pyzmq's Python wrappers: the wrappers' argument handling
@@ -232,8 +227,6 @@ class ZmqTransport:
         self._items: list = []
         self._sub_item: list = []
         self._dealer = self._sub = None
-        self._sent = False          # something left on the DEALER since the last poll
-        self._taken: list | None = None    # a DEALER message poll() received, for recv_dealer
 
     def connect(self, ident: bytes) -> None:
         if self.ctx is None:
@@ -253,7 +246,6 @@ class ZmqTransport:
             self.sk.close(linger_ms)
             self.sk = self._dealer = self._sub = None
         self._items, self._sub_item = [(self._wake_r, _POLLIN)], []
-        self._sent, self._taken = False, None
         self.up = False
 
     def close(self) -> None:
@@ -269,7 +261,6 @@ class ZmqTransport:
 
     def send(self, frames: list) -> None:
         send_frames(self._dealer, frames)
-        self._sent = True
 
     def publish(self, frames: list, timeout: float) -> bool:
         pub = self.sk.pub
@@ -292,13 +283,6 @@ class ZmqTransport:
         self._sub.setsockopt(zmq.SUBSCRIBE, topic)
 
     def poll(self, timeout: float) -> int:
-        if self._sent:
-            self._sent = False
-            if timeout >= DIRECT_WAIT_MS / 1000 and self._taken is None:
-                self._taken = self.await_dealer()
-                if self._taken is not None:
-                    return DEALER | (SUB if zmq_poll(self._sub_item, 0) else 0)
-                timeout -= DIRECT_WAIT_MS / 1000
         ready = 0
         for sock, _ in zmq_poll(self._items, math.ceil(timeout * 1000)):
             if sock is self._dealer:
@@ -318,17 +302,13 @@ class ZmqTransport:
                 raise refused(self.ep.where, event)
 
     def recv_dealer(self) -> list | None:
-        frames, self._taken = self._taken, None
-        return frames if frames is not None else recv_ready(self._dealer)
+        return recv_ready(self._dealer)
 
     def recv_sub(self) -> list | None:
         frames = recv_ready(self._sub)
         return None if frames is None or frames[0] == WAKE else frames
 
     def await_dealer(self) -> list | None:
-        if self._taken is not None:
-            frames, self._taken = self._taken, None
-            return frames
         try:
             return recv_frames(self._dealer, 0)     # RCVTIMEO is DIRECT_WAIT_MS
         except zmq.Again:
