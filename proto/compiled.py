@@ -148,24 +148,40 @@ class Compiled:
 
 
 _STRUCTS: dict[Any, Compiled | None] = {}   # payload type, or (header type, tag)
+# Keys being derived now. Other threads of the process decode too (a runtime's heartbeat
+# thread, the broker's async gate): one that asks for a Struct another is deriving takes
+# the slow path this time, and every caller gets the one Struct stored first for a key
+# (two for one header would make its tag ambiguous in the union).
+_deriving: set = set()
 
 
 def struct_for(cls: type[Payload], tag: int | None = None) -> Compiled | None:
-    """The compiled Struct of a payload type (None where its rules cannot be stated). With
-    ``tag``: a header's Struct, tagged ``t`` = tag in the map, with the payload bytes ``p``."""
+    """The compiled Struct of a payload type (None where its rules cannot be stated, or
+    while another thread derives it). With ``tag``: a header's Struct, tagged ``t`` = tag
+    in the map, with the payload bytes ``p``."""
     key = (cls, tag) if tag is not None else cls
-    if key in _STRUCTS:
-        return _STRUCTS[key]
+    compiled = _STRUCTS.get(key, MISSING)
+    if compiled is not MISSING:
+        return compiled
+    if key in _deriving:
+        return None
     # Imported here, not at the top: a process that never derives a Struct never imports it.
     global msgspec
     import msgspec
-    _STRUCTS[key] = None       # a (never declared) cycle of nested types stays on the slow path
+    _deriving.add(key)
     try:
         compiled = _derive(cls, tag)
+    except _Busy:
+        return None             # a nested type in the making: asked again next time
     except (_Unsupported, TypeError, ValueError):     # msgspec refuses a type it cannot decode
         compiled = None
-    _STRUCTS[key] = compiled
-    return compiled
+    finally:
+        _deriving.discard(key)
+    return _STRUCTS.setdefault(key, compiled)
+
+
+class _Busy(Exception):
+    """A nested type's Struct is being derived (by another thread, or a cycle of types)."""
 
 
 class _Unsupported(Exception):
@@ -226,9 +242,11 @@ def _annotation(f, post: list[str], attr: str, env: dict, i: int):
         post.append(f"    if s.{attr}: return False")      # keys and depth: the slow path checks them
         return Annotated[dict, msgspec.Meta(max_length=f.max_len)]
     if kind is Nested:
+        if f.struct in _deriving:
+            raise _Busy
         inner = struct_for(f.struct)
         if inner is None:
-            raise _Unsupported
+            raise _Unsupported if f.struct in _STRUCTS else _Busy
         env[f"K{i}"] = inner
         post.append(f"    v = s.{attr}")
         post.append(f"    if type(v) is K{i}.struct and not K{i}.ok(v): return False")

@@ -205,6 +205,7 @@ _head_compiled: dict[type, Compiled] = {}
 # process (a CLI command) never imports msgspec (~20 ms); the zygote builds them up front.
 FIELD_DECODES = 16
 _field_decodes = 0
+_building = False
 
 
 def init_structs() -> None:
@@ -212,16 +213,23 @@ def init_structs() -> None:
     tagged by ``t`` (the others, REGISTER and FAULT with their nested defaults, always
     take ``decode_fields``); from now on ``decode``, ``load_payload`` and
     ``check_payload`` take them."""
-    global _head_decoder, _NOT_TAKEN
-    if _head_decoder is not None:
-        return
-    import msgspec
-    for t, cls in _HEADERS.items():
-        compiled = struct_for(cls, int(t))
-        if compiled is not None:
-            _head_compiled[compiled.struct] = compiled
-    _NOT_TAKEN = (msgspec.MsgspecError, RecursionError)
-    _head_decoder = msgspec.msgpack.Decoder(Union[tuple(_head_compiled)])
+    global _head_decoder, _head_compiled, _NOT_TAKEN, _building
+    if _head_decoder is not None or _building:
+        return      # built, or being built by another thread (this one decodes field by field meanwhile)
+    _building = True
+    try:
+        import msgspec
+        compiled = {}
+        for t, cls in _HEADERS.items():
+            c = struct_for(cls, int(t))
+            if c is not None:
+                compiled[c.struct] = c
+        decoder = msgspec.msgpack.Decoder(Union[tuple(compiled)])
+        _NOT_TAKEN = (msgspec.MsgspecError, RecursionError)
+        _head_compiled = compiled
+        _head_decoder = decoder     # last: a thread that sees the decoder sees its table
+    finally:
+        _building = False
 
 
 def _warm_up() -> msgspec.msgpack.Decoder | None:
@@ -253,9 +261,9 @@ def decode(frames: list[bytes]) -> tuple[Header, bytes | None]:
             except _NOT_TAKEN:
                 pass
             else:
-                compiled = _head_compiled[type(s)]
+                compiled = _head_compiled.get(type(s))
                 payload = s.p
-                if compiled.ok(s) and (payload is None or len(payload) <= MAX_FRAME):
+                if compiled is not None and compiled.ok(s) and (payload is None or len(payload) <= MAX_FRAME):
                     return compiled.conv(s), payload
     return decode_fields(frame)
 

@@ -168,3 +168,30 @@ def test_frame_makers_build_what_fast_builds():
             assert same(got[0], want[0]) and got[1] == want[1], cls.__name__
         required = {n: v for n, v in wire.items() if cls.fields[n].required}
         assert E.decode(make(**required)) == E.decode(E.fast(cls, **required)), cls.__name__
+
+
+def test_threads_that_decode_at_once_build_one_struct_per_header():
+    """A runtime's heartbeat thread decodes beside its main thread: the Structs are derived
+    once (never two for one tag, which would make the union ambiguous) and decoding never fails."""
+    code = """if True:
+        import sys, threading
+        from proto import envelope as E
+        frames = [E.fast(cls, b"\\x80", **cls.example().to_wire()) for cls in E.header_types().values()]
+        errors = []
+        def work():
+            try:
+                for _ in range(3):
+                    for f in frames:
+                        E.decode(f)
+            except Exception as exc:
+                errors.append(repr(exc))
+        sys.setswitchinterval(1e-6)
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        assert not errors, errors
+        assert E._head_decoder is not None
+        tags = [c.struct.__struct_config__.tag for c in E._head_compiled.values()]
+        assert len(tags) == len(set(tags)) >= 20, tags
+    """
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
