@@ -27,7 +27,7 @@ from auxipc.runtime.peer import Runtime
 from auxipc.runtime.where import code_site
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
-from proto.events import EventSpec, decode_payload
+from proto.events import EventSpec
 
 log = logging.getLogger("auxipc.child")
 
@@ -246,7 +246,7 @@ class ChildRuntime(Runtime):
                     self.fault_point("request", spec.name)
                     if spec.name == "RESET_WARN":
                         self.fault_point("reset", spec.name)
-                value = decode_payload(spec, E.decode_payload_frame(payload))
+                value = E.load_payload(spec.payload, payload)
                 e, reply = normalize_result(spec, self.invoke(spec, fn, adev, value, adev.driver.name, msg.rtnl))
                 return e, "", reply
             case E.Pm():

@@ -29,7 +29,6 @@ from auxipc.runtime.where import code_site
 from auxipc.states import DeviceState
 from proto import envelope as E
 from proto.errno import AuxError, Errno
-from proto.events import decode_payload
 
 log = logging.getLogger("auxipc.parent")
 
@@ -315,7 +314,7 @@ class ParentRuntime(Runtime):
                     raise AuxError(Errno.EOPNOTSUPP, f"parent {self.name} has no handler for event {msg.ev}")
                 if self.faults.rules:
                     self.fault_point("request", spec.name)
-                value = decode_payload(spec, E.decode_payload_frame(payload))
+                value = E.load_payload(spec.payload, payload)
                 e, reply = normalize_result(spec, self.invoke(spec, fn, adev, value, self.name, msg.rtnl))
                 return e, "", reply
             case E.Inject():

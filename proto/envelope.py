@@ -17,11 +17,14 @@ and a ``RCVMORE`` query on each of the four hops of a call. See docs/protocol.md
 
 from __future__ import annotations
 
+import keyword
 from functools import partial
+from typing import TYPE_CHECKING, Union
 
 import msgpack
 from msgpack import unpackb as _unpackb_raw
 
+from .compiled import Compiled, struct_for
 from .errno import AuxError, Errno, ProtocolError
 from .messages import (  # noqa: F401  (re-exported: envelope is where peers find them)
     _HEADERS,
@@ -66,6 +69,10 @@ from .messages import (  # noqa: F401  (re-exported: envelope is where peers fin
     header,
     strs,
 )
+from .schema import Payload
+
+if TYPE_CHECKING:
+    import msgspec
 
 MAGIC = b"AUX1"
 MAX_FRAME = 1 << 20  # bytes: the largest payload
@@ -153,6 +160,31 @@ def fast(cls: type[Header], payload: dict | bytes | None = None, **fields) -> li
     return [MAGIC + packb(head)]
 
 
+def frame_maker(cls: type[Header]):
+    """``fast`` for one message type as straight-line code (half its cost): a function
+    ``(payload=None, *, field=..., ...) -> frames`` taking the header's fields by name,
+    those with defaults optional. For the hot path: CALL, REQUEST, RESULT."""
+    names = list(cls.fields)
+    if not all(n.isidentifier() and not keyword.iskeyword(n) and n not in ("payload", "t", "p") for n in names):
+        return partial(fast, cls)
+    env = {"MAGIC": MAGIC, "packb": packb, "T": int(cls.TYPE)}
+    params, keys = [], []
+    for i, (name, f) in enumerate(cls.fields.items()):
+        if f.required:
+            params.append(name)
+        else:
+            env[f"D{i}"] = f.to_wire(f.default)
+            params.append(f"{name}=D{i}")
+        keys.append(f"{name!r}: {name}")
+    src = (f"def make(payload=None, *, {', '.join(params)}):\n"
+           f"    head = {{{', '.join(keys)}, 't': T}}\n"
+           "    if payload is not None:\n"
+           "        head['p'] = payload if isinstance(payload, bytes) else packb(payload)\n"
+           "    return [MAGIC + packb(head)]\n")
+    exec(src, env)
+    return env["make"]
+
+
 _DEFAULTS: dict = {}
 
 
@@ -162,6 +194,50 @@ def _wire_defaults(cls: type[Header]) -> dict:
     except KeyError:
         d = _DEFAULTS[cls] = {n: f.to_wire(f.default) for n, f in cls.fields.items() if not f.required}
         return d
+
+
+# What a Struct decode raises for input it does not take (msgspec's errors are added by
+# init_structs; a deep nest raises Python's recursion guard).
+_NOT_TAKEN: tuple[type[BaseException], ...] = (RecursionError,)
+_head_decoder: msgspec.msgpack.Decoder | None = None
+_head_compiled: dict[type, Compiled] = {}
+# Messages a process decodes field by field before it builds the Structs: a short-lived
+# process (a CLI command) never imports msgspec (~20 ms); the zygote builds them up front.
+FIELD_DECODES = 16
+_field_decodes = 0
+_building = False
+
+
+def init_structs() -> None:
+    """Build the Structs of every header type whose rules a Struct states, as one union
+    tagged by ``t`` (the others, REGISTER and FAULT with their nested defaults, always
+    take ``decode_fields``); from now on ``decode``, ``load_payload`` and
+    ``check_payload`` take them."""
+    global _head_decoder, _head_compiled, _NOT_TAKEN, _building
+    if _head_decoder is not None or _building:
+        return      # built, or being built by another thread (this one decodes field by field meanwhile)
+    _building = True
+    try:
+        import msgspec
+        compiled = {}
+        for t, cls in _HEADERS.items():
+            c = struct_for(cls, int(t))
+            if c is not None:
+                compiled[c.struct] = c
+        decoder = msgspec.msgpack.Decoder(Union[tuple(compiled)])
+        _NOT_TAKEN = (msgspec.MsgspecError, RecursionError)
+        _head_compiled = compiled
+        _head_decoder = decoder     # last: a thread that sees the decoder sees its table
+    finally:
+        _building = False
+
+
+def _warm_up() -> msgspec.msgpack.Decoder | None:
+    global _field_decodes
+    _field_decodes += 1
+    if _field_decodes > FIELD_DECODES:
+        init_structs()
+    return _head_decoder
 
 
 def decode(frames: list[bytes]) -> tuple[Header, bytes | None]:
@@ -175,7 +251,28 @@ def decode(frames: list[bytes]) -> tuple[Header, bytes | None]:
     if frame[:4] != MAGIC:
         raise ProtocolError(f"$.magic: expected {MAGIC!r}, got {bytes(frame[:8])!r}")
     if len(frame) <= MAX_MSG:
-        try:     # the common case in one call: a header map with a known type and a bin payload
+        # The common case in one C call: a header of a known type, every field valid, no
+        # unknown key, no free-form map with content, a bin payload. Anything else goes
+        # the field-by-field way (decode_fields), which accepts it or names the fault.
+        decoder = _head_decoder or _warm_up()
+        if decoder is not None:
+            try:
+                s = decoder.decode(memoryview(frame)[4:])
+            except _NOT_TAKEN:
+                pass
+            else:
+                compiled = _head_compiled.get(type(s))
+                payload = s.p
+                if compiled is not None and compiled.ok(s) and (payload is None or len(payload) <= MAX_FRAME):
+                    return compiled.conv(s), payload
+    return decode_fields(frame)
+
+
+def decode_fields(frame: bytes) -> tuple[Header, bytes | None]:
+    """``decode`` without the Structs: unpacked, then checked field by field; the
+    reference the Struct path must agree with, and the path that names every fault."""
+    if len(frame) <= MAX_MSG:
+        try:     # a header map with a known type and a bin payload, checked field by field
             # str and bin are bounded by the frame's length (msgpack's default), at most MAX_MSG here
             head = _unpackb_raw(frame[4:], raw=False, strict_map_key=True, max_array_len=MAX_ITEMS,
                                 max_map_len=MAX_ITEMS)
@@ -193,6 +290,37 @@ def decode(frames: list[bytes]) -> tuple[Header, bytes | None]:
         except Exception:  # noqa: BLE001 - decode_frame below names the fault
             pass
     return decode_frame(frame)
+
+
+def load_payload(cls: type[Payload], data: bytes | None, what: str = "$.payload") -> Payload:
+    """A payload frame (msgpack bytes; None when absent) validated into ``cls``: decoded
+    and checked in one pass by its Struct, else (or on any doubt) unpacked and checked
+    field by field, which names the fault."""
+    if data is not None and _head_decoder is not None:
+        compiled = struct_for(cls)
+        if compiled is not None:
+            try:
+                s = compiled.decoder.decode(data)
+            except _NOT_TAKEN:
+                pass
+            else:
+                if compiled.ok(s):
+                    return compiled.conv(s)
+    return cls.from_wire(decode_payload_frame(data, what), what)
+
+
+def check_payload(cls: type[Payload], data: bytes | None, what: str = "$.payload") -> None:
+    """``load_payload`` for a payload only checked, then forwarded as it came (the broker):
+    no instance is built."""
+    if data is not None and _head_decoder is not None:
+        compiled = struct_for(cls)
+        if compiled is not None:
+            try:
+                if compiled.ok(compiled.decoder.decode(data)):
+                    return
+            except _NOT_TAKEN:
+                pass
+    cls.from_wire(decode_payload_frame(data, what), what)
 
 
 def decode_frame(frame: bytes) -> tuple[Header, bytes | None]:

@@ -50,6 +50,7 @@ log = logging.getLogger("auxipc.broker")
 # The kernel's hung-task detector reports a task blocked for hung_task_timeout_secs
 # (120 by default); the emulator's remove() has no deadline and is reported sooner.
 HUNG_TASK_SECS = 10.0
+_RESULT = E.frame_maker(E.Result)     # the frames of a RESULT (E.fast as straight-line code)
 
 def _fault_msg(rules: list, rid: int) -> E.Header:
     return E.Fault(r=rid, rules=rules)
@@ -186,7 +187,7 @@ class Bus:
 
     def reply(self, ident: bytes, r: int, errno: int = 0, message: str = "", data: dict | None = None,
               payload: bytes | None = None) -> None:
-        self.outbox.append((ident, E.fast(E.Result, payload, r=r, e=-abs(errno), m=message[:4000], d=data or {})))
+        self.outbox.append((ident, _RESULT(payload, r=r, e=-abs(errno), m=message[:4000], d=data or {})))
         held = self._held_back.pop(ident, None) if self._held_back else None
         if held:
             self.outbox.extend(held)

@@ -61,19 +61,22 @@ def preload() -> None:
     for name in (*PRELOAD, *(t.partition(":")[0] for t in (*MODELS.values(), *DRIVERS.values()))):
         importlib.import_module(name)
     # what every process would otherwise do on its first messages: compile each payload's
-    # validators (proto/compiled.py), and read the installed schema entry points once
+    # validators and Structs (proto/compiled.py), and read the installed schema entry points once
     from auxipc.schemas import load_catalog
-    from proto.compiled import compile_payload
+    from proto import envelope
+    from proto.compiled import compile_payload, struct_for
     from proto.schema import Payload
+    envelope.init_structs()
     todo = list(Payload.__subclasses__())
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())
-        if "_fill" not in cls.__dict__:
-            try:
+        try:
+            if "_fill" not in cls.__dict__:
                 compile_payload(cls)
-            except Exception:     # noqa: BLE001 — left to the child to compile (and report) on first use
-                pass
+            struct_for(cls)
+        except Exception:     # noqa: BLE001 — left to the child to compile (and report) on first use
+            pass
     load_catalog(())
 
 

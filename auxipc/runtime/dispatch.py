@@ -40,6 +40,7 @@ class RequestIn(NamedTuple):
     payload: bytes | None
 
 
+_RESULT = E.frame_maker(E.Result)     # the frames of a RESULT (E.fast as straight-line code)
 SEQ_TOPICS = 65536    # async topics whose sequence state a runtime keeps at most
 
 
@@ -268,4 +269,4 @@ class Dispatch:
             self.publisher.flush()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("answered %s r=%d: %d %s (depth %d)", msg.TYPE.name, msg.r, e, m, self.depth)
-        self.tr.send(E.fast(E.Result, reply, r=msg.r, e=max(e, -4095), m=m[:4000]))
+        self.tr.send(_RESULT(reply, r=msg.r, e=max(e, -4095), m=m[:4000]))

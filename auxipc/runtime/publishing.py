@@ -37,6 +37,7 @@ log = logging.getLogger("auxipc.peer")
 
 BATCH_EVENTS = 64          # events queued for one device before they leave at once
 BATCH_BYTES = 1 << 16      # payload bytes likewise
+_CALL = E.frame_maker(E.Call)      # the frames of a CALL (E.fast as straight-line code)
 
 _CODES: dict[int, bytes] = {}
 
@@ -95,7 +96,7 @@ class Publisher:
         ms = max(1, int(timeout * 1000))
         task = self.contexts.task
         host = self.host
-        result, reply = host.request(lambda r: E.fast(E.Call, wire, r=r, dev=dev_id, ev=spec.code,
+        result, reply = host.request(lambda r: _CALL(wire, r=r, dev=dev_id, ev=spec.code,
                                                       timeout_ms=ms, task=task),
                                      wire, timeout, f"{spec.name} call",
                                      after_send=(lambda: self.contexts.sent_fault(spec.name))
@@ -103,7 +104,7 @@ class Publisher:
         host.check(result, spec.name)
         if reply is None:
             return None
-        return spec.reply.from_wire(E.unpackb(reply, "$.reply"), "$.reply")
+        return E.load_payload(spec.reply, reply, "$.reply")
 
     def publish(self, dev_id: int, topic: bytes, spec: EventSpec, payload, timeout: float = 1.0) -> int:
         """Queue an async event (see the module's doc) and return its sequence number.
