@@ -109,7 +109,7 @@ class Bus:
             E.DevUninit: d.dev_uninit, E.DevGet: d.dev_get, E.DevPut: d.dev_put, E.DevPm: self.dev_pm,
             E.DevFind: d.dev_find,
             E.LockReq: c.lock_req, E.Resync: c.resync, E.UnlockReq: c.unlock_req,
-            E.Unregister: self.unregister,
+            E.Unregister: self.unregister, E.LaneOffer: b.lanes.offer,
         }
         self._on_result, self._call = c.on_result, c.call
 
@@ -157,6 +157,7 @@ class Bus:
         return before - len(self.faults.rules)
 
     def _push_faults(self) -> None:
+        self.binding.lanes.faults_changed()
         for peer in self.peers.values():
             if peer.alive:
                 rules = [r.to_dict() for r in self.faults.rules if r.target in ("*", peer.name)]
@@ -408,6 +409,7 @@ class Bus:
                 peer.label, peer.machine.state.value, reason)
         self.uevent("PEER_DEAD" if crash else "UNREGISTER", name=peer.name, pid=peer.pid,
                     inc=peer.inc, reason=reason)
+        self.binding.lanes.peer_gone(peer, reason)
         # Unbind first: calls queued behind a device lock must fail now, not start
         # towards the dead peer when the lock frees.
         for drv in list(peer.drivers):

@@ -35,9 +35,10 @@ from auxipc.faults import FaultPlan, FaultRule
 from auxipc.procfs import process_start_time
 from auxipc.runtime.contexts import Contexts
 from auxipc.runtime.dispatch import BrokerLost, Dispatch
+from auxipc.runtime.lane import Lane, lane_enabled, lane_root
 from auxipc.runtime.lookup import find_device
 from auxipc.runtime.publishing import Publisher
-from auxipc.runtime.seam import DEALER, SUB, Heartbeat, Transport
+from auxipc.runtime.seam import DEALER, LANE, SUB, Heartbeat, Transport
 from auxipc.runtime.transport import ZmqTransport, peer_ident
 from auxipc.runtime_dir import endpoints
 from proto import envelope as E
@@ -71,6 +72,7 @@ class Runtime:
         self.connect_timeout = connect_timeout
         self.reconnect_timeout = 30.0
         self.hb: Heartbeat | None = None
+        self.lane: Lane | None = None     # the direct lane to the other end of a device (lane.py)
         self.inc = 0
         self.epoch = 0
         self.welcome: dict = {}
@@ -187,6 +189,10 @@ class Runtime:
         self._await_hello(hello, timeout)
         self.hb = self.tr.start_heartbeat(w["hb_ivl_ms"] / 1000, w["hb_liveness"], self.epoch, self.wake)
         self._connected = True
+        if self.lane is None and lane_enabled() and (root := lane_root(self.tr)) is not None:
+            self.lane = Lane(self, self.tr.ctx, root, serves=self.role == "parent")
+        if self.lane is not None:
+            self.lane.connected()
         log.info("registered as %s", w["peer"])
 
     def _disconnect(self) -> None:
@@ -198,6 +204,8 @@ class Runtime:
         self.tr.disconnect(0)
         self.publisher.disconnected()
         self.dispatch.disconnected()
+        if self.lane is not None:
+            self.lane.disconnected()
         self._connected = False
 
     def reconnect(self, why: str) -> None:
@@ -241,6 +249,8 @@ class Runtime:
             if self.hb is not None:
                 self.hb.stop()
                 self.hb = None
+        if self.lane is not None:
+            self.lane.close()
         self.tr.close()
 
     def report(self, record: str, /, **detail) -> None:
@@ -297,6 +307,8 @@ class Runtime:
             frames = tr.recv_sub()
             if frames is not None:
                 self._on_sub(frames)
+        if ready & LANE:
+            self.lane.on_ready()
         if self.dispatch.depth == 0 and self._connected and (
                 self._soon or (self._timers and self._timers[0].when <= time.monotonic())):
             self._run_timers()
