@@ -32,8 +32,7 @@ import traceback
 
 from auxipc import AuxDriver, ChildDevice, ParentDevice, ParentModel, handler
 from proto.errno import AuxError
-from proto.events import (Duplex, Event, LinkChange, QsetParams, QsetReply, ResetType, ResetWarn, SetMac,
-                          SetMacReply)
+from proto.events import Duplex, Event, LinkChange, QsetParams, QsetReply, ResetType, ResetWarn, SetMac, SetMacReply
 
 from .floors import rt_loop
 

@@ -441,7 +441,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small N, 1 rep: smoke test under ~30 s")
     ap.add_argument("--json", metavar="FILE", help="write every rep's figures and the summary here")
     ap.add_argument("--only", default="", help="comma-separated case keys (direct, forwarder, aux_c2p, "
-                    "aux_p2c, aux_c2q_lane, aux_c2q_broker, dbus, pubsub, pubsub_proxy, aux_async, fixture, fixture_spawn, commands, rebound, "
+                    "aux_p2c, aux_c2q_lane, aux_c2q_broker, dbus, pubsub, pubsub_proxy, aux_async, fixture, "
+                    "fixture_spawn, commands, rebound, "
                     "rebound_spawn; @pinned variants follow their base)")
     ap.add_argument("--pin-cpu", type=int, default=0, help="CPU for the @pinned round trips (-1: skip them)")
     ap.add_argument("--n-rt", type=int, default=10000, help="floor round trips per rep")
