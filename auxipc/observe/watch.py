@@ -123,7 +123,8 @@ class Watcher:
             d = msg.detail
             return [{"kind": "call", "ts": ts, "dev": msg.dev, "event": d.get("event"), "from": d.get("from"),
                      "to": d.get("to"), "errno": d.get("errno", 0), "error": errno_name(d["errno"])
-                     if d.get("errno") else None, "us": d.get("us")}]
+                     if d.get("errno") else None, "us": d.get("us"),
+                     **({"lane": True} if d.get("lane") else {})}]     # served on the direct lane
         if isinstance(msg, E.AsyncEvent):
             items = E.decode_events(payload)
             return [self._event(topic, msg, ts, msg.seq + i // 2, items[i], items[i + 1])
