@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from auxipc.procfs import gone
 from proto.errno import AuxError, Errno
 
 SOCKETS = ("bus.sock", "pub.sock", "sub.sock", "notify.sock", "admin.sock")
@@ -235,6 +237,7 @@ class BrokerLock:
             except FileNotFoundError:
                 pass
         self._made.clear()
+        remove_stale_lanes(self.root)
         os.close(self._fd)
         self._fd = None
         if self.created:
@@ -242,3 +245,29 @@ class BrokerLock:
                 self.root.rmdir()
             except OSError:
                 pass
+
+
+_LANE_FILE = re.compile(r"lane-(\d+)-[0-9a-f]+")
+
+
+def remove_stale_lanes(root: Path) -> int:
+    """Remove the lane sockets (``lane-<pid>-<hex>``, docs/protocol.md section 8) of
+    processes that no longer run: a killed parent cannot remove its own. A live
+    process's file stays. Returns how many were removed."""
+    n = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        m = _LANE_FILE.fullmatch(name)
+        if m is None:
+            continue
+        if not gone(int(m.group(1))):
+            continue            # its process still runs
+        try:
+            os.unlink(root / name)
+            n += 1
+        except OSError:
+            pass
+    return n

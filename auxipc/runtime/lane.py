@@ -83,6 +83,7 @@ class Lane:
         self._connected: set[str] = set()
         self.client = self.server = None
         self.endpoint = ""
+        self._made: tuple | None = None     # (path, dev, inode) of the socket file we bound
         if not serves:
             c = self.client = ctx.socket(zmq.ROUTER)
             c.setsockopt(zmq.ROUTING_ID, b"L" + os.urandom(8))
@@ -105,6 +106,9 @@ class Lane:
                 s.setsockopt(zmq.MAXMSGSIZE, MAX_IN)
                 s.bind(endpoint)
                 self.endpoint = endpoint
+                path = endpoint[len("ipc://"):]
+                st = os.lstat(path)
+                self._made = (path, st.st_dev, st.st_ino)
         for sock in (self.client, self.server):
             if sock is not None:
                 host.tr.watch(sock)
@@ -164,9 +168,20 @@ class Lane:
         self.stats["lane_revokes"] += 1
 
     def close(self) -> None:
+        """Close the sockets and remove our socket file (ZeroMQ leaves it; a killed
+        process's file is removed by the broker when it releases the runtime dir)."""
         for sock in (self.client, self.server):
             if sock is not None:
                 sock.close(linger=0)
+        if self._made is not None:
+            path, dev, ino = self._made
+            self._made = None
+            try:
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def _connect(self, endpoint: str) -> None:
         if endpoint not in self._connected:
