@@ -247,7 +247,16 @@ class BrokerLock:
                 pass
 
 
+LANE_ENV = "AUXIPC_LANE"
+IPC_PATH_MAX = 107       # zmq.IPC_PATH_MAX_LEN: a lane endpoint is an ipc path
 _LANE_FILE = re.compile(r"lane-(\d+)-[0-9a-f]+")
+
+
+def lane_enabled(default: bool = True) -> bool:
+    """``AUXIPC_LANE`` (docs/protocol.md, section 8): '0' turns the direct lane off (a
+    broker grants none; a runtime offers and uses none), '1' on; unset, ``default``."""
+    value = os.environ.get(LANE_ENV, "").strip().lower()
+    return default if value == "" else value not in ("0", "off", "no", "false")
 
 
 def remove_stale_lanes(root: Path) -> int:

@@ -302,3 +302,29 @@ def test_nested_call_from_a_handler_takes_the_broker(bus):
     while rec.get("lane"):
         rec = bus.expect(kind="call", event="QSET_ADD", dev="tp.eth.0", errno=0)
     assert "lane" not in rec
+
+
+def test_stale_lane_files_of_dead_processes_are_removed(tmp_path):
+    from pathlib import Path
+
+    from auxipc.runtime_dir import lane_enabled, remove_stale_lanes
+    dead = subprocess_pid()
+    for name in (f"lane-{dead}-0a0b0c0d", f"lane-{os.getpid()}-0a0b0c0d", "bus.sock"):
+        (tmp_path / name).write_text("")
+    assert remove_stale_lanes(Path(tmp_path)) == 1
+    assert sorted(os.listdir(tmp_path)) == ["bus.sock", f"lane-{os.getpid()}-0a0b0c0d"]
+    for value, want in (("", True), ("1", True), ("0", False), ("off", False)):
+        os.environ["AUXIPC_LANE"] = value
+        try:
+            assert lane_enabled() is want, value
+        finally:
+            del os.environ["AUXIPC_LANE"]
+
+
+def subprocess_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid

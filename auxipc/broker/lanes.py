@@ -19,8 +19,7 @@ from collections import defaultdict
 
 from auxipc.broker.lifecycle import BindState, LaneEvent, LaneState, lane_machine
 from auxipc.broker.records import Device, Host, Peer
-from auxipc.runtime.lane import IPC_PATH_MAX, lane_enabled
-from auxipc.runtime_dir import remote_host
+from auxipc.runtime_dir import IPC_PATH_MAX, lane_enabled, remote_host
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 from proto.events import Context, Direction
@@ -56,7 +55,8 @@ class Lanes:
     # ---- offers ----------------------------------------------------------------------
 
     def offer(self, peer: Peer, msg: E.LaneOffer) -> None:
-        """LANE_OFFER: the peer calls on lanes, and serves one at ``endpoint`` ('' none)."""
+        """LANE_OFFER: the peer calls on lanes, and serves one at ``endpoint`` ('' none). The
+        endpoint must name the peer's own pid: no peer can offer another's socket."""
         ep = msg.endpoint
         if ep:
             m = _ENDPOINT.fullmatch(ep)
@@ -66,9 +66,6 @@ class Lanes:
             if int(m.group(2)) != peer.pid:
                 raise AuxError(Errno.EPERM, f"$.header.endpoint: {ep!r} names pid {m.group(2)}, "
                                             f"not {peer.label}'s")
-            other = next((i for i, e in self.offers.items() if e == ep and i != peer.ident), None)
-            if other is not None:
-                raise AuxError(Errno.EEXIST, f"$.header.endpoint: {ep!r} is offered by another peer")
         if not self.enabled or remote_host(peer.ident):
             return
         self.offers[peer.ident] = ep

@@ -116,9 +116,10 @@ def broker(runtime_dir, hb_ivl, hb_liveness, hung_task_secs, listen, listen_inse
     from auxipc.broker.auth import Listeners
     from auxipc.broker.server import serve
     from auxipc.keys import key_dir
+    from auxipc.runtime_dir import LANE_ENV
     insecure = listen_insecure or os.environ.get("AUXIPC_INSECURE", "") not in ("", "0")
     if lane is not None:
-        os.environ["AUXIPC_LANE"] = "1" if lane else "0"     # what the bus reads (broker/lanes.py)
+        os.environ[LANE_ENV] = "1" if lane else "0"     # what the bus reads (runtime_dir.lane_enabled)
     serve(runtime_dir, hb_ivl, hb_liveness, ready=lambda line: (click.echo(line), sys.stdout.flush()),
           catalog=catalog, hung_task_secs=hung_task_secs, listen=Listeners(tuple(listen), insecure, str(key_dir())))
 

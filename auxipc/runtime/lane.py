@@ -37,14 +37,13 @@ import zmq
 from auxipc.runtime.dispatch import RequestIn
 from auxipc.runtime.seam import DEALER, SUB
 from auxipc.runtime.transport import DIRECT_WAIT_MS, MAX_IN, recv_frames, recv_ready, send_frames
+from auxipc.runtime_dir import IPC_PATH_MAX
 from proto import envelope as E
 from proto.errno import AuxError, Errno
 
 log = logging.getLogger("auxipc.peer")
 
-ENV = "AUXIPC_LANE"
 HWM = 1000               # lane messages queued per connection (a sync caller has one in flight)
-IPC_PATH_MAX = 107       # zmq.IPC_PATH_MAX_LEN
 REFUSED = {"lane": "refused"}
 _NOBLOCK = int(zmq.NOBLOCK)
 
@@ -328,13 +327,6 @@ class Lane:
             send_frames(self.server, [rid, *frames], _NOBLOCK)
         except zmq.ZMQError:          # the caller is gone (EHOSTUNREACH) or stuck (EAGAIN)
             self.stats["lane_answer_dropped"] += 1
-
-
-def lane_enabled(default: bool = True) -> bool:
-    """``AUXIPC_LANE``: '0' turns the lane off (a broker grants none; a runtime offers and
-    uses none), '1' on; unset, ``default``."""
-    value = os.environ.get(ENV, "").strip().lower()
-    return default if value == "" else value not in ("0", "off", "no", "false")
 
 
 def lane_root(tr) -> str | None:

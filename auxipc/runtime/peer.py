@@ -35,12 +35,12 @@ from auxipc.faults import FaultPlan, FaultRule
 from auxipc.procfs import process_start_time
 from auxipc.runtime.contexts import Contexts
 from auxipc.runtime.dispatch import BrokerLost, Dispatch
-from auxipc.runtime.lane import Lane, lane_enabled, lane_root
+from auxipc.runtime.lane import Lane, lane_root
 from auxipc.runtime.lookup import find_device
 from auxipc.runtime.publishing import Publisher
 from auxipc.runtime.seam import DEALER, LANE, SUB, Heartbeat, Transport
 from auxipc.runtime.transport import ZmqTransport, peer_ident
-from auxipc.runtime_dir import endpoints
+from auxipc.runtime_dir import endpoints, lane_enabled
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
 from proto.events import CATALOG, Catalog
