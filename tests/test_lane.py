@@ -24,7 +24,20 @@ from tests.conftest import wait_until
 pytestmark = pytest.mark.timeout(60)
 
 PARENT, DRV = "tests.lane_models:LaneParent", "tests.lane_models:LaneDrv"
-ENV = {"AXT_DEVS": "eth:0"}
+
+
+@pytest.fixture
+def lane_bus(make_bus):
+    """A broker that grants lanes (``--lane``), whatever AUXIPC_LANE the suite runs with."""
+    return make_bus(broker_args=("--lane",))
+
+
+def start_parent(bus, **env):
+    return bus.parent(PARENT, **{"AXT_DEVS": "eth:0", "AUXIPC_LANE": "1", **env})
+
+
+def start_child(bus, **env):
+    return bus.child(DRV, **{"AUXIPC_LANE": "1", **env})
 
 
 # ---- the broker's side, without processes ------------------------------------------------
@@ -173,10 +186,11 @@ def _calls(child, **match):
     return child.records("call", **match)
 
 
-def test_calls_take_the_lane_after_bind_and_watchers_see_them(bus):
+def test_calls_take_the_lane_after_bind_and_watchers_see_them(lane_bus):
+    bus = lane_bus
     bus.connect()
-    parent = bus.parent(PARENT, **ENV)
-    child = bus.child(DRV, AXL_CALLS="50")
+    parent = start_parent(bus)
+    child = start_child(bus, AXL_CALLS="50")
     end = child.wait_record("calls-end")
     calls = _calls(child)
     assert len(calls) == 50 and {c["e"] for c in calls} == {""} and {c["via"] for c in calls} == {"lane"}
@@ -191,19 +205,21 @@ def test_calls_take_the_lane_after_bind_and_watchers_see_them(bus):
                what="a trace record for every lane call")
 
 
-def test_no_lane_when_switched_off(bus):
-    bus.parent(PARENT, **ENV, AUXIPC_LANE="0")
-    child = bus.child(DRV, AXL_CALLS="5", AUXIPC_LANE="0")
+def test_no_lane_when_switched_off(lane_bus):
+    bus = lane_bus
+    start_parent(bus, AUXIPC_LANE="0")
+    child = start_child(bus, AXL_CALLS="5", AUXIPC_LANE="0")
     child.wait_record("calls-end")
     assert {c["via"] for c in _calls(child)} == {"broker"} and {c["e"] for c in _calls(child)} == {""}
 
 
-def test_revoke_before_unbind_completes_no_lane_call_after_remove(bus):
+def test_revoke_before_unbind_completes_no_lane_call_after_remove(lane_bus):
     """The driver calls back to back; an unbind in the middle: every call the parent
     served ran while the device was bound, the first failing call is -ENODEV (through
     the broker, as the lane was revoked before the unbind), and nothing came after."""
-    parent = bus.parent(PARENT, **ENV)
-    child = bus.child(DRV, AXL_CALLS="0")
+    bus = lane_bus
+    parent = start_parent(bus)
+    child = start_child(bus, AXL_CALLS="0")
     wait_until(lambda: len(_calls(child, via="lane")) >= 30, what="lane calls")
     bus.client.query("unbind", device="tp.eth.0", driver="")
     child.wait_record("calls-end")
@@ -216,11 +232,12 @@ def test_revoke_before_unbind_completes_no_lane_call_after_remove(bus):
     assert child.records("remove")
 
 
-def test_revoke_racing_an_in_flight_call_drains_it(bus):
+def test_revoke_racing_an_in_flight_call_drains_it(lane_bus):
     """The parent's handler runs (serving other messages) while the device is unbound:
     that call is answered over the lane; the next one goes through the broker: -ENODEV."""
-    parent = bus.parent(PARENT, **ENV, AXL_PUMP="0.5")
-    child = bus.child(DRV, AXL_CALLS="0")
+    bus = lane_bus
+    parent = start_parent(bus, AXL_PUMP="0.5")
+    child = start_child(bus, AXL_CALLS="0")
     parent.wait_record("slow-start")
     bus.client.query("unbind", device="tp.eth.0", driver="")
     child.wait_record("calls-end")
@@ -231,9 +248,10 @@ def test_revoke_racing_an_in_flight_call_drains_it(bus):
 
 
 @pytest.mark.parametrize("lane", ["1", "0"])
-def test_parent_killed_mid_call_the_caller_gets_enodev_either_way(bus, lane):
-    parent = bus.parent(PARENT, **ENV, AXL_SLEEP="30", AUXIPC_LANE=lane)
-    child = bus.child(DRV, AXL_CALLS="1", AUXIPC_LANE=lane)
+def test_parent_killed_mid_call_the_caller_gets_enodev_either_way(lane_bus, lane):
+    bus = lane_bus
+    parent = start_parent(bus, AXL_SLEEP="30", AUXIPC_LANE=lane)
+    child = start_child(bus, AXL_CALLS="1", AUXIPC_LANE=lane)
     parent.wait_record("sleep-start")
     bus.kill(bus.find(parent.name))
     child.wait_record("calls-end")
@@ -242,23 +260,25 @@ def test_parent_killed_mid_call_the_caller_gets_enodev_either_way(bus, lane):
     assert call["m"].startswith("QSET_ADD on tp.eth.0: parent tp[") and "is gone" in call["m"]
 
 
-def test_driver_killed_mid_call_the_parent_goes_on(bus):
+def test_driver_killed_mid_call_the_parent_goes_on(lane_bus):
+    bus = lane_bus
     bus.connect()
-    parent = bus.parent(PARENT, **ENV, AXL_PUMP="0.3")
-    child = bus.child(DRV, AXL_CALLS="1")
+    parent = start_parent(bus, AXL_PUMP="0.3")
+    child = start_child(bus, AXL_CALLS="1")
     parent.wait_record("slow-start")
     bus.kill(bus.find(child.name))
     bus.expect_uevent("UNBIND", "tp.eth.0", timeout=10)
     # A new driver binds, gets a new grant and calls on the lane.
-    child2 = bus.child(DRV, AXL_CALLS="3")
+    child2 = start_child(bus, AXL_CALLS="3")
     child2.wait_record("calls-end")
     assert [(c["e"], c["via"]) for c in _calls(child2)] == [("", "lane")] * 3
     assert len(parent.records("QSET_ADD")) == 4
 
 
-def test_foreign_peer_on_the_lane_socket_is_refused(bus):
-    parent = bus.parent(PARENT, **ENV)
-    child = bus.child(DRV, AXL_CALLS="1")
+def test_foreign_peer_on_the_lane_socket_is_refused(lane_bus):
+    bus = lane_bus
+    parent = start_parent(bus)
+    child = start_child(bus, AXL_CALLS="1")
     child.wait_record("calls-end")
     [path] = glob.glob(os.path.join(bus.root, f"lane-{parent.pid}-*"))
     dev = bus.ls()["devices"][0]["id"]
@@ -284,15 +304,16 @@ def test_foreign_peer_on_the_lane_socket_is_refused(bus):
         ctx.term()
     assert not parent.records("QSET_ADD", qs=7)
     bus.stop(child)
-    child2 = bus.child(DRV, AXL_CALLS="2")                            # the parent still serves, on the lane
+    child2 = start_child(bus, AXL_CALLS="2")                            # the parent still serves, on the lane
     child2.wait_record("calls-end")
     assert [(c["e"], c["via"]) for c in _calls(child2)] == [("", "lane")] * 2
 
 
-def test_nested_call_from_a_handler_takes_the_broker(bus):
+def test_nested_call_from_a_handler_takes_the_broker(lane_bus):
+    bus = lane_bus
     bus.connect()
-    bus.parent(PARENT, **ENV)
-    child = bus.child(DRV, AXL_CALLS="1")
+    start_parent(bus)
+    child = start_child(bus, AXL_CALLS="1")
     child.wait_record("calls-end")
     code, out, err = bus.send("tp.eth.0", "RESET_WARN", "parent", {"reset_type": "FUNC"})
     assert code == 0, err
