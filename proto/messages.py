@@ -401,6 +401,8 @@ class LaneGrant(Header):
     events = codes(default=())
     name = Str(max_len=160, default="", doc="the device's name")
     peer = Str(max_len=255, default="", doc="the other end's label")
+    trace = Bool(default=False, doc="the callee publishes a record of each call (someone reads the trace); "
+                                    "sent again with the same grant when that changes")
 
 
 @header(Msg.LANE_REVOKE)

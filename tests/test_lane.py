@@ -102,6 +102,21 @@ def test_grant_after_bind_to_both_ends_with_the_eligible_events_only():
     assert m.bus.binding.lanes.state(m.bus.devices[dev]) is LaneState.GRANTED
 
 
+def test_callees_publish_call_records_only_while_someone_reads_the_trace():
+    m = Model()
+    m.bus.tracing = False
+    m.bind()
+    [g] = [x for x in m.take(m.parent) if isinstance(x, E.LaneGrant)]
+    assert g.trace is False
+    m.take()
+    m.bus.tracing = True                       # a watcher subscribed to 'trace'
+    [again] = m.take(m.parent)
+    assert isinstance(again, E.LaneGrant) and again.trace is True
+    assert (again.grant, again.token) == (g.grant, g.token) and m.take(m.child) == []
+    m.bus.tracing = True                       # no change: nothing sent
+    assert m.take() == []
+
+
 def test_no_grant_without_offers_or_with_the_lane_off():
     m = Model(lane=False)
     m.bind()

@@ -93,7 +93,7 @@ class Bus:
         self.timers = Timers()
         self.lockdep = LockDep(self._lockdep_report)
         self.faults = FaultPlan()
-        self.tracing = True     # the broker clears it while nobody subscribes to 'trace'
+        self._tracing = True    # the broker clears it while nobody subscribes to 'trace' (``tracing``)
         # Whether a peer's process (pid, start time) still runs; the broker reads /proc.
         self.process_alive: Callable[[int, int], bool] = lambda pid, start_time: True
         self._held_back: dict[bytes, list] = {}    # reorder faults: frames held until the next send
@@ -112,6 +112,17 @@ class Bus:
             E.Unregister: self.unregister, E.LaneOffer: b.lanes.offer,
         }
         self._on_result, self._call = c.on_result, c.call
+
+    @property
+    def tracing(self) -> bool:
+        """Whether anyone reads the trace: sync-call records are built only then."""
+        return self._tracing
+
+    @tracing.setter
+    def tracing(self, on: bool) -> None:
+        if on != self._tracing:
+            self._tracing = on
+            self.binding.lanes.tracing_changed(on)     # lane callees publish their call records only then
 
     # ---- the driver core, for the broker's control socket ---------------------------
 

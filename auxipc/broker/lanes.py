@@ -91,7 +91,7 @@ class Lanes:
         self.callers[endpoint].add(child.ident)
         common = dict(dev=dev.dev_id, grant=g.grant, token=g.token, events=events, name=dev.name)
         host.send(child.ident, E.LaneGrant(endpoint=endpoint, peer=parent.label, **common))
-        host.send(parent.ident, E.LaneGrant(peer=child.label, **common))
+        host.send(parent.ident, E.LaneGrant(peer=child.label, trace=host.tracing, **common))
         host.stats["lane_grants"] += 1
         self._record("LANE_GRANT", dev, grant=g.grant, caller=child.label, callee=parent.label,
                      events=[host.catalog.get(c).name for c in events])
@@ -124,6 +124,16 @@ class Lanes:
                     self.host.send(ident, E.LaneRevoke(grant=0, endpoint=endpoint, e=-Errno.ENODEV, m=gone))
         for callers in self.callers.values():
             callers.discard(peer.ident)
+
+    def tracing_changed(self, on: bool) -> None:
+        """Someone started or stopped reading the trace: each callee is told (LANE_GRANT
+        again, same grant and token), and publishes its call records only while it is on."""
+        host = self.host
+        for g in self.grants.values():
+            if g.parent.alive:
+                host.send(g.parent.ident, E.LaneGrant(dev=g.dev.dev_id, grant=g.grant, token=g.token,
+                                                      events=g.events, name=g.dev.name, peer=g.child.label,
+                                                      trace=on))
 
     def faults_changed(self) -> None:
         """Faults and lanes never meet: a rule in force revokes every lane; when the last

@@ -65,6 +65,7 @@ class Inbound(NamedTuple):
     events: frozenset
     name: str
     peer: str            # the caller's label, for trace records
+    trace: bool          # someone reads the trace: publish a record of each call
 
 
 class Lane:
@@ -138,7 +139,8 @@ class Lane:
                 self.calling[msg.dev] = Outbound(msg.grant, msg.endpoint.encode(), token, frozenset(msg.events),
                                                  msg.name, msg.endpoint)
             else:
-                self.serving[msg.dev] = Inbound(msg.grant, token, frozenset(msg.events), msg.name, msg.peer)
+                self.serving[msg.dev] = Inbound(msg.grant, token, frozenset(msg.events), msg.name, msg.peer,
+                                                msg.trace)
             self.stats["lane_grants"] += 1
             return
         self.revoked(msg)
@@ -311,9 +313,11 @@ class Lane:
         self.host.dispatch.deliver(RequestIn(msg, payload, partial(self._answer, rid, msg, inb, time.monotonic())))
 
     def _answer(self, rid: bytes, msg: E.Request, inb: Inbound, t0: float, frames: list, e: int) -> None:
-        """The handler's answer goes back on the lane; then (off the caller's path) the
-        trace record the broker would have published."""
+        """The handler's answer goes back on the lane; then (off the caller's path), while
+        someone reads the trace, the record the broker would have published."""
         self._send(rid, frames)
+        if not inb.trace:
+            return
         host = self.host
         spec = host.catalog.get(msg.ev)
         head = {"t": E.Msg.UEVENT, "seq": 0, "action": "CALL", "dev": inb.name, "driver": "", "detail": {
