@@ -416,13 +416,16 @@ def sysinfo():
 # ---- profiling --------------------------------------------------------------------------------
 
 def profile(tmp, args):
-    """Run c2p (pinned: software cost only) and async once with every auxipc process under
-    cProfile; print each process's top functions by own time."""
+    """Run c2p and c2q over the direct lane (pinned: software cost only) and async once with
+    every auxipc process under cProfile; print each process's top functions by own time."""
     import pstats
     os.makedirs(args.profile, exist_ok=True)
-    for mode, n, warm, cpu in (("c2p", args.n_aux, args.warm_aux, args.pin_cpu if args.pin_cpu >= 0 else None),
+    pin = args.pin_cpu if args.pin_cpu >= 0 else None
+    for mode, n, warm, cpu in (("c2p", args.n_aux, args.warm_aux, pin), ("c2q", args.n_aux, args.warm_aux, pin),
                                ("async", args.n_async, args.warm_async, None)):
-        r = aux_case(tmp, mode, n, warm, cpu=cpu, profile_dir=args.profile)
+        if args.only and mode not in args.only.split(","):
+            continue
+        r = aux_case(tmp, mode, n, warm, cpu=cpu, profile_dir=args.profile, lane=True if mode == "c2q" else None)
         print(f"\n### {mode} under cProfile (slower than unprofiled): "
               + (f"p50 {r['p50_us']:.1f} µs" if "p50_us" in r else f"recv {r['recv_msg_per_s']:,.0f} msg/s"))
         for role in ("broker", "parent", "child"):
