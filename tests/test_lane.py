@@ -314,6 +314,19 @@ def test_foreign_peer_on_the_lane_socket_is_refused(lane_bus):
         s.send_multipart([b"\0" * 16, *req])
         msg, _ = E.decode(s.recv_multipart())
         assert msg.e == -Errno.EPERM
+        big = ctx.socket(zmq.DEALER)                                  # over MAXMSGSIZE: its connection is cut
+        big.setsockopt(zmq.LINGER, 0)
+        big.connect(f"ipc://{path}")
+        big.send_multipart([b"\0" * 16, b"x" * (E.MAX_MSG + 8192)])
+        big.close(0)
+        for i in range(200):                                          # a flood of junk: bounded, dropped
+            s.send_multipart([os.urandom(16), os.urandom(i % 64)], zmq.NOBLOCK)
+        s.send_multipart([b"\0" * 16, *req])
+        while True:                                                   # the refusal comes after the junk
+            msg, _ = E.decode(s.recv_multipart())
+            if msg.r == 1:
+                break
+        assert msg.e == -Errno.EPERM
     finally:
         s.close(0)
         ctx.term()

@@ -268,7 +268,7 @@ class Lane:
             msg, payload = E.decode(frames[1:])
             if type(msg) is not E.Result:
                 raise AuxError(Errno.EPROTO, f"$.header.t: {msg.TYPE.name} is not an answer")
-        except AuxError as exc:
+        except Exception as exc:     # noqa: BLE001 - whatever a peer sends never reaches the loop
             self.stats["lane_malformed"] += 1
             log.warning("dropped a malformed lane answer: %s", exc)
             return
@@ -298,7 +298,7 @@ class Lane:
             msg, payload = E.decode(frames[2:])
             if type(msg) is not E.Request:
                 raise AuxError(Errno.EPROTO, f"$.header.t: {msg.TYPE.name} is not a lane request")
-        except AuxError as exc:
+        except Exception as exc:     # noqa: BLE001 - whatever a peer sends never reaches the loop
             self.stats["lane_malformed"] += 1
             log.warning("dropped a malformed lane request: %s", exc)
             return
