@@ -275,6 +275,17 @@ def test_parent_killed_mid_call_the_caller_gets_enodev_either_way(lane_bus, lane
     assert call["m"].startswith("QSET_ADD on tp.eth.0: parent tp[") and "is gone" in call["m"]
 
 
+@pytest.mark.parametrize("lane", ["1", "0"])
+def test_deadline_passed_the_caller_gets_etimedout_either_way(lane_bus, lane):
+    bus = lane_bus
+    parent = start_parent(bus, AXL_SLEEP="1.5", AUXIPC_LANE=lane)
+    child = start_child(bus, AXL_CALLS="1", AXL_TIMEOUT="0.3", AUXIPC_LANE=lane)
+    [call] = [child.wait_record("call")]
+    assert call["e"] == "ETIMEDOUT" and call["via"] == ("lane" if lane == "1" else "broker")
+    assert call["m"].startswith("QSET_ADD")
+    parent.wait_record("QSET_ADD")
+
+
 def test_driver_killed_mid_call_the_parent_goes_on(lane_bus):
     bus = lane_bus
     bus.connect()

@@ -232,6 +232,7 @@ class Lane:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         self.stats["lane_timeouts"] += 1
+                        self.stats["lane_calls"] += 1
                         raise AuxError(Errno.ETIMEDOUT, f"{spec.name} on {out.name}: no answer over the lane "
                                                         f"within {timeout:.1f} s")
                     host.pump(min(remaining, 1.0))
