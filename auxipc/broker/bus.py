@@ -34,6 +34,7 @@ from typing import Any, Callable
 from auxipc.broker.binding import Binding
 from auxipc.broker.calls import Calls
 from auxipc.broker.devices import Devices
+from auxipc.broker.lanes import Tracing
 from auxipc.broker.lifecycle import PeerEvent, peer_machine
 from auxipc.broker.lockdep import LockDep
 from auxipc.broker.records import Adopted, Device, Driver, Peer, Pending, device_name, match_name
@@ -64,6 +65,8 @@ __all__ = ["Bus", "Device", "Driver", "Peer", "Pending", "device_name", "match_n
 class Bus:
     """The host of the bus's parts: the driver core (``binding``), device lifetimes
     (``lifetime``) and call routing (``calls``) see it through ``records.Host``."""
+
+    tracing = Tracing()     # whether anyone reads the trace (call records are built only then)
 
     def __init__(self, clock: Callable[[], float], epoch: int, catalog: Catalog = CATALOG,
                  hb_ivl: float = 0.25, hb_liveness: int = 3, hung_task_secs: float = HUNG_TASK_SECS):
@@ -112,17 +115,6 @@ class Bus:
             E.Unregister: self.unregister, E.LaneOffer: b.lanes.offer,
         }
         self._on_result, self._call = c.on_result, c.call
-
-    @property
-    def tracing(self) -> bool:
-        """Whether anyone reads the trace: sync-call records are built only then."""
-        return self._tracing
-
-    @tracing.setter
-    def tracing(self, on: bool) -> None:
-        if on != self._tracing:
-            self._tracing = on
-            self.binding.lanes.tracing_changed(on)     # lane callees publish their call records only then
 
     # ---- the driver core, for the broker's control socket ---------------------------
 

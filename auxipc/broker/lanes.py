@@ -29,6 +29,19 @@ log = logging.getLogger("auxipc.broker")
 _ENDPOINT = re.compile(r"ipc://(/[^\0]+)/lane-(\d+)-[0-9a-f]{6,32}")
 
 
+class Tracing:
+    """``Bus.tracing``, whether anyone reads the trace: setting it to a new value tells
+    the lanes' callees too (``Lanes.tracing_changed``), which publish call records only then."""
+
+    def __get__(self, bus, owner=None):
+        return self if bus is None else bus._tracing
+
+    def __set__(self, bus, on: bool) -> None:
+        if on != bus._tracing:
+            bus._tracing = on
+            bus.binding.lanes.tracing_changed(on)
+
+
 class Grant:
     """One device's lane: the child calls the parent on it while GRANTED."""
 
