@@ -57,6 +57,8 @@ class LaneDrv(AuxDriver):
 
     def __init__(self):
         self.calls = int(os.environ.get("AXL_CALLS", "1"))
+        self.rounds = int(os.environ.get("AXL_ROUNDS", "1"))    # after a round ends in an error, another
+        self.round = 0
         self.started = False
 
     def probe(self, adev):
@@ -73,15 +75,27 @@ class LaneDrv(AuxDriver):
         if self.name not in adev.rt.registered:            # driver_register has not returned yet
             adev.rt.call_later(0.005, lambda: self._when_ready(adev))
             return
-        log("calls-start", dev=adev.name)
-        i = 0
+        self.round += 1
+        log("calls-start", dev=adev.name, round=self.round)
+        i, e = 0, ""
         while self.calls == 0 or i < self.calls:
             e, m, via = _call(adev, i & 0xFFFF)
-            log("call", i=i, e=e, m=m, via=via)
+            log("call", i=i, e=e, m=m, via=via, round=self.round)
             i += 1
             if e:
                 break
-        log("calls-end", n=i, stats={k: v for k, v in adev.rt.stats.items() if k.startswith("lane")})
+        log("calls-end", n=i, round=self.round,
+            stats={k: v for k, v in adev.rt.stats.items() if k.startswith("lane")})
+        if e and self.round < self.rounds:
+            adev.rt.call_later(0.1, lambda: self._again(adev.rt))
+
+    def _again(self, rt) -> None:
+        """The next round, on whichever device this driver has bound by then."""
+        bound = [d for d in rt.devices.values() if d.driver is self]
+        if not bound:
+            rt.call_later(0.05, lambda: self._again(rt))
+            return
+        self._when_ready(bound[0])
 
     @handler(Event.RESET_WARN)
     def reset_warn(self, adev, warn) -> int:

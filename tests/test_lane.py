@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 
 import msgpack
 import pytest
@@ -299,6 +300,25 @@ def test_driver_killed_mid_call_the_parent_goes_on(lane_bus):
     child2.wait_record("calls-end")
     assert [(c["e"], c["via"]) for c in _calls(child2)] == [("", "lane")] * 3
     assert len(parent.records("QSET_ADD")) == 4
+
+
+def test_broker_restart_voids_lanes_and_the_new_broker_grants_again(lane_bus):
+    """Calls loop on the lane; the broker is killed: the loop's call fails as through
+    the broker (the runtime lost it), the grants are dropped; a new broker adopts the
+    binding and grants a new lane, and the next round of calls takes it."""
+    bus = lane_bus
+    start_parent(bus)
+    child = start_child(bus, AXL_CALLS="0", AXL_ROUNDS="2")
+    wait_until(lambda: len(_calls(child, via="lane")) >= 20, what="lane calls")
+    os.kill(bus.broker.pid, signal.SIGKILL)
+    end = child.wait_record("calls-end", round=1)
+    assert _calls(child)[-1]["e"] in ("ESHUTDOWN", "ENOTCONN", "ETIMEDOUT"), _calls(child)[-1]
+    bus.client.close()
+    bus.start_broker(0.1, 5, "--lane")
+    child.wait_record("calls-start", round=2, timeout=20)
+    wait_until(lambda: len(_calls(child, via="lane", round=2)) >= 20, timeout=20, what="lane calls again")
+    assert end["stats"]["lane_grants"] == 1
+    assert all(c["e"] == "" for c in _calls(child, round=2)[:20])
 
 
 def test_foreign_peer_on_the_lane_socket_is_refused(lane_bus):
