@@ -139,8 +139,11 @@ class Lane:
                 self.calling[msg.dev] = Outbound(msg.grant, msg.endpoint.encode(), token, frozenset(msg.events),
                                                  msg.name, msg.endpoint)
             else:
+                old = self.serving.get(msg.dev)
                 self.serving[msg.dev] = Inbound(msg.grant, token, frozenset(msg.events), msg.name, msg.peer,
                                                 msg.trace)
+                if old is not None and old.grant == msg.grant:
+                    return                   # the same grant again: only ``trace`` changed
             self.stats["lane_grants"] += 1
             return
         self.revoked(msg)
