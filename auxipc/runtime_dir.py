@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from auxipc.procfs import gone
 from proto.errno import AuxError, Errno
 
 SOCKETS = ("bus.sock", "pub.sock", "sub.sock", "notify.sock", "admin.sock")
@@ -235,6 +237,7 @@ class BrokerLock:
             except FileNotFoundError:
                 pass
         self._made.clear()
+        remove_stale_lanes(self.root)
         os.close(self._fd)
         self._fd = None
         if self.created:
@@ -242,3 +245,38 @@ class BrokerLock:
                 self.root.rmdir()
             except OSError:
                 pass
+
+
+LANE_ENV = "AUXIPC_LANE"
+IPC_PATH_MAX = 107       # zmq.IPC_PATH_MAX_LEN: a lane endpoint is an ipc path
+_LANE_FILE = re.compile(r"lane-(\d+)-[0-9a-f]+")
+
+
+def lane_enabled(default: bool = True) -> bool:
+    """``AUXIPC_LANE`` (docs/protocol.md, section 8): '0' turns the direct lane off (a
+    broker grants none; a runtime offers and uses none), '1' on; unset, ``default``."""
+    value = os.environ.get(LANE_ENV, "").strip().lower()
+    return default if value == "" else value not in ("0", "off", "no", "false")
+
+
+def remove_stale_lanes(root: Path) -> int:
+    """Remove the lane sockets (``lane-<pid>-<hex>``, docs/protocol.md section 8) of
+    processes that no longer run: a killed parent cannot remove its own. A live
+    process's file stays. Returns how many were removed."""
+    n = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        m = _LANE_FILE.fullmatch(name)
+        if m is None:
+            continue
+        if not gone(int(m.group(1))):
+            continue            # its process still runs
+        try:
+            os.unlink(root / name)
+            n += 1
+        except OSError:
+            pass
+    return n

@@ -7,7 +7,10 @@ Started by ``bench/run.py`` as::
 
 and configured through the environment:
 
-- ``AUXB_MODE``  ``c2p``   child loops ``adev.call(SET_MAC)``, the parent answers;
+- ``AUXB_MODE``  ``c2p``   child loops ``adev.call(SET_MAC)``, the parent answers (an rtnl
+                          event: always through the broker);
+                 ``c2q``   child loops ``adev.call(QSET_ADD)``, the parent answers (takes the
+                          direct lane where ``AUXIPC_LANE`` lets it: bench/run.py's lane cases);
                  ``p2c``   parent loops ``adev.call(RESET_WARN)``, the child answers;
                  ``async`` parent loops ``adev.notify(LINK_CHANGE)``, the child counts.
 - ``AUXB_N`` timed iterations, ``AUXB_WARM`` untimed warm-up iterations before them.
@@ -29,7 +32,7 @@ import traceback
 
 from auxipc import AuxDriver, ChildDevice, ParentDevice, ParentModel, handler
 from proto.errno import AuxError
-from proto.events import Duplex, Event, LinkChange, ResetType, ResetWarn, SetMac, SetMacReply
+from proto.events import Duplex, Event, LinkChange, QsetParams, QsetReply, ResetType, ResetWarn, SetMac, SetMacReply
 
 from .floors import rt_loop
 
@@ -135,6 +138,10 @@ class BenchParent(ParentModel):
         a = req.addr
         return SetMacReply(addr=a, filter_id=(a[4] << 8) | a[5])
 
+    @handler(Event.QSET_ADD)
+    def qset_add(self, adev: ParentDevice, req) -> QsetReply:
+        return QsetReply(teid=req.qs_handle)
+
 
 class BenchDriver(AuxDriver):
     """Binds ``axb.eth``; drives the c2p loop; answers RESET_WARN; counts LINK_CHANGE."""
@@ -152,7 +159,7 @@ class BenchDriver(AuxDriver):
 
     def probe(self, adev: ChildDevice) -> int:
         self.adev = adev
-        if self.mode == "c2p":
+        if self.mode in ("c2p", "c2q"):
             adev.rt.call_later(0, lambda: self._when_ready(adev))
         elif self.mode == "async":
             adev.rt.call_later(0.25, self._watch)
@@ -162,7 +169,7 @@ class BenchDriver(AuxDriver):
         if self.name not in adev.rt.registered:                # driver_register has not returned yet
             adev.rt.call_later(0.005, lambda: self._when_ready(adev))
             return
-        _guarded("child.json", lambda: self._c2p(adev))
+        _guarded("child.json", lambda: self._c2p(adev) if self.mode == "c2p" else self._c2q(adev))
 
     def _c2p(self, adev: ChildDevice) -> None:
         call, ev = adev.call, Event.SET_MAC
@@ -171,6 +178,16 @@ class BenchDriver(AuxDriver):
             reply = call(ev, SetMac(addr=mac(i)))
             if reply.filter_id != i & 0xFFFF:
                 raise RuntimeError(f"SET_MAC reply {reply} does not match call {i}")
+        lat, total = rt_loop(self.warm, self.n, once, mark_started)
+        write_result("child.json", {"lat": lat, "total_ns": total, "stats": adev.rt.stats_summary()})
+
+    def _c2q(self, adev: ChildDevice) -> None:
+        call, ev = adev.call, Event.QSET_ADD
+
+        def once(i):
+            reply = call(ev, QsetParams(qs_handle=i & 0xFFFF))
+            if reply.teid != i & 0xFFFF:
+                raise RuntimeError(f"QSET_ADD reply {reply} does not match call {i}")
         lat, total = rt_loop(self.warm, self.n, once, mark_started)
         write_result("child.json", {"lat": lat, "total_ns": total, "stats": adev.rt.stats_summary()})
 

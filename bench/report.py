@@ -44,6 +44,8 @@ RT_ROWS = [
     ("dbus", "D-Bus: dbus-fast → dbus-daemon → dbus-fast Echo(ay)"),
     ("aux_c2p", "auxipc: child→parent SET_MAC call (via broker)"),
     ("aux_p2c", "auxipc: parent→child RESET_WARN call (via broker)"),
+    ("aux_c2q_lane", "auxipc: child→parent QSET_ADD call (direct lane)"),
+    ("aux_c2q_broker", "auxipc: child→parent QSET_ADD call (via broker: AUXIPC_LANE=0)"),
 ]
 TP_ROWS = [
     ("pubsub", "floor: PUB → SUB, HWM unlimited"),
@@ -150,7 +152,8 @@ def build_table(s, info, args):
                     f"{ratio:.2f}x{extra} | ≤ {RT_TARGET}x | {'PASS' if ratio <= RT_TARGET else 'MISS'} |")
     for suffix, place in (("", "free"), (PIN, "pinned")):
         db = s.get("dbus" + suffix)
-        for key, what in (("aux_c2p", "c2p SET_MAC"), ("aux_p2c", "p2c RESET_WARN")):
+        for key, what in (("aux_c2p", "c2p SET_MAC"), ("aux_p2c", "p2c RESET_WARN"),
+                          ("aux_c2q_lane", "c2p QSET_ADD, lane"), ("aux_c2q_broker", "c2p QSET_ADD, no lane")):
             r = s.get(key + suffix)
             if r and db:
                 ratio = r["p50_us"] / db["p50_us"]

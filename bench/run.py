@@ -292,13 +292,15 @@ def dbus_case(n, warm, cpu=None):
 
 # ---- auxipc cases ---------------------------------------------------------------------------
 
-def aux_case(tmp, mode, n, warm, cpu=None, profile_dir=None, timeout=120):
+def aux_case(tmp, mode, n, warm, cpu=None, profile_dir=None, timeout=120, lane=None):
     """broker, parent, child as separate ``python -m auxipc`` processes on a fresh
     runtime dir (the project's bus harness, without its watcher and client: nothing
     but the three processes on the bus); the bench model/driver run the loop and
-    write JSON into ``out``."""
+    write JSON into ``out``. ``lane`` True/False sets AUXIPC_LANE for every process
+    (None: their default)."""
     out = tempfile.mkdtemp(prefix=f"{mode}-", dir=tmp)
     env = dict(AUXB_MODE=mode, AUXB_N=str(n), AUXB_WARM=str(warm), AUXB_OUT=out,
+               **({} if lane is None else {"AUXIPC_LANE": "1" if lane else "0"}),
                PYTHONPATH=os.pathsep.join(dict.fromkeys([SRC[0], ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])))
     wrap = ["taskset", "-c", str(cpu)] if cpu is not None else []
 
@@ -306,14 +308,15 @@ def aux_case(tmp, mode, n, warm, cpu=None, profile_dir=None, timeout=120):
         prof = ["-m", "cProfile", "-o", os.path.join(profile_dir, f"{mode}-{role}.prof")] if profile_dir else []
         return {"wrap": wrap, "py_args": prof, "cwd": SRC[0], "timeout": 30.0}
 
-    want = {"c2p": ["child.json"], "p2c": ["parent.json"], "async": ["parent.json", "child.json"]}[mode]
+    want = {"c2p": ["child.json"], "c2q": ["child.json"], "p2c": ["parent.json"],
+            "async": ["parent.json", "child.json"]}[mode]
     h = Harness(prefix="axb-", env=env)     # a short runtime dir under /tmp: ipc paths max 107 chars
     try:
         with pinned(cpu):
             procs = [h.broker(connect=False, **launch("broker")),
                      h.start("parent", "parent", "--model", "bench.models:BenchParent", **launch("parent")),
                      h.start("child", "child", "--driver", "bench.models:BenchDriver", **launch("child"))]
-            caller = {"c2p": "child", "p2c": "parent", "async": "parent"}[mode]
+            caller = {"c2p": "child", "c2q": "child", "p2c": "parent", "async": "parent"}[mode]
             roles = dict(zip(("broker", "parent", "child"), procs))
             pids = {"caller": roles[caller].pid, "broker": roles["broker"].pid,
                     "callee": roles["child" if caller == "parent" else "parent"].pid}
@@ -345,7 +348,7 @@ def aux_case(tmp, mode, n, warm, cpu=None, profile_dir=None, timeout=120):
     if left:
         raise Failed(f"{mode}: {'; '.join(left)}")
     cpu = cpu_per_op(c0 or {}, c1, n)
-    if mode == "c2p":
+    if mode in ("c2p", "c2q"):
         return rt_stats(res["child"]) | {"stats": res["child"]["stats"], "cpu": cpu}
     if mode == "p2c":
         return rt_stats(res["parent"]) | {"stats": res["parent"]["stats"], "cpu": cpu}
@@ -413,13 +416,16 @@ def sysinfo():
 # ---- profiling --------------------------------------------------------------------------------
 
 def profile(tmp, args):
-    """Run c2p (pinned: software cost only) and async once with every auxipc process under
-    cProfile; print each process's top functions by own time."""
+    """Run c2p and c2q over the direct lane (pinned: software cost only) and async once with
+    every auxipc process under cProfile; print each process's top functions by own time."""
     import pstats
     os.makedirs(args.profile, exist_ok=True)
-    for mode, n, warm, cpu in (("c2p", args.n_aux, args.warm_aux, args.pin_cpu if args.pin_cpu >= 0 else None),
+    pin = args.pin_cpu if args.pin_cpu >= 0 else None
+    for mode, n, warm, cpu in (("c2p", args.n_aux, args.warm_aux, pin), ("c2q", args.n_aux, args.warm_aux, pin),
                                ("async", args.n_async, args.warm_async, None)):
-        r = aux_case(tmp, mode, n, warm, cpu=cpu, profile_dir=args.profile)
+        if args.only and mode not in args.only.split(","):
+            continue
+        r = aux_case(tmp, mode, n, warm, cpu=cpu, profile_dir=args.profile, lane=True if mode == "c2q" else None)
         print(f"\n### {mode} under cProfile (slower than unprofiled): "
               + (f"p50 {r['p50_us']:.1f} µs" if "p50_us" in r else f"recv {r['recv_msg_per_s']:,.0f} msg/s"))
         for role in ("broker", "parent", "child"):
@@ -438,7 +444,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small N, 1 rep: smoke test under ~30 s")
     ap.add_argument("--json", metavar="FILE", help="write every rep's figures and the summary here")
     ap.add_argument("--only", default="", help="comma-separated case keys (direct, forwarder, aux_c2p, "
-                    "aux_p2c, dbus, pubsub, pubsub_proxy, aux_async, fixture, fixture_spawn, commands, rebound, "
+                    "aux_p2c, aux_c2q_lane, aux_c2q_broker, dbus, pubsub, pubsub_proxy, aux_async, fixture, "
+                    "fixture_spawn, commands, rebound, "
                     "rebound_spawn; @pinned variants follow their base)")
     ap.add_argument("--pin-cpu", type=int, default=0, help="CPU for the @pinned round trips (-1: skip them)")
     ap.add_argument("--n-rt", type=int, default=10000, help="floor round trips per rep")
@@ -495,6 +502,10 @@ def main():
             ("forwarder", lambda cpu: floor_forwarder(tmp, args.n_rt, args.warm_rt, cpu), True),
             ("aux_c2p", lambda cpu: aux_case(tmp, "c2p", args.n_aux, args.warm_aux, cpu), True),
             ("aux_p2c", lambda cpu: aux_case(tmp, "p2c", args.n_aux, args.warm_aux, cpu), True),
+            # The direct lane (docs/protocol.md, section 8): a lane-eligible C->P call (QSET_ADD)
+            # with the lane on and off; SET_MAC above is an rtnl event and always takes the broker.
+            ("aux_c2q_lane", lambda cpu: aux_case(tmp, "c2q", args.n_aux, args.warm_aux, cpu, lane=True), True),
+            ("aux_c2q_broker", lambda cpu: aux_case(tmp, "c2q", args.n_aux, args.warm_aux, cpu, lane=False), True),
             ("pubsub", lambda cpu: floor_pubsub(tmp, args.n_pub, args.warm_pub, False), False),
             ("pubsub_proxy", lambda cpu: floor_pubsub(tmp, args.n_pub, args.warm_pub, True), False),
             ("aux_async", lambda cpu: aux_case(tmp, "async", args.n_async, args.warm_async), False),

@@ -47,6 +47,9 @@ class Msg(IntEnum):
     INJECT = 51
     FAULT = 52
     RESYNC = 53
+    LANE_OFFER = 54
+    LANE_GRANT = 55
+    LANE_REVOKE = 56
     EVENT = 60
     UEVENT = 61
 
@@ -389,3 +392,36 @@ class Uevent(Header):
     detail = Map(default={})
     ts_ns = STAMP_TS
     src_seq = STAMP_SEQ
+
+
+# ---- the direct lane (docs/protocol.md, section 8) ------------------------------
+
+@header(Msg.LANE_OFFER)
+class LaneOffer(Header):
+    """From a peer once registered: it calls on lanes, and serves one at ``endpoint``
+    ('' if it serves none). No answer."""
+    endpoint = Str(max_len=160, default="", doc="ipc://<runtime dir>/lane-<pid>-<hex>, or ''")
+
+
+@header(Msg.LANE_GRANT)
+class LaneGrant(Header):
+    """To both ends of a bound device: calls of ``events`` may go straight to the callee."""
+    dev = Int(0, 2**53)
+    grant = Int(1, 2**53)
+    token = Str(max_len=32, doc="128 random bits in hex: a lane request carries them")
+    endpoint = Str(max_len=160, default="", doc="the callee's lane endpoint ('' in the callee's copy)")
+    events = codes(default=())
+    name = Str(max_len=160, default="", doc="the device's name")
+    peer = Str(max_len=255, default="", doc="the other end's label")
+    trace = Bool(default=False, doc="the callee publishes a record of each call (someone reads the trace); "
+                                    "sent again with the same grant when that changes")
+
+
+@header(Msg.LANE_REVOKE)
+class LaneRevoke(Header):
+    """To both ends: the grant (0: every grant towards ``endpoint``) is gone. In-flight
+    calls drain (``e`` 0) or fail with ``e`` and ``m``."""
+    grant = Int(0, 2**53)
+    endpoint = Str(max_len=160, default="")
+    e = Int(-4095, 0, default=0)
+    m = Str(max_len=4096, default="")

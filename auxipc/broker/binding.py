@@ -12,6 +12,7 @@ import logging
 from functools import partial
 from typing import Callable
 
+from auxipc.broker.lanes import Lanes
 from auxipc.broker.lifecycle import BindEvent, BindState, DeviceState
 from auxipc.broker.ops import Pm, Probe, Remove, Sequence, Shutdown, schema_clash, unbound
 from auxipc.broker.records import Device, Driver, Host, Peer, match_name
@@ -37,6 +38,7 @@ class Binding:
     def __init__(self, host: Host):
         self.host = host
         self.triggers = 0      # deferred-probe triggers so far (deferred_trigger_count)
+        self.lanes = Lanes(host)    # direct child->parent lanes: granted at bind, revoked before unbind
 
     # ---- drivers ------------------------------------------------------------------
 
@@ -97,6 +99,7 @@ class Binding:
             drv.peer.drivers.remove(drv)
         for dev in list(host.devices.values()):     # unbinding may release a device
             if dev.driver is drv:
+                self.lanes.revoke(dev, reason)
                 dev.bind.fire(BindEvent.DRIVER_GONE)
                 dev.driver = None
                 unbound(host, dev, drv, reason)
@@ -113,7 +116,9 @@ class Binding:
         Probe(self.host, self, dev, drivers, task, done).run()
 
     def remove(self, dev: Device, reason: str, task: str, done: Callable[[], None]) -> None:
-        """Unbind under the device lock: the child's remove() completes before ``done``."""
+        """Unbind under the device lock: the child's remove() completes before ``done``.
+        The device's lane is revoked first (the parent hears it before UNBIND)."""
+        self.lanes.revoke(dev, f"remove: {reason}")
         Remove(self.host, dev, reason, task, done).run()
 
     # ProbeHooks: what a probe's outcome triggers.
@@ -133,6 +138,7 @@ class Binding:
         if dev.parent.alive:
             host.send(dev.parent.ident, E.Bind(dev=dev.dev_id, driver=drv.name, inc=drv.peer.inc,
                                                handles=sorted(drv.handles), schema=drv.peer.schema))
+        self.lanes.grant(dev)
         self.retry_deferred(f"a driver bound: {drv.name} to {dev.name}")
 
     def deferred(self, dev: Device, _drv: Driver, retrigger: bool) -> None:
@@ -217,8 +223,14 @@ class Binding:
         if drv is None or dev.bind.state is not BOUND:
             raise AuxError(Errno.ENODEV, f"{msg.op}: {dev.name} has no bound driver")
         host = self.host
-        Pm(host, dev, drv, msg.op, host.task_of(peer, msg),
-           lambda e, m: host.reply(peer.ident, msg.r, e, m)).run()
+        if msg.op == "suspend":
+            self.lanes.revoke(dev, "suspend")
+
+        def answer(e: int, m: str) -> None:
+            if msg.op == "resume" and not e and dev.driver is drv and dev.bind.state is BOUND:
+                self.lanes.grant(dev)
+            host.reply(peer.ident, msg.r, e, m)
+        Pm(host, dev, drv, msg.op, host.task_of(peer, msg), answer).run()
 
     def shutdown_all(self, done: Callable[[], None]) -> None:
         """Bus shutdown: call shutdown() of every bound driver that has one."""
@@ -226,5 +238,6 @@ class Binding:
         Sequence([partial(self.shutdown, d) for d in bound], done).run()
 
     def shutdown(self, dev: Device, done: Callable[[], None]) -> None:
+        self.lanes.revoke(dev, "shutdown")
         Shutdown(self.host, dev, done).run()
 

@@ -35,6 +35,7 @@ from auxipc.broker.binding import Binding
 from auxipc.broker.bugs import Bugs
 from auxipc.broker.calls import Calls
 from auxipc.broker.devices import Devices
+from auxipc.broker.lanes import Tracing
 from auxipc.broker.lifecycle import PeerEvent, peer_machine
 from auxipc.broker.lockdep import LockDep
 from auxipc.broker.records import Adopted, Device, Driver, Peer, Pending, device_name, match_name
@@ -67,6 +68,8 @@ class Bus:
     """The host of the bus's parts: the driver core (``binding``), device lifetimes
     (``lifetime``) and call routing (``calls``) see it through ``records.Host``."""
 
+    tracing = Tracing()     # whether anyone reads the trace (call records are built only then)
+
     def __init__(self, clock: Callable[[], float], epoch: int, catalog: Catalog = CATALOG,
                  hb_ivl: float = 0.25, hb_liveness: int = 3, hung_task_secs: float = HUNG_TASK_SECS):
         self.clock, self.epoch, self.catalog = clock, epoch, catalog
@@ -96,7 +99,7 @@ class Bus:
         self.timers = Timers()
         self.lockdep = LockDep(self._lockdep_report)
         self.faults = FaultPlan()
-        self.tracing = True     # the broker clears it while nobody subscribes to 'trace'
+        self._tracing = True    # the broker clears it while nobody subscribes to 'trace' (``tracing``)
         # Whether a peer's process (pid, start time) still runs; the broker reads /proc.
         self.process_alive: Callable[[int, int], bool] = lambda pid, start_time: True
         self._held_back: dict[bytes, list] = {}    # reorder faults: frames held until the next send
@@ -112,7 +115,7 @@ class Bus:
             E.DevUninit: d.dev_uninit, E.DevGet: d.dev_get, E.DevPut: d.dev_put, E.DevPm: self.dev_pm,
             E.DevFind: d.dev_find,
             E.LockReq: c.lock_req, E.Resync: c.resync, E.UnlockReq: c.unlock_req,
-            E.Unregister: self.unregister, E.Uevent: self.bugs.from_peer,
+            E.Unregister: self.unregister, E.Uevent: self.bugs.from_peer, E.LaneOffer: b.lanes.offer,
         }
         self._on_result, self._call = c.on_result, c.call
 
@@ -160,6 +163,7 @@ class Bus:
         return before - len(self.faults.rules)
 
     def _push_faults(self) -> None:
+        self.binding.lanes.faults_changed()
         for peer in self.peers.values():
             if peer.alive:
                 rules = [r.to_dict() for r in self.faults.rules if r.target in ("*", peer.name)]
@@ -412,6 +416,7 @@ class Bus:
                 peer.label, peer.machine.state.value, reason)
         self.uevent("PEER_DEAD" if crash else "UNREGISTER", name=peer.name, pid=peer.pid,
                     inc=peer.inc, reason=reason)
+        self.binding.lanes.peer_gone(peer, reason)
         # Unbind first: calls queued behind a device lock must fail now, not start
         # towards the dead peer when the lock frees.
         for drv in list(peer.drivers):

@@ -123,6 +123,28 @@ def peer_machine(who: str) -> Machine:
     return Machine("peer", who, PEER_TABLE, PeerState.ALIVE, PEER_ILLEGAL)
 
 
+class LaneState(Enum):
+    """A direct lane's grant (docs/protocol.md, section 8). A revoked grant stays revoked:
+    a new grant is a new object with a new id and token."""
+    GRANTED = "granted"
+    REVOKED = "revoked"
+
+
+class LaneEvent(Enum):
+    REVOKE = "revoke"         # unbind, suspend, shutdown, faults, an end gone: before any of them proceeds
+
+
+LANE_TABLE = {
+    LaneState.GRANTED: {LaneEvent.REVOKE: LaneState.REVOKED},
+    LaneState.REVOKED: {},
+}
+LANE_ILLEGAL = {LaneState.REVOKED: Errno.ENODEV}
+
+
+def lane_machine(who: str) -> Machine:
+    return Machine("lane of", who, LANE_TABLE, LaneState.GRANTED, LANE_ILLEGAL)
+
+
 class ProcState(Enum):
     """A supervised process (``auxipc up``)."""
     STARTING = "starting"     # launched, waiting for its ready line

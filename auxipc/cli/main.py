@@ -103,8 +103,11 @@ def _serve_until_signal(rt, ready_line) -> None:
                    "authorized/ keys; repeatable.")
 @click.option("--insecure", "listen_insecure", is_flag=True,
               help="Listen on plain TCP: no encryption, no authentication (ls says so).")
+@click.option("--lane/--no-lane", default=None,
+              help="Grant direct child->parent lanes to bound devices (docs/protocol.md, section 8); "
+                   "default: on unless AUXIPC_LANE=0.")
 @SCHEMA
-def broker(runtime_dir, hb_ivl, hb_liveness, hung_task_secs, listen, listen_insecure, catalog):
+def broker(runtime_dir, hb_ivl, hb_liveness, hung_task_secs, listen, listen_insecure, lane, catalog):
     """Run the bus broker (one per runtime dir).
 
     \b
@@ -115,7 +118,10 @@ def broker(runtime_dir, hb_ivl, hb_liveness, hung_task_secs, listen, listen_inse
     from auxipc.broker.auth import Listeners
     from auxipc.broker.server import serve
     from auxipc.keys import key_dir
+    from auxipc.runtime_dir import LANE_ENV
     insecure = listen_insecure or os.environ.get("AUXIPC_INSECURE", "") not in ("", "0")
+    if lane is not None:
+        os.environ[LANE_ENV] = "1" if lane else "0"     # what the bus reads (runtime_dir.lane_enabled)
     serve(runtime_dir, hb_ivl, hb_liveness, ready=lambda line: (click.echo(line), sys.stdout.flush()),
           catalog=catalog, hung_task_secs=hung_task_secs, listen=Listeners(tuple(listen), insecure, str(key_dir())))
 

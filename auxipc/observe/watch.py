@@ -268,9 +268,13 @@ class Watcher:
                      "detail": msg.detail}]
         if isinstance(msg, E.Uevent):
             d = msg.detail
-            return [{"kind": "call", **self._stamp(msg, BROKER, arrived_ns), "dev": msg.dev, "event": d.get("event"),
+            # a call served on a direct lane is recorded, and stamped, by its callee
+            callee = _PEER_INC.match(str(d.get("to", ""))) if d.get("lane") else None
+            origin = f"#{callee.group(1)}" if callee else BROKER
+            return [{"kind": "call", **self._stamp(msg, origin, arrived_ns), "dev": msg.dev, "event": d.get("event"),
                      "from": d.get("from"), "to": d.get("to"), "errno": d.get("errno", 0),
-                     "error": errno_name(d["errno"]) if d.get("errno") else None, "us": d.get("us")}]
+                     "error": errno_name(d["errno"]) if d.get("errno") else None, "us": d.get("us"),
+                     **({"lane": True} if d.get("lane") else {})}]     # served on the direct lane
         if isinstance(msg, E.AsyncEvent):
             items = E.decode_events(payload)
             stamp = self._stamp(msg, f"#{msg.inc}", arrived_ns)

@@ -35,9 +35,12 @@ class BrokerLost(AuxError):
 
 
 class RequestIn(NamedTuple):
-    """A request to serve (PROBE, REMOVE, SHUTDOWN, PM, REQUEST, INJECT), maybe deferred."""
+    """A request to serve (PROBE, REMOVE, SHUTDOWN, PM, REQUEST, INJECT), maybe deferred.
+    ``reply(frames, errno)`` sends the answer where the request came from other than the
+    broker (the direct lane, lane.py); None: to the broker."""
     msg: E.Header
     payload: bytes | None
+    reply: Callable[[list, int], None] | None = None
 
 
 _RESULT = E.frame_maker(E.Result)     # the frames of a RESULT (E.fast as straight-line code)
@@ -93,6 +96,9 @@ class Dispatch:
             self.tr.send(E.encode(E.Result(r=msg.r, e=e, m=m)))
         elif isinstance(msg, (E.Request, E.Probe, E.Remove, E.Shutdown, E.Pm, E.Inject, E.Ctl)):
             self.deliver(RequestIn(msg, payload))
+        elif isinstance(msg, (E.LaneGrant, E.LaneRevoke)):
+            if self.host.lane is not None:
+                self.host.lane.control(msg)
         elif isinstance(msg, E.Reregister):
             if self.host.hb is not None:
                 self.host.hb.lose(f"broker asks to re-register: {msg.reason}")
@@ -224,7 +230,7 @@ class Dispatch:
         self.depth += 1
         try:
             if type(item) is RequestIn:
-                self._answer(item.msg, item.payload)
+                self._answer(item.msg, item.payload, item.reply)
             else:
                 self.host.guard(lambda: self.host.on_async(item.topic, item.msg, item.items))
         finally:
@@ -247,7 +253,7 @@ class Dispatch:
             else:
                 self.deliver(item)
 
-    def _answer(self, msg, payload) -> None:
+    def _answer(self, msg, payload, reply_to=None) -> None:
         """Serve a request in its caller's task and answer it exactly once."""
         reply = None
         tasks = self.tasks
@@ -269,4 +275,8 @@ class Dispatch:
             self.publisher.flush()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("answered %s r=%d: %d %s (depth %d)", msg.TYPE.name, msg.r, e, m, self.depth)
-        self.tr.send(_RESULT(reply, r=msg.r, e=max(e, -4095), m=m[:4000]))
+        frames = _RESULT(reply, r=msg.r, e=max(e, -4095), m=m[:4000])
+        if reply_to is None:
+            self.tr.send(frames)
+        else:
+            reply_to(frames, e)

@@ -5,7 +5,7 @@ own public methods, never each other's private state."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from auxipc.faults import FaultPlan
 from auxipc.runtime.seam import Heartbeat, Transport
@@ -24,6 +24,7 @@ class Host(Protocol):
     tr: Transport
     hb: Heartbeat | None
     locks_devices: bool   # deliveries to a device run under its device_lock (the child side)
+    lane: Any             # the direct lane (lane.py), or None: the broker carries every call
 
     @property
     def stopping(self) -> bool: ...

@@ -37,12 +37,13 @@ from auxipc.runtime.checks import Checks
 from auxipc.runtime.contexts import Contexts
 from auxipc.runtime.dispatch import BrokerLost, Dispatch
 from auxipc.runtime.journal import RECENT_MAX
+from auxipc.runtime.lane import Lane, lane_root
 from auxipc.runtime.lookup import find_device
 from auxipc.runtime.publishing import Publisher
-from auxipc.runtime.seam import DEALER, SUB, Heartbeat, Transport
+from auxipc.runtime.seam import DEALER, LANE, SUB, Heartbeat, Transport
 from auxipc.runtime.transport import ZmqTransport, peer_ident
 from auxipc.runtime.where import raise_site
-from auxipc.runtime_dir import endpoints
+from auxipc.runtime_dir import endpoints, lane_enabled
 from proto import envelope as E
 from proto.errno import AuxError, Errno, errno_name
 from proto.events import CATALOG, Catalog
@@ -74,6 +75,7 @@ class Runtime(Checks):
         self.connect_timeout = connect_timeout
         self.reconnect_timeout = 30.0
         self.hb: Heartbeat | None = None
+        self.lane: Lane | None = None     # the direct lane to the other end of a device (lane.py)
         self.inc = 0
         self.epoch = 0
         self.welcome: dict = {}
@@ -193,6 +195,10 @@ class Runtime(Checks):
         self._await_hello(hello, timeout)
         self.hb = self.tr.start_heartbeat(w["hb_ivl_ms"] / 1000, w["hb_liveness"], self.epoch, self.wake)
         self._connected = True
+        if self.lane is None and lane_enabled() and (root := lane_root(self.tr)) is not None:
+            self.lane = Lane(self, self.tr.ctx, root, serves=self.role == "parent")
+        if self.lane is not None:
+            self.lane.connected()
         log.info("registered as %s", w["peer"])
 
     def _disconnect(self) -> None:
@@ -204,6 +210,8 @@ class Runtime(Checks):
         self.tr.disconnect(0)
         self.publisher.disconnected()
         self.dispatch.disconnected()
+        if self.lane is not None:
+            self.lane.disconnected()
         self._connected = False
 
     def reconnect(self, why: str) -> None:
@@ -254,6 +262,8 @@ class Runtime(Checks):
             if self.hb is not None:
                 self.hb.stop()
                 self.hb = None
+        if self.lane is not None:
+            self.lane.close()
         self.tr.close()
 
     def report(self, record: str, /, **detail) -> None:
@@ -312,6 +322,8 @@ class Runtime(Checks):
             frames = tr.recv_sub()
             if frames is not None:
                 self._on_sub(frames)
+        if ready & LANE:
+            self.lane.on_ready()
         if self.dispatch.depth == 0 and self._connected and (
                 self._soon or (self._timers and self._timers[0].when <= time.monotonic())):
             self._run_timers()

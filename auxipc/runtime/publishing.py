@@ -93,9 +93,16 @@ class Publisher:
         if not spec.sync:
             raise AuxError(Errno.EINVAL, f"{spec.name} is async: use notify()")
         wire = _wire(spec, payload)
-        ms = max(1, int(timeout * 1000))
         task = self.contexts.task
         host = self.host
+        lane = host.lane
+        if lane is not None and (out := lane.route(dev_id, spec.code)) is not None:
+            got = lane.call(out, dev_id, spec, wire, timeout, task)
+            if got is not None:         # else the callee refused: the broker's way below
+                result, reply = got
+                host.check(result, spec.name)
+                return None if reply is None else E.load_payload(spec.reply, reply, "$.reply")
+        ms = max(1, int(timeout * 1000))
         result, reply = host.request(lambda r: _CALL(wire, r=r, dev=dev_id, ev=spec.code,
                                                       timeout_ms=ms, task=task),
                                      wire, timeout, f"{spec.name} call",

@@ -27,6 +27,7 @@ from typing import Callable, Protocol
 
 DEALER = 1     # ``poll`` mask bits
 SUB = 2
+LANE = 4       # a socket of the direct lane (lane.py) is readable
 
 
 class Heartbeat(Protocol):

@@ -19,7 +19,7 @@ import zmq
 from zmq.backend import zmq_poll
 
 from auxipc.keys import handshake_failed_events, monitor_event, refused
-from auxipc.runtime.seam import DEALER, SUB
+from auxipc.runtime.seam import DEALER, LANE, SUB
 from auxipc.runtime_dir import Endpoints
 from proto import envelope as E
 
@@ -235,6 +235,13 @@ class ZmqTransport:
         self._items: list = []
         self._sub_item: list = []
         self._dealer = self._sub = None
+        self._lanes: list = []       # sockets of the direct lane (lane.py), polled with the DEALER and SUB
+
+    def watch(self, sock: zmq.Socket) -> None:
+        """Poll a socket of the direct lane too: ``poll`` reports it as LANE."""
+        self._lanes.append(sock)
+        if self.up:
+            self._items.append((sock, _POLLIN))
 
     def connect(self, ident: bytes) -> None:
         if self.ctx is None:
@@ -245,6 +252,7 @@ class ZmqTransport:
         if self.ep.remote:
             # Until the heartbeat thread takes the monitor: a refused handshake ends the wait.
             self._items.append((sk.monitor, _POLLIN))
+        self._items += [(sock, _POLLIN) for sock in self._lanes]
         self._sub_item = [(sk.sub, _POLLIN)]
         sk.sub.setsockopt(zmq.SUBSCRIBE, WAKE)
         self.up = True
@@ -299,6 +307,8 @@ class ZmqTransport:
                 ready |= SUB
             elif sock is self._wake_r:
                 os.read(self._wake_r, 4096)
+            elif sock in self._lanes:
+                ready |= LANE
             else:
                 self._check_handshake(sock)
         return ready
@@ -336,7 +346,7 @@ class ZmqTransport:
         hb = Heartbeat(self.ctx, self.ep, sk.ident, ivl, liveness, epoch, on_lost, sk.monitor,
                        self._wake_r, sk.wake)
         hb.start()
-        self._items = self._items[:2]
+        self._items = self._items[:2] + [(sock, _POLLIN) for sock in self._lanes]
         return hb
 
 
