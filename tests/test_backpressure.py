@@ -64,7 +64,7 @@ def flood_events() -> int:
     """Events that fill three times as many batches of 64 as the broker's per-pipe HWM:
     the stalled subscriber's own receive queue (RCVHWM) and the kernel's socket buffers
     absorb about one HWM's worth before the broker's pipe is the one that fills."""
-    from auxipc.broker.server import PUB_SNDHWM
+    from auxipc.broker.sockets import PUB_SNDHWM
     return 64 * 3 * PUB_SNDHWM
 
 
@@ -128,7 +128,7 @@ def _subscribed(ctx: zmq.Context, root, topic: bytes, n: int) -> list[zmq.Socket
 def test_a_subscriber_that_stops_reading_costs_the_broker_a_bounded_amount(bus):
     import json
 
-    from auxipc.broker.server import PUB_SNDHWM
+    from auxipc.broker.sockets import PUB_SNDHWM
     ctx = zmq.Context()
     subs: list[zmq.Socket] = []
     reader = None

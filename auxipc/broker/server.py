@@ -1,15 +1,6 @@
 """The broker process: owns the runtime dir, binds the sockets, drives ``Bus``.
 
-Sockets (only the broker binds; peers connect, so restarts need no reconfiguration):
-- ``bus.sock``  ROUTER: every request/reply exchange (``ROUTER_MANDATORY``; sends
-  never block). No ``ROUTER_HANDOVER``: a second connection with a routing id in use
-  is ignored by libzmq instead of taking the first one's traffic.
-- ``pub.sock``  XSUB and ``sub.sock`` XPUB, joined by ``AsyncGate`` in its own
-  thread: async events, each checked for its sender (see AsyncGate). The XSUB
-  subscribes upstream to everything, so a publisher never waits for a
-  subscription to propagate.
-- ``admin.sock`` ROUTER: control ops from the CLI (the only place ops that change
-  the bus are taken), owned by the side thread.
+Its sockets, and what each one's limits are for: ``auxipc.broker.sockets``.
 A monitor on the ROUTER reports disconnects; each one makes the broker check
 its peers' processes (pid + start time), so a crash is seen in milliseconds.
 SIGSTOPped or wedged processes are caught by missed heartbeats.
@@ -40,6 +31,7 @@ from auxipc.broker.barrier import Barrier, LogLimiter, guess_r
 from auxipc.broker.bus import HUNG_TASK_SECS, Bus
 from auxipc.broker.gate import AsyncGate
 from auxipc.broker.sidewatch import SideWatch, peer_credentials
+from auxipc.broker.sockets import bind_sockets
 from auxipc.procfs import process_start_time
 from auxipc.runtime.transport import recv_ready, send_frames
 from auxipc.runtime_dir import SOCKETS, BrokerLock, endpoints, remote_host
@@ -52,14 +44,6 @@ _recv = zmq.backend.Socket.recv
 
 log = logging.getLogger("auxipc.broker")
 
-MAX_MSG = E.MAX_MSG + 4096   # the message frame and room for the routing id
-PUB_HWM = 10_000             # messages queued per pub/sub pipe (each at most MAX_MSG)
-# Messages the XPUB queues per subscriber (pipe) that does not read: bounds what one
-# stalled subscriber costs the broker to this times a message, about 64 MiB at the
-# reference runtime's largest batch (64 KiB); past it, that subscriber's events are
-# dropped and counted (async_dropped_hwm). The price: a subscriber that pauses longer
-# than this many messages (plus its own receive queue) loses events.
-PUB_SNDHWM = 1_000
 DROP_WARN_EVERY = 10.0       # seconds between two warnings of async events dropped at the HWM
 BACKLOG_MAX = 200_000        # messages read ahead of their handling (see Broker.drain)
 ADMIN = b"\0admin:"   # routing ids of admin-socket senders (a peer cannot set one starting with NUL)
@@ -106,44 +90,10 @@ class Broker:
     def _bind(self) -> None:
         self.ctx = zmq.Context()
         self.listen.start(self.ctx)
-        r = self.router = self.ctx.socket(zmq.ROUTER)
-        r.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        r.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
-        r.setsockopt(zmq.LINGER, 100)
-        r.setsockopt(zmq.SNDHWM, 10000)
-        r.setsockopt(zmq.RCVHWM, 10000)
-        r.setsockopt(zmq.RCVTIMEO, math.ceil(self.bus.hb_ivl * 1000))   # the wait of _step's receive
-        monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        r.bind(self.ep.bus)
-        side = f"inproc://auxipc-side-{os.getpid()}"
-        r.bind(side)
-        self.listen.bind(r, "bus")
         self._side_ident = b"\0side:" + os.urandom(16).hex().encode()
-        # The admin socket: control ops that change the bus are taken only from here
-        # (the CLI); the side thread owns it and passes its messages on.
-        admin = self.ctx.socket(zmq.ROUTER)
-        admin.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        admin.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
-        admin.setsockopt(zmq.LINGER, 100)
-        admin.bind(self.ep.admin)
-        xsub = self.ctx.socket(zmq.XSUB)
-        xsub.setsockopt(zmq.RCVHWM, PUB_HWM)
-        xsub.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
-        xsub.bind(self.ep.pub)
-        self.listen.bind(xsub, "pub")
-        xsub.send(b"\x01")   # subscribe upstream to everything: filtering happens at the XPUB
-        xpub = self.ctx.socket(zmq.XPUB)
-        xpub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
-        xpub.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
-        xpub.bind(self.ep.sub)
-        self.listen.bind(xpub, "sub")
-        # Notifications and the call trace leave from the broker's own XPUB, so it sees
-        # who subscribes: the per-call trace is built only while someone reads it.
-        self.notify = self.ctx.socket(zmq.XPUB)
-        self.notify.setsockopt(zmq.SNDHWM, PUB_HWM)
-        self.notify.setsockopt(zmq.MAXMSGSIZE, MAX_MSG)
-        self.notify.bind(self.ep.notify)
-        self.listen.bind(self.notify, "notify")
+        side = f"inproc://auxipc-side-{os.getpid()}"
+        socks = bind_sockets(self.ctx, self.ep, self.listen, side, self.bus.hb_ivl)
+        self.router, self.notify = socks.router, socks.notify
         self.subscriptions: Counter = Counter()
         self.bus.on_output = self.flush
         self.bus.tracing = False
@@ -151,10 +101,10 @@ class Broker:
             os.chmod(self.ep.root / name, 0o600)
             self.lock.made(name)
         self._subs_due = 0.0
-        self._proxy = AsyncGate(self.bus, xsub, xpub)
+        self._proxy = AsyncGate(self.bus, socks.xsub, socks.xpub)
         self._proxy.remote = self.remote
         self._proxy.start()
-        self._side = SideWatch(self.ctx, monitor, self._wake_r, side, self._side_ident, admin)
+        self._side = SideWatch(self.ctx, socks.monitor, self._wake_r, side, self._side_ident, socks.admin)
         self._side.start()
 
     def stop(self) -> None:
