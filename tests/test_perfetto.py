@@ -175,8 +175,9 @@ def test_recorded_crash_scenario_exports(tmp_path):
     calls = [x for x in recs if x["kind"] == "call"]
     assert calls, "the scenario's SET_MAC after the rebind is a call"
     slices = [e for e in events if e["ph"] == "X" and e.get("cat", "").startswith("call")]
-    assert len(slices) == 3 * len(calls)
-    assert sum(e["ph"] == "s" for e in events) == 2 * len(calls)
+    lane = [x for x in calls if x.get("lane")]       # the broker was not on their path
+    assert len(slices) == 3 * len(calls) - len(lane)
+    assert sum(e["ph"] == "s" for e in events) == 2 * len(calls) - len(lane)
     dead = [e for e in events if e["ph"] == "i" and e["name"].startswith("PEER_DEAD")]
     assert len(dead) == 2                                   # the driver, then the PCI owner
 
@@ -206,3 +207,22 @@ def test_recorded_model_a_demo_shows_lock_waits(tmp_path):
     assert any(e["args"]["error"] == "EINVAL" for e in dcb)     # the demo's refused DCB change
     # the sequence diagram leaves the waits to this view: no bare notes for them
     assert "LOCK_WAIT" not in to_mermaid(load(record))
+
+
+def test_a_call_on_the_direct_lane_is_drawn_without_the_broker():
+    """A call the direct lane carried never crossed the broker: Perfetto has no broker
+    slice and one flow caller -> callee; Mermaid and HTML draw it straight across."""
+    from auxipc.observe.diagram import to_html, to_mermaid
+    recs = [r for r in stream() if r["kind"] == "bus"] + [
+        {"kind": "call", "ts": 0.2, "dev": "ixd.eth.0", "event": "QSET_ADD", "from": "child idpf_eth[4343]#2",
+         "to": "parent ixd[4242]#1", "errno": 0, "error": None, "us": 90, "lane": True}]
+    events = validate(to_trace_events(recs))
+    parent, child = (_process(events, n) for n in ("parent ixd", "child idpf_eth"))
+    qset = [e for e in events if e["ph"] == "X" and e["name"].startswith("QSET_ADD")]
+    assert {e["pid"] for e in qset} == {parent, child} and all(e["args"]["lane"] for e in qset)
+    flows = [e for e in events if e["ph"] in "sf" and e["name"] == "QSET_ADD"]
+    assert sorted((e["ph"], e["pid"]) for e in flows) == [("f", parent), ("s", child)]
+    mermaid = to_mermaid(recs)
+    assert "C1->>P1: QSET_ADD ixd.eth.0 (lane)" in mermaid and "P1-->>C1: 0 (0.09 ms)" in mermaid
+    assert "B->>P1: QSET_ADD" not in mermaid
+    assert "QSET_ADD = 0 (0.09 ms) on the direct lane" in to_html(recs)

@@ -110,10 +110,13 @@ def to_mermaid(records: list[dict], title: str | None = None) -> str:
                 f" ({us / 1000:.2f} ms)" if isinstance(us, (int, float)) else "")
             back = "--x" if errno else "-->>"
             ev = f"{r.get('event', '?')} {r.get('dev', '')}".strip()
-            out += [f"    {src}->>B: {_esc(ev)}",
-                    f"    B->>{dst}: {_esc(r.get('event', '?'))}",
-                    f"    {dst}{back}B: {_esc(result)}",
-                    f"    B{back}{src}: {_esc(result)}"]
+            if r.get("lane"):      # served on the direct lane: the broker was not on the path
+                out += [f"    {src}->>{dst}: {_esc(ev)} (lane)", f"    {dst}{back}{src}: {_esc(result)}"]
+            else:
+                out += [f"    {src}->>B: {_esc(ev)}",
+                        f"    B->>{dst}: {_esc(r.get('event', '?'))}",
+                        f"    {dst}{back}B: {_esc(result)}",
+                        f"    B{back}{src}: {_esc(result)}"]
         elif kind == "event":
             text = f"{r.get('event', '?')} {r.get('dev', '')} {summary(r.get('payload'), 60)}"
             out.append(f"    {src}-)B: {_esc(text)}")
@@ -147,7 +150,8 @@ def to_html(records: list[dict], title: str = "auxipc trace") -> str:
             errno = r.get("errno") or 0
             us = r.get("us")
             label = (f"{r.get('event')} = {errno or 0}{' ' + (r.get('error') or '') if errno else ''}"
-                     + (f" ({us / 1000:.2f} ms)" if isinstance(us, (int, float)) else ""))
+                     + (f" ({us / 1000:.2f} ms)" if isinstance(us, (int, float)) else "")
+                     + (" on the direct lane" if r.get("lane") else ""))
         elif kind == "event":
             label = f"{r.get('event')} (async) {summary(r.get('payload'), 60)}"
         else:

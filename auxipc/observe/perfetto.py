@@ -115,15 +115,20 @@ class _Builder:
         args = {"dev": r.get("dev"), "errno": r.get("errno") or 0, "error": r.get("error"), "latency_us": us,
                 "from": r.get("from"), "to": r.get("to")}
         ends = []
-        for role, ll in (("caller", r["src"]), ("broker", BROKER), ("callee", r["dst"])):
+        # a call served on the direct lane never crossed the broker: no broker slice
+        hops = (("caller", r["src"]), ("callee", r["dst"])) if r.get("lane") else \
+            (("caller", r["src"]), ("broker", BROKER), ("callee", r["dst"]))
+        if r.get("lane"):
+            args["lane"] = True
+        for role, ll in hops:
             pid = self.pid(ll)
             tid = self.lane(pid, start, end)
             label = name if role != "callee" else f"{name} handler"
             self.emit("X", label, pid, tid, self.ts(start), dur=_us(us / 1e6), cat=f"call,{role}", args=args)
             ends.append((pid, tid))
         t = self.ts(start)
-        self.flow(name, ends[0], ends[1], t)
-        self.flow(name, ends[1], ends[2], t)
+        for a, b in zip(ends, ends[1:]):
+            self.flow(name, a, b, t)
 
     def async_event(self, r: dict) -> None:
         name, t = r.get("event") or "?", self.ts(float(r.get("ts") or 0.0))

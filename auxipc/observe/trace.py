@@ -279,7 +279,8 @@ def format_trace(rec: dict, payload_limit: int = 80) -> str:
         result = "0" if not errno else f"{errno} {rec.get('error') or ''}".strip()
         us = rec.get("us")
         lat = f"  ({us / 1000:.2f} ms)" if isinstance(us, (int, float)) else ""
-        return f"{ts}  call   {rec.get('event', '?'):<13} {rec.get('dev', '-'):<12} {arrow:<36} = {result}{lat}"
+        lane = "  lane" if rec.get("lane") else ""       # served on the direct lane, not via the broker
+        return f"{ts}  call   {rec.get('event', '?'):<13} {rec.get('dev', '-'):<12} {arrow:<36} = {result}{lat}{lane}"
     if kind == "event":
         return (f"{ts}  event  {rec.get('event', '?'):<13} {rec.get('dev', '-'):<12} {arrow:<36} "
                 f"async #{rec.get('seq', '?')} {summary(rec.get('payload'), payload_limit)}")
