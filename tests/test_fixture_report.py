@@ -110,6 +110,7 @@ def test_a_process_journal_and_device_data_are_read_through_the_bus(auxbus):
         child.data("nope")
     auxbus.kill(child)
     child.proc.popen.wait(10)
+    auxbus.wait("peer-gone", "idpf_eth")     # the bus saw it die (else: ENODEV "is gone", also right)
     with pytest.raises(AuxError, match=r"inspect child-idpf_eth: \$\.header\.args\.peer: no live peer '\d+' "
                                        r"\(peers: ixd \(pid \d+\)\)") as exc:
         auxbus.inspect(child)
