@@ -266,20 +266,30 @@ class Lane:
 
     def _on_client(self, frames: list) -> None:
         """An answer from a callee: kept for its call, or dropped and counted if late."""
-        try:
-            if len(frames) != 2:
-                raise AuxError(Errno.EPROTO, f"$: expected 1 frame after the routing id, got {len(frames) - 1}")
-            msg, payload = E.decode(frames[1:])
-            if type(msg) is not E.Result:
-                raise AuxError(Errno.EPROTO, f"$.header.t: {msg.TYPE.name} is not an answer")
-        except Exception as exc:     # noqa: BLE001 - whatever a peer sends never reaches the loop
-            self.stats["lane_malformed"] += 1
-            log.warning("dropped a malformed lane answer: %s", exc)
+        got = self._decode(frames, 1, "the routing id", E.Result, "answer")
+        if got is None:
             return
+        msg, payload = got
         if msg.r in self.inflight and msg.r not in self.results:
             self.results[msg.r] = (msg, payload)
         else:
             self.stats["lane_late"] += 1
+
+    def _decode(self, frames: list, skip: int, leading: str, want: type, what: str) -> tuple | None:
+        """The one message after the ``skip`` leading frames (``leading`` names them), if it
+        is a ``want``; else None, the drop counted and logged with its EPROTO reason:
+        whatever a peer sends on a lane never reaches the runtime's loop."""
+        try:
+            if len(frames) != skip + 1:
+                raise AuxError(Errno.EPROTO, f"$: expected 1 frame after {leading}, got {len(frames) - skip}")
+            msg, payload = E.decode(frames[skip:])
+            if type(msg) is not want:
+                raise AuxError(Errno.EPROTO, f"$.header.t: {msg.TYPE.name} is not a lane {what}")
+        except Exception as exc:     # noqa: BLE001 - see the docstring
+            self.stats["lane_malformed"] += 1
+            log.warning("dropped a malformed lane %s: %s", what, exc)
+            return None
+        return msg, payload
 
     # ---- serving ------------------------------------------------------------------------
 
@@ -296,16 +306,10 @@ class Lane:
 
     def _on_request(self, frames: list) -> None:
         rid = frames[0]
-        try:
-            if len(frames) != 3:
-                raise AuxError(Errno.EPROTO, f"$: expected a token and 1 frame, got {len(frames) - 1} frames")
-            msg, payload = E.decode(frames[2:])
-            if type(msg) is not E.Request:
-                raise AuxError(Errno.EPROTO, f"$.header.t: {msg.TYPE.name} is not a lane request")
-        except Exception as exc:     # noqa: BLE001 - whatever a peer sends never reaches the loop
-            self.stats["lane_malformed"] += 1
-            log.warning("dropped a malformed lane request: %s", exc)
+        got = self._decode(frames, 2, "the routing id and a token", E.Request, "request")
+        if got is None:
             return
+        msg, payload = got
         inb = self.serving.get(msg.dev)
         why = ("no lane is granted for that device with that token" if inb is None or frames[1] != inb.token
                else "the event does not take the lane" if msg.ev not in inb.events or msg.rtnl

@@ -47,19 +47,16 @@ class ScenarioParent(ParentModel):
 
     def call(self, adev, event, payload=None):
         """A sync call; whatever the bus answered is logged, then returned or raised."""
-        try:
-            out = adev.call(event, payload)
-        except AuxError as exc:
-            self.bus_log.append({"event": self._name(event), "sent": True, "errno": exc.name})
-            raise
-        self.bus_log.append({"event": self._name(event), "sent": True, "errno": 0})
-        return out
+        return self._send_logged(event, True, lambda: adev.call(event, payload))
 
     def notify(self, adev, event, payload=None):
         """An async event; refused here, unsent, once the bus said the driver is gone."""
-        sent = adev.bound and adev.supports(event)
+        return self._send_logged(event, adev.bound and adev.supports(event), lambda: adev.notify(event, payload))
+
+    def _send_logged(self, event, sent: bool, send):
+        """``send()``, its outcome in the bus log: ``sent`` says whether a refusal left the process."""
         try:
-            out = adev.notify(event, payload)
+            out = send()
         except AuxError as exc:
             self.bus_log.append({"event": self._name(event), "sent": sent, "errno": exc.name})
             raise
