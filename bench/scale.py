@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,23 +43,23 @@ def rss_kib(pid: int) -> int:
 
 def rtt(h: Harness, n: int, env: dict | None = None, wrap=()) -> dict:
     """The bench's parent loops RESET_WARN on axb.eth.0 n times; its p50/p90 (µs)."""
-    out = tempfile.mkdtemp(prefix="axsc-out-")
-    env = {"AUXB_MODE": "p2c", "AUXB_N": str(n), "AUXB_WARM": str(min(500, n // 4)), "AUXB_OUT": out, **(env or {})}
-    child = h.start("bench-child", "child", "--driver", "bench.models:BenchDriver", env=env, cwd=ROOT, wrap=wrap)
-    parent = h.start("bench-parent", "parent", "--model", "bench.models:BenchParent", env=env, cwd=ROOT, wrap=wrap)
-    path = os.path.join(out, "parent.json")
-    deadline = time.monotonic() + 120
-    while not os.path.exists(path):
-        if time.monotonic() > deadline or not parent.alive():
-            raise RuntimeError(f"no RTT result: {parent.tail()}")
-        time.sleep(0.05)
-    with open(path) as f:
-        res = json.load(f)
-    if "error" in res:
-        raise RuntimeError(res["error"])
-    h.stop(parent)
-    h.stop(child)
-    return rt_stats(res)
+    with tempfile.TemporaryDirectory(prefix="axsc-out-") as out:
+        env = {"AUXB_MODE": "p2c", "AUXB_N": str(n), "AUXB_WARM": str(min(500, n // 4)), "AUXB_OUT": out, **(env or {})}
+        child = h.start("bench-child", "child", "--driver", "bench.models:BenchDriver", env=env, cwd=ROOT, wrap=wrap)
+        parent = h.start("bench-parent", "parent", "--model", "bench.models:BenchParent", env=env, cwd=ROOT, wrap=wrap)
+        path = os.path.join(out, "parent.json")
+        deadline = time.monotonic() + 120
+        while not os.path.exists(path):
+            if time.monotonic() > deadline or not parent.alive():
+                raise RuntimeError(f"no RTT result: {parent.tail()}")
+            time.sleep(0.05)
+        with open(path) as f:
+            res = json.load(f)
+        if "error" in res:
+            raise RuntimeError(res["error"])
+        h.stop(parent)
+        h.stop(child)
+        return rt_stats(res)
 
 
 def scale_case(parents: int, devices: int, n: int) -> dict:
@@ -127,7 +128,7 @@ def transport_case(n: int) -> dict:
         out["tcp_skipped"] = why
         return out
     saved = {k: os.environ.get(k) for k in ("AUXIPC_KEYS", "AUXIPC_KEY_NAME")}
-    kd = tempfile.mkdtemp(prefix="axsc-keys-")
+    kd = tempfile.mkdtemp(prefix="axsc-keys-")   # removed in the finally below
     os.environ.update(AUXIPC_KEYS=kd, AUXIPC_KEY_NAME="hostb")
     try:
         keys.create("broker")
@@ -145,6 +146,7 @@ def transport_case(n: int) -> dict:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        shutil.rmtree(kd, ignore_errors=True)
     return out
 
 
