@@ -46,6 +46,19 @@ class Control:
         self.broker = broker
         self.bus = broker.bus
 
+    def route(self, ident: bytes, msg: E.Header, payload: bytes | None) -> None:
+        """A decoded message from ``ident`` to its handler: a control op here (its error
+        answered with its errno), anything else to the bus model. The broker process calls
+        it after its own checks (the admin socket, REGISTER's credentials); the fuzz
+        harness calls it as is."""
+        if isinstance(msg, E.Ctl):
+            try:
+                self.handle(ident, msg, payload)
+            except AuxError as exc:
+                self.bus.reply(ident, msg.r, exc.errno, exc.message)
+            return
+        self.bus.handle(ident, msg, payload)
+
     def handle(self, ident: bytes, msg: E.Ctl, payload: bytes | None) -> None:
         op = getattr(self, "op_" + msg.op.replace("-", "_"), None)
         if op is None:

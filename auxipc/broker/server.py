@@ -287,15 +287,9 @@ class Broker:
         if ident.startswith(ADMIN) and not isinstance(msg, E.Ctl):
             return self.bus.reply(ident, getattr(msg, "r", 0), Errno.EPROTO, f"$.header.t: the admin socket "
                                   f"takes control ops (CTL), not {msg.TYPE.name}")
-        if isinstance(msg, E.Ctl):
-            try:
-                self.ctl.handle(ident, msg, payload)
-            except AuxError as exc:
-                self.bus.reply(ident, msg.r, exc.errno, exc.message)
-            return
         if isinstance(msg, E.Register):
             return self.register(ident, msg)
-        self.bus.handle(ident, msg, payload)
+        self.ctl.route(ident, msg, payload)
 
     def register(self, ident: bytes, msg: E.Register) -> None:
         """REGISTER with the identity the kernel vouches for: the pid and uid of the

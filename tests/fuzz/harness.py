@@ -146,13 +146,7 @@ class Broker:
         except AuxError as exc:
             self.bus.reply(ident, 0, exc.errno, exc.message)
             return
-        if isinstance(msg, E.Ctl):
-            try:
-                self.ctl.handle(ident, msg, payload)
-            except AuxError as exc:
-                self.bus.reply(ident, msg.r, exc.errno, exc.message)
-            return
-        self.bus.handle(ident, msg, payload)
+        self.ctl.route(ident, msg, payload)
 
     def advance(self, seconds: float) -> None:
         self.clock.t += seconds
